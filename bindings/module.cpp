@@ -1,0 +1,116 @@
+// The Python face of the core: argument parsing and conversions only, no algorithms.
+#include <torch/csrc/utils/pybind.h>
+
+#include <c10/util/Exception.h>
+
+#include "symprune/symprune.h"
+
+#include <optional>
+#include <string>
+#include <tuple>
+
+namespace py = pybind11;
+using namespace symprune;
+
+namespace {
+
+std::optional<NM> to_nm(const std::optional<std::tuple<int64_t, int64_t>>& nm) {
+  if (!nm) return std::nullopt;
+  return NM{std::get<0>(*nm), std::get<1>(*nm)};
+}
+
+MaskGroup parse_group(const std::string& group) {
+  if (group == "row") return MaskGroup::Row;
+  if (group == "layer") return MaskGroup::Layer;
+  TORCH_CHECK_VALUE(false, "group must be 'row' or 'layer', got '", group, "'");
+}
+
+Relative parse_relative(const std::optional<std::string>& relative) {
+  if (!relative) return Relative::None;
+  if (*relative == "prune") return Relative::Prune;
+  if (*relative == "grow") return Relative::Grow;
+  TORCH_CHECK_VALUE(false, "relative must be None, 'prune' or 'grow', got '", *relative, "'");
+}
+
+py::object mask(const at::Tensor& score, std::optional<double> sparsity,
+                const std::optional<std::tuple<int64_t, int64_t>>& nm, const std::string& group,
+                bool permute) {
+  TORCH_CHECK_VALUE(sparsity.has_value() != nm.has_value(),
+                    "give exactly one of sparsity (unstructured) and nm=(n, m) (semi-structured)");
+  if (sparsity) {
+    TORCH_CHECK_VALUE(!permute, "permute=True applies to N:M masks only");
+    return py::cast(unstructured_mask(score, *sparsity, parse_group(group)));
+  }
+  TORCH_CHECK_VALUE(group == "row", "group applies to unstructured masks only; N:M groups are fixed");
+  if (permute) return py::cast(permuted_nm_mask(score, *to_nm(nm)));
+  return py::cast(nm_mask(score, *to_nm(nm)));
+}
+
+at::Tensor score_binding(const at::Tensor& weight, const std::string& method,
+                         std::optional<at::Tensor> in_norm, std::optional<at::Tensor> out_norm, double a,
+                         double p, double beta, uint64_t seed) {
+  ScoreOptions options{std::move(in_norm), std::move(out_norm), a, p, beta, seed};
+  return score(weight, parse_score_method(method), options);
+}
+
+at::Tensor dsnot_binding(const at::Tensor& weight, const at::Tensor& keep_mask, const at::Tensor& in_norm,
+                         const at::Tensor& in_mean, const at::Tensor& in_var,
+                         const std::optional<std::tuple<int64_t, int64_t>>& nm, int64_t max_cycles,
+                         double threshold, double var_power, std::optional<at::Tensor> initial_score,
+                         const std::optional<std::string>& relative, double a, std::optional<double> gamma1,
+                         std::optional<double> gamma2, double q) {
+  DsnotInputs inputs{weight, keep_mask, in_norm, in_mean, in_var, std::move(initial_score)};
+  DsnotOptions options;
+  options.nm = to_nm(nm);
+  options.max_cycles = max_cycles;
+  options.threshold = threshold;
+  options.var_power = var_power;
+  options.relative = parse_relative(relative);
+  options.a = a;
+  options.gamma1 = gamma1;
+  options.gamma2 = gamma2;
+  options.q = q;
+  return dsnot(inputs, options);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "symprune's libtorch core";
+
+  // Clean one-line messages: c10 errors carry a C++ backtrace users should not see.
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const c10::ValueError& e) {
+      PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
+    }
+  });
+
+  py::class_<ActivationStats>(m, "ActivationStats")
+      .def(py::init<int64_t>(), py::arg("features"))
+      .def("update", &ActivationStats::update, py::arg("x"), py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("features", &ActivationStats::features)
+      .def_property_readonly("tokens", &ActivationStats::tokens)
+      .def_property_readonly("sequences", &ActivationStats::sequences)
+      .def_property_readonly("in_sq", &ActivationStats::sum_sq)
+      .def_property_readonly("in_norm", &ActivationStats::norm)
+      .def_property_readonly("in_mean", &ActivationStats::mean)
+      .def_property_readonly("in_var", &ActivationStats::var);
+
+  m.def("score", &score_binding, py::arg("weight"), py::arg("method"), py::kw_only(),
+        py::arg("in_norm") = py::none(), py::arg("out_norm") = py::none(), py::arg("a") = 0.5,
+        py::arg("p") = 1.0, py::arg("beta") = 0.1, py::arg("seed") = 0,
+        py::call_guard<py::gil_scoped_release>());
+  m.def("relative_importance", &relative_importance, py::arg("weight"), py::kw_only(), py::arg("p") = 1.0,
+        py::call_guard<py::gil_scoped_release>());
+  m.def("mask", &mask, py::arg("score"), py::arg("sparsity") = py::none(), py::kw_only(),
+        py::arg("nm") = py::none(), py::arg("group") = "row", py::arg("permute") = false);
+  m.def("channel_permutation", &channel_permutation, py::arg("score"), py::arg("m"),
+        py::call_guard<py::gil_scoped_release>());
+  m.def("dsnot", &dsnot_binding, py::arg("weight"), py::arg("keep_mask"), py::kw_only(), py::arg("in_norm"),
+        py::arg("in_mean"), py::arg("in_var"), py::arg("nm") = py::none(), py::arg("max_cycles") = 50,
+        py::arg("threshold") = 0.1, py::arg("var_power") = 1.0, py::arg("initial_score") = py::none(),
+        py::arg("relative") = py::none(), py::arg("a") = 0.5, py::arg("gamma1") = py::none(),
+        py::arg("gamma2") = py::none(), py::arg("q") = 1.0, py::call_guard<py::gil_scoped_release>());
+}

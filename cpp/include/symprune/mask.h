@@ -1,0 +1,40 @@
+#pragma once
+// Pruning masks from scores (SPEC.md section 3). Masks are bool tensors, true = kept.
+// Every selection is exact and deterministic: the lowest scores are pruned, ties broken by
+// the lower index first (what a stable ascending sort gives).
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <utility>
+
+namespace symprune {
+
+enum class MaskGroup { Row, Layer };
+
+struct NM {
+  int64_t n;  // kept per group
+  int64_t m;  // group size (consecutive input columns)
+};
+
+// Unstructured: each row (Row) or the whole matrix (Layer) loses exactly
+// floor(count * sparsity) entries.
+at::Tensor unstructured_mask(const at::Tensor& score, double sparsity, MaskGroup group);
+
+// N:M: in each run of m consecutive columns of a row, the n highest scores are kept.
+at::Tensor nm_mask(const at::Tensor& score, NM nm);
+
+// RIA's channel permutation for N:M. Returns (mask, permutation): the mask is in the
+// original column order and mask.index_select(1, permutation) is N:M. Whoever runs the
+// pruned layer must feed it inputs permuted the same way.
+std::pair<at::Tensor, at::Tensor> permuted_nm_mask(const at::Tensor& score, NM nm);
+
+// The permutation alone: column importance (column sums of score) ascending, dealt into the
+// m positions of each group in snake order.
+at::Tensor channel_permutation(const at::Tensor& score, int64_t m);
+
+// Validation shared with the bindings and the pipeline; they throw c10::ValueError.
+void check_sparsity(double sparsity);
+void check_nm(NM nm, int64_t in_features);
+
+}  // namespace symprune

@@ -1,0 +1,38 @@
+#pragma once
+// Importance scores (SPEC.md section 2). Higher = more important = kept.
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <optional>
+#include <string_view>
+
+namespace symprune {
+
+enum class ScoreMethod { Magnitude, Wanda, Ria, StochRia, SymWanda, OWanda, Symmetric };
+
+// Parses "magnitude", "wanda", "ria", "stochria", "symwanda", "owanda", "symmetric".
+ScoreMethod parse_score_method(std::string_view name);
+std::string_view score_method_name(ScoreMethod method);
+bool needs_input_stats(ScoreMethod method);
+bool needs_output_stats(ScoreMethod method);
+
+struct ScoreOptions {
+  std::optional<at::Tensor> in_norm;   // (in_features), required by wanda/ria/stochria/symwanda
+  std::optional<at::Tensor> out_norm;  // (out_features), required by symwanda/owanda
+  double a = 0.5;      // activation power of ria/stochria
+  double p = 1.0;      // norm order of ria's relative importance (1 = RIA)
+  double beta = 0.1;   // sampled fraction of each row/column for stochria
+  uint64_t seed = 0;   // stochria's sampling seed
+};
+
+// Scores a weight of shape (out_features, in_features), any floating dtype.
+// Returns an fp32 tensor of the same shape on the weight's device. Row/column norms
+// are accumulated in fp64 and rounded once, so results do not depend on summation order.
+at::Tensor score(const at::Tensor& weight, ScoreMethod method, const ScoreOptions& options = {});
+
+// RIA's relative importance |W|/||W_:j||_p + |W|/||W_i:||_p (fp32), the building block of
+// ria, stochria (with sampled norms) and R2-DSnoT.
+at::Tensor relative_importance(const at::Tensor& weight, double p = 1.0);
+
+}  // namespace symprune

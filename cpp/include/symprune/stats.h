@@ -1,0 +1,42 @@
+#pragma once
+// Activation statistics of one Linear layer (SPEC.md section 1), accumulated in fp64.
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+namespace symprune {
+
+// Accumulates per-feature statistics of a stream of activations.
+//
+// Each update() is one unit for the variance: DSnoT's `in_var` is the token-weighted
+// average of the per-update population variance, so feed one sequence per call to get
+// its per-sequence definition. A tensor of shape (B, L, F) counts as B sequences,
+// anything of lower rank as one.
+class ActivationStats {
+ public:
+  explicit ActivationStats(int64_t features);
+
+  void update(const at::Tensor& x);
+
+  int64_t features() const { return features_; }
+  int64_t tokens() const { return tokens_; }
+  int64_t sequences() const { return sequences_; }
+
+  at::Tensor sum_sq() const;  // sum over tokens of x^2                      (fp32)
+  at::Tensor norm() const;    // sqrt(sum_sq / sequences): Wanda's sqrt(scaler_row)
+  at::Tensor mean() const;    // sum over tokens / sequences: L x per-token mean (DSnoT)
+  at::Tensor var() const;     // token-weighted mean of per-update population variance
+
+ private:
+  void require_data(const char* what) const;
+
+  int64_t features_;
+  int64_t tokens_ = 0;
+  int64_t sequences_ = 0;
+  at::Tensor sum_sq_;        // fp64 (features)
+  at::Tensor sum_;           // fp64 (features)
+  at::Tensor weighted_var_;  // fp64 (features): sum over updates of tokens * variance
+};
+
+}  // namespace symprune

@@ -1,0 +1,7 @@
+#pragma once
+// Everything the symprune core offers.
+
+#include "symprune/dsnot.h"
+#include "symprune/mask.h"
+#include "symprune/score.h"
+#include "symprune/stats.h"

@@ -1,0 +1,158 @@
+#include "symprune/score.h"
+
+#include "checks.h"
+
+#include <c10/util/Exception.h>
+
+#include <ATen/TensorOperators.h>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/ops/abs.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/full_like.h>
+#include <ATen/ops/gather.h>
+#include <ATen/ops/linalg_vector_norm.h>
+#include <ATen/ops/pow.h>
+#include <ATen/ops/randperm.h>
+#include <ATen/ops/stack.h>
+#include <ATen/ops/sum.h>
+#include <ATen/ops/where.h>
+
+#include <array>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+namespace symprune {
+namespace {
+
+constexpr std::array<std::pair<std::string_view, ScoreMethod>, 7> kMethods{{
+    {"magnitude", ScoreMethod::Magnitude},
+    {"wanda", ScoreMethod::Wanda},
+    {"ria", ScoreMethod::Ria},
+    {"stochria", ScoreMethod::StochRia},
+    {"symwanda", ScoreMethod::SymWanda},
+    {"owanda", ScoreMethod::OWanda},
+    {"symmetric", ScoreMethod::Symmetric},
+}};
+
+// 1 / norm with an all-zero row or column mapped to 0 (its |W| entries are all 0 anyway):
+// dividing by +inf keeps the expression 0 instead of 0/0.
+at::Tensor safe_norm(at::Tensor norm64) {
+  auto norm = norm64.to(at::kFloat);
+  return at::where(norm == 0, std::numeric_limits<float>::infinity(), norm);
+}
+
+// ||W_:j||_p (dim 0) or ||W_i:||_p (dim 1), accumulated in fp64, returned in fp32.
+at::Tensor lp_norm(const at::Tensor& abs_w, double p, int64_t dim) {
+  return safe_norm(at::linalg_vector_norm(abs_w, p, at::IntArrayRef{dim}, false, at::kDouble));
+}
+
+at::Tensor relative_from_norms(const at::Tensor& abs_w, const at::Tensor& col, const at::Tensor& row) {
+  return abs_w / col.unsqueeze(0) + abs_w / row.unsqueeze(1);
+}
+
+// StochRIA's l1 norms, each estimated as (n / k) * (sum of k sampled |W|); subsets are drawn
+// with torch.randperm from one generator, rows first, so a plain PyTorch oracle reproduces them.
+std::pair<at::Tensor, at::Tensor> sampled_l1_norms(const at::Tensor& abs_w, double beta, uint64_t seed) {
+  const int64_t out = abs_w.size(0), in = abs_w.size(1);
+  const int64_t k_row = std::max<int64_t>(1, std::llround(beta * static_cast<double>(in)));
+  const int64_t k_col = std::max<int64_t>(1, std::llround(beta * static_cast<double>(out)));
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  auto index_options = at::TensorOptions().dtype(at::kLong);
+  std::vector<at::Tensor> row_samples, col_samples;
+  row_samples.reserve(out);
+  col_samples.reserve(in);
+  for (int64_t i = 0; i < out; ++i) row_samples.push_back(at::randperm(in, gen, index_options).slice(0, 0, k_row));
+  for (int64_t j = 0; j < in; ++j) col_samples.push_back(at::randperm(out, gen, index_options).slice(0, 0, k_col));
+  const auto device = abs_w.device();
+  auto row_idx = at::stack(row_samples).to(device);     // (out, k_row)
+  auto col_idx = at::stack(col_samples, 1).to(device);  // (k_col, in)
+  auto rows = at::sum(at::gather(abs_w, 1, row_idx), {1}, false, at::kDouble) *
+              (static_cast<double>(in) / static_cast<double>(k_row));
+  auto cols = at::sum(at::gather(abs_w, 0, col_idx), {0}, false, at::kDouble) *
+              (static_cast<double>(out) / static_cast<double>(k_col));
+  return {safe_norm(cols), safe_norm(rows)};
+}
+
+at::Tensor require_stat(const std::optional<at::Tensor>& stat, int64_t size, ScoreMethod method,
+                        const char* name, const at::Tensor& weight) {
+  TORCH_CHECK_VALUE(stat.has_value() && stat->defined(), "score method '",
+                    score_method_name(method), "' needs ", name,
+                    " (activation statistics from calibration)");
+  detail::check_vector(*stat, size, name);
+  TORCH_CHECK_VALUE((*stat >= 0).all().item<bool>(), name, " must be non-negative");
+  return stat->to(weight.device(), at::kFloat);
+}
+
+}  // namespace
+
+ScoreMethod parse_score_method(std::string_view name) {
+  for (const auto& [key, method] : kMethods)
+    if (key == name) return method;
+  std::string known;
+  for (const auto& entry : kMethods) known += (known.empty() ? "" : ", ") + std::string(entry.first);
+  TORCH_CHECK_VALUE(false, "unknown score method '", std::string(name), "' (known: ", known, ")");
+}
+
+std::string_view score_method_name(ScoreMethod method) {
+  for (const auto& [key, value] : kMethods)
+    if (value == method) return key;
+  return "?";
+}
+
+bool needs_input_stats(ScoreMethod m) {
+  return m == ScoreMethod::Wanda || m == ScoreMethod::Ria || m == ScoreMethod::StochRia ||
+         m == ScoreMethod::SymWanda;
+}
+
+bool needs_output_stats(ScoreMethod m) {
+  return m == ScoreMethod::SymWanda || m == ScoreMethod::OWanda;
+}
+
+at::Tensor relative_importance(const at::Tensor& weight, double p) {
+  detail::check_matrix(weight, "weight");
+  TORCH_CHECK_VALUE(std::isfinite(p) && p > 0, "norm order p must be positive, got ", p);
+  auto abs_w = at::abs(weight.to(at::kFloat));
+  return relative_from_norms(abs_w, lp_norm(abs_w, p, 0), lp_norm(abs_w, p, 1));
+}
+
+at::Tensor score(const at::Tensor& weight, ScoreMethod method, const ScoreOptions& options) {
+  detail::check_matrix(weight, "weight");
+  const int64_t out = weight.size(0), in = weight.size(1);
+  at::Tensor in_norm, out_norm;
+  if (needs_input_stats(method)) in_norm = require_stat(options.in_norm, in, method, "in_norm", weight);
+  if (needs_output_stats(method)) out_norm = require_stat(options.out_norm, out, method, "out_norm", weight);
+  auto abs_w = at::abs(weight.to(at::kFloat));
+
+  switch (method) {
+    case ScoreMethod::Magnitude:
+      return abs_w;
+    case ScoreMethod::Wanda:
+      return abs_w * in_norm.unsqueeze(0);
+    case ScoreMethod::Ria: {
+      TORCH_CHECK_VALUE(std::isfinite(options.p) && options.p > 0, "ria: p must be positive, got ", options.p);
+      auto ri = relative_from_norms(abs_w, lp_norm(abs_w, options.p, 0), lp_norm(abs_w, options.p, 1));
+      return ri * at::pow(in_norm, options.a).unsqueeze(0);
+    }
+    case ScoreMethod::StochRia: {
+      TORCH_CHECK_VALUE(options.beta > 0 && options.beta <= 1, "stochria: beta must be in (0, 1], got ",
+                        options.beta);
+      auto [col, row] = sampled_l1_norms(abs_w, options.beta, options.seed);
+      return relative_from_norms(abs_w, col, row) * at::pow(in_norm, options.a).unsqueeze(0);
+    }
+    case ScoreMethod::SymWanda:
+      return abs_w * (in_norm.unsqueeze(0) + out_norm.unsqueeze(1));
+    case ScoreMethod::OWanda:
+      return abs_w * out_norm.unsqueeze(1);
+    case ScoreMethod::Symmetric: {
+      auto col = at::linalg_vector_norm(abs_w, 2, at::IntArrayRef{0}, false, at::kDouble).to(at::kFloat);
+      auto row = at::linalg_vector_norm(abs_w, 2, at::IntArrayRef{1}, false, at::kDouble).to(at::kFloat);
+      return abs_w * (col.unsqueeze(0) + row.unsqueeze(1));
+    }
+  }
+  TORCH_CHECK_VALUE(false, "unhandled score method");
+}
+
+}  // namespace symprune

