@@ -288,6 +288,10 @@ def test_zero_mean_channels(nm):
     assert not (got & ~keep & d0).any()
     if nm is None:
         assert not (~got & keep & d0).any()
+    else:
+        # semantics.md: the N:M prune candidate is the lowest-scored unexamined initially kept
+        # entry of the group, whatever its D (the D != 0 rule is for the grow side there)
+        assert (~got & keep & d0).any(), "data did not exercise pruning a D == 0 entry in N:M"
 
 
 @pytest.mark.parametrize("v", [0.5, 2.0])

@@ -84,6 +84,13 @@ def test_unknown_group(group):
         symprune.prune_(W.clone(), "magnitude", 0.5, group=group)
 
 
+def test_nm_with_layer_group():
+    # Not in semantics.md: symprune rejects group="layer" together with nm (N:M groups are
+    # fixed runs of m columns of one row) instead of silently ignoring it.
+    with pytest.raises(ValueError, match=r"(?i)group"):
+        symprune.mask(SCORE, nm=(2, 4), group="layer")
+
+
 # ----------------------------------------------------------------------------- methods
 
 @pytest.mark.parametrize("method", ["bogus", "sparsegpt_typo", ""])

@@ -133,12 +133,11 @@ def test_nm_all_tied_prunes_lower_columns():
 
 
 @pytest.mark.parametrize("nm", [(1, 2), (2, 4), (4, 8)], ids=lambda p: f"{p[0]}of{p[1]}")
-def test_nm_ignores_group(nm):
-    # N:M is per row by construction; group (row or layer) does not change it.
+def test_nm_with_default_group(nm):
+    # N:M is per row by construction; the default group="row" is accepted with nm
+    # (group="layer" with nm is rejected, see test_errors.py::test_nm_with_layer_group).
     score = make_score((7, 24), "ties")
-    expect = oracle_nm_mask(score, *nm)
-    for group in ("row", "layer"):
-        _same_mask(symprune.mask(score, nm=nm, group=group), expect)
+    _same_mask(symprune.mask(score, nm=nm, group="row"), oracle_nm_mask(score, *nm))
 
 
 # --------------------------------------------------------------------- channel permutation
@@ -205,36 +204,48 @@ def _check_pruned(w_after, w_before, keep):
     assert (w_after[~keep] == 0).all(), "pruned weights must be zero"
 
 
-@pytest.mark.parametrize("method", ["magnitude", "wanda", "ria", "stochria", "symwanda", "owanda", "symmetric"])
+ALL_METHODS = ["magnitude", "wanda", "ria", "stochria", "symwanda", "owanda", "symmetric"]
+
+
 @pytest.mark.parametrize("s", SPARSITIES)
 @pytest.mark.parametrize("group", ["row", "layer"])
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("kind", WEIGHT_KINDS)
-def test_prune_unstructured(kind, dtype, group, s, method):
+def test_prune_unstructured(kind, dtype, group, s):
+    # end to end: prune_ = oracle score, then oracle mask, then zero the pruned weights
+    # (the methods are looped here rather than parametrised to keep the suite fast; every
+    # scorer is checked bit for bit on its own in test_scores.py)
     shape = (7, 13)
-    w = make_weight(shape, kind, DTYPES[dtype], key=("prune",))
-    kw = _norms(shape, method, kind)
-    before = w.clone()
-    keep = symprune.prune_(w, method, s, group=group, seed=3, **kw)
-    score = oracle_score(before, method, seed=3, **kw)
-    expect = oracle_row_mask(score, s) if group == "row" else oracle_layer_mask(score, s)
-    _same_mask(keep, expect)
-    _check_pruned(w, before, keep)
+    for method in ALL_METHODS:
+        w = make_weight(shape, kind, DTYPES[dtype], key=("prune",))
+        kw = _norms(shape, method, kind)
+        before = w.clone()
+        keep = symprune.prune_(w, method, s, group=group, seed=3, **kw)
+        score = oracle_score(before, method, seed=3, **kw)
+        expect = oracle_row_mask(score, s) if group == "row" else oracle_layer_mask(score, s)
+        try:
+            _same_mask(keep, expect)
+            _check_pruned(w, before, keep)
+        except AssertionError as e:
+            raise AssertionError(f"method={method}: {e}") from None
 
 
-@pytest.mark.parametrize("method", ["magnitude", "wanda", "ria", "symmetric"])
 @pytest.mark.parametrize("nm", NM_PATTERNS, ids=lambda p: f"{p[0]}of{p[1]}")
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("kind", WEIGHT_KINDS)
-def test_prune_nm(kind, dtype, nm, method):
+def test_prune_nm(kind, dtype, nm):
     shape = (5, 40)
-    w = make_weight(shape, kind, DTYPES[dtype], key=("prune_nm",))
-    kw = _norms(shape, method, kind)
-    before = w.clone()
-    keep = symprune.prune_(w, method, nm=nm, **kw)
-    _same_mask(keep, oracle_nm_mask(oracle_score(before, method, **kw), *nm))
-    _check_pruned(w, before, keep)
-    assert_nm(keep, *nm)
+    for method in ["magnitude", "wanda", "ria", "symmetric"]:
+        w = make_weight(shape, kind, DTYPES[dtype], key=("prune_nm",))
+        kw = _norms(shape, method, kind)
+        before = w.clone()
+        keep = symprune.prune_(w, method, nm=nm, **kw)
+        try:
+            _same_mask(keep, oracle_nm_mask(oracle_score(before, method, **kw), *nm))
+            _check_pruned(w, before, keep)
+            assert_nm(keep, *nm)
+        except AssertionError as e:
+            raise AssertionError(f"method={method}: {e}") from None
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))

@@ -7,9 +7,8 @@
 #include <ATen/TensorOperators.h>
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/ops/abs.h>
-#include <ATen/ops/cat.h>
-#include <ATen/ops/full_like.h>
 #include <ATen/ops/gather.h>
 #include <ATen/ops/linalg_vector_norm.h>
 #include <ATen/ops/pow.h>
@@ -112,6 +111,7 @@ bool needs_output_stats(ScoreMethod m) {
 }
 
 at::Tensor relative_importance(const at::Tensor& weight, double p) {
+  at::NoGradGuard no_grad;  // scores are data, not part of a graph
   detail::check_matrix(weight, "weight");
   TORCH_CHECK_VALUE(std::isfinite(p) && p > 0, "norm order p must be positive, got ", p);
   auto abs_w = at::abs(weight.to(at::kFloat));
@@ -119,6 +119,7 @@ at::Tensor relative_importance(const at::Tensor& weight, double p) {
 }
 
 at::Tensor score(const at::Tensor& weight, ScoreMethod method, const ScoreOptions& options) {
+  at::NoGradGuard no_grad;  // scores are data, not part of a graph
   detail::check_matrix(weight, "weight");
   const int64_t out = weight.size(0), in = weight.size(1);
   at::Tensor in_norm, out_norm;

@@ -16,9 +16,6 @@ import torch
 
 # The demo's pruning recipe: the best default of the evaluation protocol's ablation.
 DEMO_RECIPE: dict[str, Any] = {"method": "wanda", "refine": None}
-DATA_ENV = "SYMPRUNE_DATA"
-CALIB_FILE = "lee_background.cor"
-EVAL_FILE = "enwiki_excerpt.txt"
 
 
 class CliError(Exception):
@@ -58,13 +55,6 @@ def _existing_file(path: str, what: str) -> Path:
     if not p.is_file():
         raise CliError(f"{what} not found: {p}")
     return p
-
-
-def _default_data_dir() -> Path:
-    env = os.environ.get(DATA_ENV)
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def _prepare_out_dir(model_dir: Path, out_dir: Path, overwrite: bool) -> None:
@@ -185,14 +175,15 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    from symprune.data import CALIBRATION_FILE, DATA_ENV, EVALUATION_FILE, default_data_dir
     from symprune.evaluate import perplexity
     from symprune.models import ensure_smollm2, load_model, load_tokenizer
     from symprune.pipeline import prune_model
 
-    data = _default_data_dir()
-    calib = _existing_file(args.calib or str(data / CALIB_FILE),
+    data = default_data_dir()
+    calib = _existing_file(args.calib or str(data / CALIBRATION_FILE),
                            f"calibration text (pass --calib or set {DATA_ENV})")
-    text = _existing_file(args.text or str(data / EVAL_FILE),
+    text = _existing_file(args.text or str(data / EVALUATION_FILE),
                           f"evaluation text (pass --text or set {DATA_ENV})")
     print("preparing SmolLM2-135M-Instruct (converted from GGUF on first use, ~1 min)")
     model_dir = ensure_smollm2()
@@ -329,8 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seqlen", type=positive, default=512, help="calibration window length (512)")
     d.add_argument("--nwindows", type=positive, default=4, help="evaluation windows (4)")
     d.add_argument("--eval-seqlen", type=positive, default=512, help="evaluation window length (512)")
-    d.add_argument("--calib", metavar="FILE", help=f"calibration text (shared/data/{CALIB_FILE})")
-    d.add_argument("--text", metavar="FILE", help=f"evaluation text (shared/data/{EVAL_FILE})")
+    d.add_argument("--calib", metavar="FILE", help="calibration text (shared/data/lee_background.cor)")
+    d.add_argument("--text", metavar="FILE", help="evaluation text (shared/data/enwiki_excerpt.txt)")
     _add_common(d)
     d.set_defaults(func=cmd_demo)
     return parser
@@ -339,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``symprune`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     try:
         args.func(args)
     except (CliError, ValueError, OSError) as err:

@@ -15,8 +15,21 @@ from typing import Any, Union
 
 import torch
 
+DATA_ENV = "SYMPRUNE_DATA"
+CALIBRATION_FILE = "lee_background.cor"  # SPEC.md §8 calibration text (news)
+EVALUATION_FILE = "enwiki_excerpt.txt"  # SPEC.md §8 evaluation text (Wikipedia)
+
 # A token stream: a 1-D tensor (or a (1, n) tensor as tokenizers return) or a list of ids.
 Tokens = Union[torch.Tensor, Sequence[int]]
+
+
+def default_data_dir() -> Path:
+    """Folder of the protocol's texts: ``$SYMPRUNE_DATA``, else ``shared/data`` beside
+    the repository (``../shared/data`` from the project root)."""
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def read_text(path: str | os.PathLike[str]) -> str:

@@ -378,40 +378,38 @@ def _score_inputs(settings: PruneSettings, stats: LinearStats) -> dict[str, Any]
     return kwargs
 
 
-def prune_linear(
-    layer: nn.Linear, stats: LinearStats, settings: PruneSettings
+def linear_mask(
+    weight: torch.Tensor, stats: LinearStats, settings: PruneSettings
 ) -> tuple[torch.Tensor, int]:
-    """Score, mask, optionally refine, and zero one Linear's weight in place.
+    """Score, mask and optionally refine one Linear weight (left unchanged).
 
     Returns the keep mask (True = kept) and how many mask entries refinement flipped.
     """
-    weight = layer.weight.detach()
+    weight = weight.detach()
     score = symprune.score(weight, settings.method, **_score_inputs(settings, stats))
     keep = symprune.mask(score, settings.sparsity, nm=settings.nm, group=settings.group,
                          permute=settings.permute)
-    changed = 0
-    if settings.refine is not None:
-        options = dict(settings.refine_options)
-        if settings.nm is not None:
-            # DSnoT's N:M branch picks prune candidates by the score that built the mask.
-            options["initial_score"] = score
-        refined = symprune.dsnot(
-            weight, keep, in_norm=stats.inputs.in_norm, in_mean=stats.inputs.in_mean,
-            in_var=stats.inputs.in_var, nm=settings.nm, **options,
-        )
-        changed = int((refined != keep).sum())
-        keep = refined
-    weight.masked_fill_(~keep.to(weight.device), 0)
-    return keep, changed
+    if settings.refine is None:
+        return keep, 0
+    options = dict(settings.refine_options)
+    if settings.nm is not None:
+        # DSnoT's N:M branch picks prune candidates by the score that built the mask.
+        options["initial_score"] = score
+    refined = symprune.dsnot(
+        weight, keep, in_norm=stats.inputs.in_norm, in_mean=stats.inputs.in_mean,
+        in_var=stats.inputs.in_var, nm=settings.nm, **options,
+    )
+    return refined, int((refined != keep).sum())
 
 
-def _relative_error(weight_before: torch.Tensor, keep: torch.Tensor, in_sq: torch.Tensor) -> float:
-    """sqrt(Σ (W − W̃)² · in_sq_j) / sqrt(Σ W² · in_sq_j), in fp64 (see LayerReport)."""
-    w2 = weight_before.double().square()
-    col = in_sq.double().to(w2.device)
-    dense = float((w2 @ col).sum())
-    lost = float(((w2 * (~keep).to(w2.device)) @ col).sum())
-    return math.sqrt(lost / dense) if dense > 0 else 0.0
+def _energies(weight: torch.Tensor, keep: torch.Tensor, in_sq: torch.Tensor) -> tuple[float, float]:
+    """(Σ W² · in_sq_j, Σ over pruned entries of W² · in_sq_j): ‖W X‖² and ‖ΔW X‖² without
+    cross-channel terms (see LayerReport.recon_error)."""
+    w2 = weight.detach().float().square()
+    col = in_sq.float().to(w2.device)
+    dense = float(torch.mv(w2, col).double().sum())
+    lost = float(torch.mv(w2.masked_fill_(keep.to(w2.device), 0), col).double().sum())
+    return dense, lost
 
 
 def _output_error(pruned: Sequence[torch.Tensor], dense: Sequence[torch.Tensor]) -> float:
@@ -539,16 +537,17 @@ def _prune_block(
 
     t = time.perf_counter()
     for name, layer in block_linears(block).items():
-        before = layer.weight.detach().clone()
-        dense_zeros = int((before == 0).sum())
-        keep, changed = prune_linear(layer, stats[name], settings)
+        weight = layer.weight.detach()
+        dense_zeros = weight.numel() - int(torch.count_nonzero(weight))
+        keep, changed = linear_mask(weight, stats[name], settings)
+        dense, lost = _energies(weight, keep, stats[name].inputs.in_sq)
+        weight.masked_fill_(~keep.to(weight.device), 0)
+        zeros = weight.numel() - int(torch.count_nonzero(weight))
         report.layers.append(LayerReport(
-            name=f"{block_name}.{name}", block=index, shape=tuple(before.shape),
-            numel=before.numel(), dense_zeros=dense_zeros,
-            zeros=int((layer.weight == 0).sum()),
-            sparsity=float((layer.weight == 0).sum()) / before.numel(),
-            recon_error=_relative_error(before, keep, stats[name].inputs.in_sq),
-            changed=changed,
+            name=f"{block_name}.{name}", block=index, shape=tuple(weight.shape),
+            numel=weight.numel(), dense_zeros=dense_zeros, zeros=zeros,
+            sparsity=zeros / weight.numel(),
+            recon_error=math.sqrt(lost / dense) if dense > 0 else 0.0, changed=changed,
         ))
     report.prune_seconds += time.perf_counter() - t
     del stats

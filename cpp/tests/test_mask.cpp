@@ -1,0 +1,68 @@
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+
+#include "symprune/mask.h"
+
+using namespace symprune;
+
+namespace {
+
+// Plain oracle: a stable ascending sort, the first k indices pruned.
+at::Tensor sorted_mask(const at::Tensor& score, int64_t k) {
+  auto order = std::get<1>(at::sort(score.to(at::kFloat), /*stable=*/true, /*dim=*/-1, false));
+  auto keep = at::ones(score.sizes(), at::kBool);
+  keep.scatter_(-1, order.narrow(-1, 0, k), false);
+  return keep;
+}
+
+at::Tensor ties(int64_t out, int64_t in, at::ScalarType dtype) {
+  at::manual_seed(3);
+  return (at::randint(0, 4, {out, in}).to(at::kFloat) / 4).to(dtype);
+}
+
+}  // namespace
+
+TEST(Mask, PerRowAndPerLayerMatchStableSort) {
+  for (auto dtype : {at::kFloat, at::kHalf, at::kBFloat16, at::kDouble}) {
+    for (double s : {0.0, 0.5, 0.9}) {
+      auto score = ties(7, 13, dtype);
+      auto row = unstructured_mask(score, s, MaskGroup::Row);
+      EXPECT_TRUE(at::equal(row, sorted_mask(score, int64_t(13 * s))));
+      auto layer = unstructured_mask(score, s, MaskGroup::Layer);
+      EXPECT_TRUE(at::equal(layer.flatten(), sorted_mask(score.flatten(), int64_t(91 * s))));
+    }
+  }
+}
+
+TEST(Mask, LayerSelectionAcrossManyChunks) {
+  at::manual_seed(5);
+  auto score = at::randint(-50, 50, {300, 700}).to(at::kFloat);
+  auto layer = unstructured_mask(score, 0.37, MaskGroup::Layer);
+  EXPECT_TRUE(at::equal(layer.flatten(), sorted_mask(score.flatten(), int64_t(210000 * 0.37))));
+}
+
+TEST(Mask, NMKeepsNOfEveryM) {
+  for (auto [n, m] : {std::pair{1, 4}, {2, 4}, {4, 8}, {3, 8}, {5, 40}}) {
+    auto score = ties(5, 40, at::kFloat);
+    auto mask = nm_mask(score, {n, m});
+    auto grouped = score.reshape({5 * 40 / m, m});
+    EXPECT_TRUE(at::equal(mask.reshape({-1, m}), sorted_mask(grouped, m - n)));
+  }
+}
+
+TEST(Mask, PermutationMapsBackToNM) {
+  auto score = ties(6, 16, at::kFloat);
+  auto [mask, perm] = permuted_nm_mask(score, {2, 4});
+  EXPECT_TRUE(at::equal(std::get<0>(at::sort(perm)), at::arange(16)));
+  EXPECT_TRUE(at::equal(mask.index_select(1, perm).reshape({-1, 4}).sum(1), at::full({24}, 2, at::kLong)));
+}
+
+TEST(Mask, ClearErrors) {
+  auto score = ties(4, 8, at::kFloat);
+  EXPECT_THROW(unstructured_mask(score, 1.0, MaskGroup::Row), c10::ValueError);
+  EXPECT_THROW(unstructured_mask(score, -0.1, MaskGroup::Row), c10::ValueError);
+  EXPECT_THROW(nm_mask(score, {4, 4}), c10::ValueError);
+  EXPECT_THROW(nm_mask(score, {2, 3}), c10::ValueError);
+  EXPECT_THROW(nm_mask(score.flatten(), {2, 4}), c10::ValueError);
+}

@@ -1,0 +1,162 @@
+"""The ``symprune`` command line on a tiny saved random model (fast)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from symprune.cli import main
+from symprune.report import PruneReport
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _prune_args(model_dir: Path, out: Path, calib: Path, *extra: str) -> list[str]:
+    return ["prune", str(model_dir), str(out), "--method", "wanda", "--calib", str(calib),
+            "--nsamples", "4", "--seqlen", "32", "--quiet", *extra]
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], fragment: str) -> None:
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    assert fragment in err, err
+
+
+def test_prune_writes_loadable_folder(
+    tiny_model_dir: Path, text_files: tuple[Path, Path], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    calib, evaluation = text_files
+    out = tmp_path / "pruned"
+    status = main(_prune_args(tiny_model_dir, out, calib, "--sparsity", "0.5", "--eval",
+                              str(evaluation), "--nwindows", "2", "--eval-seqlen", "32"))
+    assert status == 0
+    assert "sparsity reached 50.0000%" in capsys.readouterr().out
+    assert {"config.json", "model.safetensors", "tokenizer.json", "report.json"} <= {
+        p.name for p in out.iterdir()
+    }
+    model = AutoModelForCausalLM.from_pretrained(out)
+    q = model.model.layers[0].self_attn.q_proj.weight
+    assert torch.all((q == 0).sum(1) == q.shape[1] // 2)
+    dense = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert torch.equal(model.model.embed_tokens.weight, dense.model.embed_tokens.weight)
+    AutoTokenizer.from_pretrained(out)
+
+    report = PruneReport.from_json(out / "report.json")
+    assert report.method == "wanda" and report.overall_sparsity == 0.5
+    assert report.nsamples == 4 and report.seqlen == 32
+    assert report.perplexity["pruned"] > 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+
+def test_prune_nm_with_refine_and_options(
+    tiny_model_dir: Path, text_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "nm"
+    status = main(_prune_args(tiny_model_dir, out, text_files[0], "--nm", "2:4", "--refine",
+                              "dsnot", "--refine-option", "max_cycles=5"))
+    assert status == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["nm"] == [2, 4] and report["refine_options"] == {"max_cycles": 5}
+
+
+def test_prune_refuses_to_clobber(
+    tiny_model_dir: Path, text_files: tuple[Path, Path], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    calib = text_files[0]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    assert main(_prune_args(tiny_model_dir, out, calib, "--sparsity", "0.5")) == 1
+    _one_line_error(capsys, "--overwrite")
+    assert (out / "keep.txt").exists()
+
+    assert main(_prune_args(tiny_model_dir, out, calib, "--sparsity", "0.5", "--overwrite")) == 0
+    assert not (out / "keep.txt").exists() and (out / "report.json").exists()
+
+    capsys.readouterr()
+    assert main(_prune_args(tiny_model_dir, tiny_model_dir, calib, "--sparsity", "0.5")) == 1
+    _one_line_error(capsys, "overwrite the input model")
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--sparsity", "0.5", "--refine-option", "max_cycles"], "KEY=VALUE"),
+        (["--sparsity", "0.5", "--refine", "dsnot", "--refine-option", "cycles=3"],
+         "unknown refine_options"),
+        (["--sparsity", "0.5", "--score-option", "alpha=1"], "unknown score_options"),
+        (["--sparsity", "0.5", "--nsamples", "2", "--seqlen", "100000"], "too short"),
+        (["--sparsity", "0.5", "--refine-option", "q=1"], "without refine"),
+    ],
+)
+def test_prune_errors_are_one_line(
+    tiny_model_dir: Path, text_files: tuple[Path, Path], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], extra: list[str], fragment: str,
+) -> None:
+    out = tmp_path / "out"
+    assert main(_prune_args(tiny_model_dir, out, text_files[0], *extra)) == 1
+    _one_line_error(capsys, fragment)
+    assert not out.exists()
+
+
+def test_missing_inputs_are_one_line(
+    tiny_model_dir: Path, text_files: tuple[Path, Path], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "out"
+    assert main(_prune_args(tiny_model_dir, out, tmp_path / "nope.txt", "--sparsity", "0.5")) == 1
+    _one_line_error(capsys, "calibration text not found")
+    assert main(_prune_args(tmp_path / "nomodel", out, text_files[0], "--sparsity", "0.5")) == 1
+    _one_line_error(capsys, "model folder not found")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--sparsity", "1.5"],
+        ["--nm", "2-4"],
+        ["--nm", "4:2"],
+        ["--sparsity", "0.5", "--nm", "2:4"],
+        [],  # neither --sparsity nor --nm
+        ["--sparsity", "0.5", "--nsamples", "0"],
+    ],
+)
+def test_usage_errors_exit_2(
+    tiny_model_dir: Path, text_files: tuple[Path, Path], tmp_path: Path, extra: list[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(_prune_args(tiny_model_dir, tmp_path / "out", text_files[0], *extra))
+    assert info.value.code == 2
+
+
+def test_eval_prints_perplexity(
+    tiny_model_dir: Path, text_files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["eval", str(tiny_model_dir), "--text", str(text_files[1]), "--nwindows", "2",
+            "--seqlen", "32", "--quiet"]
+    assert main(args) == 0
+    assert capsys.readouterr().out.startswith("perplexity ")
+    assert main([*args, "--bos"]) == 0  # the byte tokenizer has a BOS token
+    assert main(["eval", str(tiny_model_dir), "--text", str(text_files[1]), "--nwindows",
+                 "1000", "--quiet"]) == 1
+    _one_line_error(capsys, "evaluation text too short")
+
+
+def test_console_error_has_no_traceback(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "symprune.cli", "eval", str(tmp_path), "--text",
+         str(tmp_path / "missing.txt")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"symprune eval: error: evaluation text not found: {tmp_path / 'missing.txt'}"
+    )
