@@ -4,13 +4,38 @@
 
 #include <ATen/TensorOperators.h>
 
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 #include <ATen/ops/all.h>
 #include <ATen/ops/isfinite.h>
 
+#include <atomic>
+#include <cmath>
+
 namespace symprune::detail {
+namespace {
+
+// One parallel pass over the data; at::isfinite(t).all() would first write a bool tensor.
+bool all_finite_cpu(const at::Tensor& t) {
+  std::atomic<bool> finite{true};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "all_finite", [&] {
+    const scalar_t* data = t.const_data_ptr<scalar_t>();
+    at::parallel_for(0, t.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
+      bool ok = true;
+      for (int64_t i = begin; i < end; ++i) ok &= std::isfinite(static_cast<float>(data[i]));
+      if (!ok) finite.store(false, std::memory_order_relaxed);
+    });
+  });
+  return finite.load();
+}
+
+}  // namespace
 
 void check_finite(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(at::isfinite(t).all().item<bool>(), name, " contains NaN or Inf");
+  const bool finite = t.device().is_cpu() && t.is_contiguous() && t.scalar_type() != at::kDouble
+                          ? all_finite_cpu(t)
+                          : at::isfinite(t).all().item<bool>();
+  TORCH_CHECK_VALUE(finite, name, " contains NaN or Inf");
 }
 
 void check_matrix(const at::Tensor& t, const char* name) {

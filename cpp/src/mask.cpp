@@ -35,7 +35,7 @@ at::Tensor row_mask(const at::Tensor& score, int64_t k) {
     const scalar_t* s = score.const_data_ptr<scalar_t>();
     bool* keep = mask.mutable_data_ptr<bool>();
     at::parallel_for(0, rows, row_grain(cols), [&](int64_t begin, int64_t end) {
-      std::vector<detail::key_t<scalar_t>> scratch;
+      detail::SelectScratch<detail::key_t<scalar_t>> scratch;
       for (int64_t r = begin; r < end; ++r)
         detail::keep_all_but_lowest(s + r * cols, cols, k, keep + r * cols, scratch);
     });
@@ -148,11 +148,15 @@ at::Tensor nm_mask(const at::Tensor& score_in, NM nm) {
     const scalar_t* s = score.const_data_ptr<scalar_t>();
     bool* keep = mask.mutable_data_ptr<bool>();
     at::parallel_for(0, groups, row_grain(nm.m), [&](int64_t begin, int64_t end) {
-      std::vector<detail::key_t<scalar_t>> scratch;
+      detail::SelectScratch<detail::key_t<scalar_t>> scratch;
       for (int64_t g = begin; g < end; ++g) {
         const int64_t offset = g * nm.m;
-        if (nm.m <= 32)
-          detail::keep_all_but_lowest_small(s + offset, nm.m, prune, keep + offset);
+        if (nm.m == 4)
+          detail::keep_all_but_lowest_small<4>(s + offset, nm.m, prune, keep + offset);
+        else if (nm.m == 8)
+          detail::keep_all_but_lowest_small<8>(s + offset, nm.m, prune, keep + offset);
+        else if (nm.m <= 32)
+          detail::keep_all_but_lowest_small<0>(s + offset, nm.m, prune, keep + offset);
         else
           detail::keep_all_but_lowest(s + offset, nm.m, prune, keep + offset, scratch);
       }

