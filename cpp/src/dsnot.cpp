@@ -50,39 +50,39 @@ void validate(const DsnotInputs& in, const DsnotOptions& opt) {
 
 at::Tensor cpu_float(const at::Tensor& t) { return t.to(at::kCPU, at::kFloat).contiguous(); }
 
-// Per-element quantities of the walk, computed with tensor ops on CPU in fp32.
+// Inputs of the row walk on CPU in fp32. The default metrics are computed inside the walk;
+// R2-DSnoT's relative metrics and an explicit N:M initial score are whole-matrix tensors.
 struct Prepared {
-  at::Tensor d, grow_key, prune_key, phi;
+  at::Tensor w, mean, var_denominator, norm;
+  at::Tensor grow_key, prune_key, phi;  // undefined = default / off
 };
 
 Prepared prepare(const DsnotInputs& in, const DsnotOptions& opt) {
-  const auto w = cpu_float(in.weight);
-  const auto norm = cpu_float(in.in_norm), mean = cpu_float(in.in_mean), var = cpu_float(in.in_var);
   Prepared p;
-  p.d = w * mean.unsqueeze(0);
-  const auto var_denominator = at::pow(at::clamp_min(var, kVarEpsilon), opt.var_power).unsqueeze(0);
+  p.w = cpu_float(in.weight);
+  p.norm = cpu_float(in.in_norm);
+  p.mean = cpu_float(in.in_mean);
+  p.var_denominator = at::pow(at::clamp_min(cpu_float(in.in_var), kVarEpsilon), opt.var_power).contiguous();
   if (opt.relative == Relative::Grow)
-    p.grow_key = at::sign(w) * relative_importance(w) * mean.unsqueeze(0) / var_denominator;
-  else
-    p.grow_key = p.d / var_denominator;
-
-  ScoreOptions score_options;
-  score_options.in_norm = norm;
-  score_options.a = opt.a;
-  if (opt.relative == Relative::Prune)
-    p.prune_key = score(w, ScoreMethod::Ria, score_options);
-  else if (opt.nm && in.initial_score)
+    p.grow_key = (at::sign(p.w) * relative_importance(p.w) * p.mean.unsqueeze(0) /
+                  p.var_denominator.unsqueeze(0)).contiguous();
+  if (opt.relative == Relative::Prune) {
+    ScoreOptions ria;
+    ria.in_norm = p.norm;
+    ria.a = opt.a;
+    p.prune_key = score(p.w, ScoreMethod::Ria, ria).contiguous();
+  } else if (opt.nm && in.initial_score) {
     p.prune_key = cpu_float(*in.initial_score);
-  else
-    p.prune_key = score(w, ScoreMethod::Wanda, score_options);
-
+  }
   if (opt.gamma1 || opt.gamma2) {
-    const auto phi = at::pow(at::abs(w), opt.q) * norm.unsqueeze(0);
+    const auto phi = at::pow(at::abs(p.w), opt.q) * p.norm.unsqueeze(0);
     const auto row_mean = phi.mean({1}, /*keepdim=*/true);
     p.phi = at::where(row_mean > 0, phi / row_mean, 0.0f).contiguous();
   }
   return p;
 }
+
+const float* data_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr<float>() : nullptr; }
 
 }  // namespace
 
@@ -101,19 +101,23 @@ at::Tensor dsnot(const DsnotInputs& inputs, const DsnotOptions& options) {
   params.gamma1 = options.gamma1.value_or(0.0);
   params.gamma2 = options.gamma2.value_or(0.0);
 
-  const float* d = prepared.d.const_data_ptr<float>();
-  const float* grow = prepared.grow_key.const_data_ptr<float>();
-  const float* prune = prepared.prune_key.const_data_ptr<float>();
-  const float* phi = prepared.phi.defined() ? prepared.phi.const_data_ptr<float>() : nullptr;
+  const detail::DsnotColumns columns{prepared.mean.const_data_ptr<float>(),
+                                     prepared.var_denominator.const_data_ptr<float>(),
+                                     prepared.norm.const_data_ptr<float>()};
+  const float* w = prepared.w.const_data_ptr<float>();
+  const float* grow = data_or_null(prepared.grow_key);
+  const float* prune = data_or_null(prepared.prune_key);
+  const float* phi = data_or_null(prepared.phi);
   bool* mask = keep.mutable_data_ptr<bool>();
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     detail::DsnotScratch scratch;
     for (int64_t r = begin; r < end; ++r) {
       const int64_t o = r * cols;
-      const detail::DsnotRow row{d + o, grow + o, prune + o, phi ? phi + o : nullptr, mask + o};
-      if (params.m) detail::refine_row_nm(row, params, scratch);
-      else detail::refine_row_unstructured(row, params, scratch);
+      const detail::DsnotRow row{w + o, grow ? grow + o : nullptr, prune ? prune + o : nullptr,
+                                 phi ? phi + o : nullptr, mask + o};
+      if (params.m) detail::refine_row_nm(row, columns, params, scratch);
+      else detail::refine_row_unstructured(row, columns, params, scratch);
     }
   });
   return keep.to(inputs.keep_mask.device());

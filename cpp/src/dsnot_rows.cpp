@@ -6,36 +6,70 @@
 namespace symprune::detail {
 namespace {
 
-// Sorts just the first `limit` candidates: a row never uses more than max_cycles of a list.
-template <typename Less>
-void partial_order(std::vector<int64_t>& list, int64_t limit, Less less) {
-  const auto head = list.begin() + std::min<int64_t>(limit, static_cast<int64_t>(list.size()));
-  std::partial_sort(list.begin(), head, list.end(), less);
+// Keeps the first `limit` candidates in `list` order (by `before`) in a bounded heap whose
+// top is the worst kept one: a row never uses more than max_cycles of a list, and most
+// candidates are rejected by a single comparison.
+template <typename Before>
+struct BestCandidates {
+  std::vector<int64_t>& list;
+  int64_t limit;
+  Before before;
+
+  void offer(int64_t j) {
+    if (static_cast<int64_t>(list.size()) < limit) {
+      list.push_back(j);
+      std::push_heap(list.begin(), list.end(), before);
+    } else if (limit > 0 && before(j, list.front())) {
+      std::pop_heap(list.begin(), list.end(), before);
+      list.back() = j;
+      std::push_heap(list.begin(), list.end(), before);
+    }
+  }
+  void finish() { std::sort_heap(list.begin(), list.end(), before); }
+};
+
+template <typename Before>
+BestCandidates<Before> best(std::vector<int64_t>& list, int64_t limit, Before before) {
+  list.clear();
+  return {list, limit, before};
+}
+
+// D = W * in_mean for the row; returns e, the summed D of the pruned weights.
+double expected_error(const DsnotRow& row, const DsnotColumns& columns, int64_t cols, DsnotScratch& s) {
+  s.d.resize(cols);
+  double e = 0.0;
+  for (int64_t j = 0; j < cols; ++j) {
+    s.d[j] = row.w[j] * columns.mean[j];
+    if (!row.keep[j]) e += s.d[j];
+  }
+  return e;
+}
+
+void fill_metrics(const DsnotRow& row, const DsnotColumns& columns, int64_t cols, DsnotScratch& s) {
+  s.grow.resize(cols);
+  s.prune.resize(cols);
+  for (int64_t j = 0; j < cols; ++j) {
+    s.grow[j] = row.grow_key ? row.grow_key[j] : s.d[j] / columns.var_denominator[j];
+    s.prune[j] = row.prune_key ? row.prune_key[j] : std::fabs(row.w[j]) * columns.norm[j];
+  }
 }
 
 // Grow candidates: initially pruned weights with D != 0, split by the sign of their key.
 // Reading a stable ascending sort from its high end gives the largest key first and, among
 // equal keys, the higher column first; from its low end the lower column first.
 void collect_grow(const DsnotRow& row, const DsnotRowParams& params, DsnotScratch& s) {
-  s.grow_pos.clear();
-  s.grow_neg.clear();
+  const float* g = s.grow.data();
+  auto pos = best(s.grow_pos, params.max_cycles,
+                  [g](int64_t a, int64_t b) { return g[a] > g[b] || (g[a] == g[b] && a > b); });
+  auto neg = best(s.grow_neg, params.max_cycles,
+                  [g](int64_t a, int64_t b) { return g[a] < g[b] || (g[a] == g[b] && a < b); });
   for (int64_t j = 0; j < params.cols; ++j) {
-    if (row.keep[j] || row.d[j] == 0.0f) continue;
-    if (row.grow_key[j] > 0.0f) s.grow_pos.push_back(j);
-    else if (row.grow_key[j] < 0.0f) s.grow_neg.push_back(j);
+    if (row.keep[j] || s.d[j] == 0.0f) continue;
+    if (g[j] > 0.0f) pos.offer(j);
+    else if (g[j] < 0.0f) neg.offer(j);
   }
-  const float* g = row.grow_key;
-  partial_order(s.grow_pos, params.max_cycles,
-                [g](int64_t a, int64_t b) { return g[a] > g[b] || (g[a] == g[b] && a > b); });
-  partial_order(s.grow_neg, params.max_cycles,
-                [g](int64_t a, int64_t b) { return g[a] < g[b] || (g[a] == g[b] && a < b); });
-}
-
-double pruned_error(const DsnotRow& row, int64_t cols) {
-  double e = 0.0;
-  for (int64_t j = 0; j < cols; ++j)
-    if (!row.keep[j]) e += row.d[j];
-  return e;
+  pos.finish();
+  neg.finish();
 }
 
 // The regularised decision boundary of R2-DSnoT (off: every swap is accepted).
@@ -51,24 +85,32 @@ int64_t next_grow(const DsnotScratch& s, double e, size_t& pos_i, size_t& neg_i)
   return neg_i < s.grow_neg.size() ? s.grow_neg[neg_i++] : -1;
 }
 
+// Rows whose error is already within the threshold never swap: skip their candidate lists.
+bool needs_refinement(double e, const DsnotRowParams& params) {
+  return params.max_cycles > 0 && std::fabs(e) > params.threshold;
+}
+
 }  // namespace
 
-void refine_row_unstructured(const DsnotRow& row, const DsnotRowParams& params, DsnotScratch& s) {
+void refine_row_unstructured(const DsnotRow& row, const DsnotColumns& columns, const DsnotRowParams& params,
+                             DsnotScratch& s) {
+  double e = expected_error(row, columns, params.cols, s);
+  if (!needs_refinement(e, params)) return;
+  fill_metrics(row, columns, params.cols, s);
   collect_grow(row, params, s);
   // Prune candidates: initially kept weights with D != 0 in ascending prune metric.
-  s.prune_pos.clear();
-  s.prune_neg.clear();
+  const float* key = s.prune.data();
+  auto ascending = [key](int64_t a, int64_t b) { return key[a] < key[b] || (key[a] == key[b] && a < b); };
+  auto pos = best(s.prune_pos, params.max_cycles, ascending);
+  auto neg = best(s.prune_neg, params.max_cycles, ascending);
   for (int64_t j = 0; j < params.cols; ++j) {
     if (!row.keep[j]) continue;
-    if (row.d[j] > 0.0f) s.prune_pos.push_back(j);
-    else if (row.d[j] < 0.0f) s.prune_neg.push_back(j);
+    if (s.d[j] > 0.0f) pos.offer(j);
+    else if (s.d[j] < 0.0f) neg.offer(j);
   }
-  const float* key = row.prune_key;
-  auto ascending = [key](int64_t a, int64_t b) { return key[a] < key[b] || (key[a] == key[b] && a < b); };
-  partial_order(s.prune_pos, params.max_cycles, ascending);
-  partial_order(s.prune_neg, params.max_cycles, ascending);
+  pos.finish();
+  neg.finish();
 
-  double e = pruned_error(row, params.cols);
   size_t grow_pos_i = 0, grow_neg_i = 0, prune_pos_i = 0, prune_neg_i = 0;
   for (int64_t cycle = 0; cycle < params.max_cycles && std::fabs(e) > params.threshold; ++cycle) {
     const int64_t r = next_grow(s, e, grow_pos_i, grow_neg_i);
@@ -78,7 +120,7 @@ void refine_row_unstructured(const DsnotRow& row, const DsnotRowParams& params, 
     if (e > 0) p = prune_neg_i < s.prune_neg.size() ? s.prune_neg[prune_neg_i++] : -1;
     else p = prune_pos_i < s.prune_pos.size() ? s.prune_pos[prune_pos_i++] : -1;
     if (p < 0) break;
-    const double e_after = e + row.d[p] - row.d[r];
+    const double e_after = e + s.d[p] - s.d[r];
     if (!accept(row, params, e, e_after, p, r)) continue;
     row.keep[r] = true;
     row.keep[p] = false;
@@ -86,13 +128,16 @@ void refine_row_unstructured(const DsnotRow& row, const DsnotRowParams& params, 
   }
 }
 
-void refine_row_nm(const DsnotRow& row, const DsnotRowParams& params, DsnotScratch& s) {
+void refine_row_nm(const DsnotRow& row, const DsnotColumns& columns, const DsnotRowParams& params,
+                   DsnotScratch& s) {
+  double e = expected_error(row, columns, params.cols, s);
+  if (!needs_refinement(e, params)) return;
+  fill_metrics(row, columns, params.cols, s);
   collect_grow(row, params, s);
   // Only initially kept weights can be pruned, each examined at most once.
   s.examined.assign(row.keep, row.keep + params.cols);
   for (auto& candidate : s.examined) candidate = !candidate;
 
-  double e = pruned_error(row, params.cols);
   const double initial_sign = (e > 0) - (e < 0);
   size_t grow_pos_i = 0, grow_neg_i = 0;
   for (int64_t cycle = 0; cycle < params.max_cycles && std::fabs(e) > params.threshold; ++cycle) {
@@ -101,10 +146,10 @@ void refine_row_nm(const DsnotRow& row, const DsnotRowParams& params, DsnotScrat
     const int64_t start = r - r % params.m;
     int64_t p = -1;
     for (int64_t j = start; j < start + params.m; ++j)
-      if (!s.examined[j] && (p < 0 || row.prune_key[j] < row.prune_key[p])) p = j;
+      if (!s.examined[j] && (p < 0 || s.prune[j] < s.prune[p])) p = j;
     if (p < 0) break;
     s.examined[p] = 1;
-    const double e_after = e + row.d[p] - row.d[r];
+    const double e_after = e + s.d[p] - s.d[r];
     if (((e_after > 0) - (e_after < 0)) != initial_sign) break;
     if (!accept(row, params, e, e_after, p, r)) continue;
     row.keep[r] = true;

@@ -1,9 +1,9 @@
 #pragma once
-// The per-row DSnoT walk. Rows are independent; dsnot.cpp prepares the per-element
-// quantities with tensor ops and runs these kernels over rows in parallel.
+// The per-row DSnoT walk. Rows are independent; dsnot.cpp validates the inputs and runs
+// these kernels over rows in parallel. The per-element quantities of the default metrics
+// are computed row by row here, so refining a layer allocates no matrix-sized temporaries.
 
 #include <cstdint>
-#include <optional>
 #include <vector>
 
 namespace symprune::detail {
@@ -17,22 +17,33 @@ struct DsnotRowParams {
   double gamma1 = 0.0, gamma2 = 0.0;
 };
 
-// One row's inputs (length cols each) and its mask (in: initial, out: refined).
+// Per-column statistics (length cols).
+struct DsnotColumns {
+  const float* mean;             // in_mean
+  const float* var_denominator;  // max(in_var, eps)^v
+  const float* norm;             // in_norm
+};
+
+// One row: its weights, optional metric overrides (R2-DSnoT, N:M initial score) and its
+// mask (in: initial, out: refined).
 struct DsnotRow {
-  const float* d;           // W * in_mean: the expected output contribution
-  const float* grow_key;    // rank of a pruned weight for regrowing
-  const float* prune_key;   // unstructured: prune order; N:M: initial score within a group
-  const float* phi;         // normalised phi for the regularised boundary (may be null)
+  const float* w;
+  const float* grow_key;   // null: D / var_denominator
+  const float* prune_key;  // null: the Wanda metric |W| * in_norm
+  const float* phi;        // normalised phi of the regularised boundary, null when off
   bool* keep;
 };
 
 // Reusable buffers of one worker thread.
 struct DsnotScratch {
+  std::vector<float> d, grow, prune;
   std::vector<int64_t> grow_pos, grow_neg, prune_pos, prune_neg;
   std::vector<char> examined;
 };
 
-void refine_row_unstructured(const DsnotRow& row, const DsnotRowParams& params, DsnotScratch& scratch);
-void refine_row_nm(const DsnotRow& row, const DsnotRowParams& params, DsnotScratch& scratch);
+void refine_row_unstructured(const DsnotRow& row, const DsnotColumns& columns, const DsnotRowParams& params,
+                             DsnotScratch& scratch);
+void refine_row_nm(const DsnotRow& row, const DsnotColumns& columns, const DsnotRowParams& params,
+                   DsnotScratch& scratch);
 
 }  // namespace symprune::detail
