@@ -2,37 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 namespace symprune::detail {
 namespace {
-
-// Keeps the first `limit` candidates in `list` order (by `before`) in a bounded heap whose
-// top is the worst kept one: a row never uses more than max_cycles of a list, and most
-// candidates are rejected by a single comparison.
-template <typename Before>
-struct BestCandidates {
-  std::vector<int64_t>& list;
-  int64_t limit;
-  Before before;
-
-  void offer(int64_t j) {
-    if (static_cast<int64_t>(list.size()) < limit) {
-      list.push_back(j);
-      std::push_heap(list.begin(), list.end(), before);
-    } else if (limit > 0 && before(j, list.front())) {
-      std::pop_heap(list.begin(), list.end(), before);
-      list.back() = j;
-      std::push_heap(list.begin(), list.end(), before);
-    }
-  }
-  void finish() { std::sort_heap(list.begin(), list.end(), before); }
-};
-
-template <typename Before>
-BestCandidates<Before> best(std::vector<int64_t>& list, int64_t limit, Before before) {
-  list.clear();
-  return {list, limit, before};
-}
 
 // D = W * in_mean for the row; returns e, the summed D of the pruned weights.
 double expected_error(const DsnotRow& row, const DsnotColumns& columns, int64_t cols, DsnotScratch& s) {
@@ -40,7 +13,7 @@ double expected_error(const DsnotRow& row, const DsnotColumns& columns, int64_t 
   double e = 0.0;
   for (int64_t j = 0; j < cols; ++j) {
     s.d[j] = row.w[j] * columns.mean[j];
-    if (!row.keep[j]) e += s.d[j];
+    e += row.keep[j] ? 0.0 : double(s.d[j]);  // in column order, like the oracle
   }
   return e;
 }
@@ -54,22 +27,57 @@ void fill_metrics(const DsnotRow& row, const DsnotColumns& columns, int64_t cols
   }
 }
 
-// Grow candidates: initially pruned weights with D != 0, split by the sign of their key.
-// Reading a stable ascending sort from its high end gives the largest key first and, among
-// equal keys, the higher column first; from its low end the lower column first.
-void collect_grow(const DsnotRow& row, const DsnotRowParams& params, DsnotScratch& s) {
+// Fills the candidate lists with their first max_cycles entries each (a row never uses
+// more). Grow candidates are initially pruned weights with D != 0, split by the sign of their
+// grow key: the largest positive key first, ties to the higher column (a stable ascending
+// sort read from its high end), or the most negative first, ties to the lower column. Prune
+// candidates (unstructured only) are initially kept weights with D != 0, split by the sign
+// of D, in ascending prune metric, ties to the lower column.
+//
+// One pass, with bounded heaps whose top is the worst entry kept so far; the rare element
+// that beats it is the only unpredictable branch, which is what makes this pass fast.
+void collect_candidates(const DsnotRow& row, const DsnotRowParams& params, bool with_prune, DsnotScratch& s) {
+  constexpr int kNone = kLists;
+  const float inf = std::numeric_limits<float>::infinity();
+  float worst[kLists + 1] = {inf, inf, inf, inf, -inf};  // kNone never admits anything
+  // Keys are stored so that every list is ascending; the positive grow list is read by
+  // descending key, so it stores -key and lets a later column win ties.
+  auto before = [](bool later_wins) {
+    return [later_wins](const Candidate& a, const Candidate& b) {
+      return a.key < b.key || (a.key == b.key && (later_wins ? a.index > b.index : a.index < b.index));
+    };
+  };
+  for (auto& list : s.lists) list.clear();
+  const auto limit = static_cast<size_t>(params.max_cycles);
+  const float* d = s.d.data();
   const float* g = s.grow.data();
-  auto pos = best(s.grow_pos, params.max_cycles,
-                  [g](int64_t a, int64_t b) { return g[a] > g[b] || (g[a] == g[b] && a > b); });
-  auto neg = best(s.grow_neg, params.max_cycles,
-                  [g](int64_t a, int64_t b) { return g[a] < g[b] || (g[a] == g[b] && a < b); });
+  const float* metric = s.prune.data();
   for (int64_t j = 0; j < params.cols; ++j) {
-    if (row.keep[j] || s.d[j] == 0.0f) continue;
-    if (g[j] > 0.0f) pos.offer(j);
-    else if (g[j] < 0.0f) neg.offer(j);
+    // Arithmetic instead of branches: the sign tests are coin flips. Grow keys are stored
+    // as -|g| (the positive list is read by descending g), prune keys are the metric.
+    const int pruned = !row.keep[j];
+    const float dj = d[j], gj = g[j];
+    const int grow_slot = kNone - (kNone - kGrowPositive) * (gj > 0.0f) - (kNone - kGrowNegative) * (gj < 0.0f);
+    const int prune_slot = with_prune ? kPruneNegative - (dj > 0.0f) : kNone;
+    const int slot = kNone + (dj != 0.0f) * (pruned * (grow_slot - kNone) + (1 - pruned) * (prune_slot - kNone));
+    const float key = pruned ? -std::fabs(gj) : metric[j];
+    const bool later_wins = slot == kGrowPositive;
+    const bool admit = (key < worst[slot]) | ((key == worst[slot]) & later_wins);
+    if (!admit) continue;
+    auto& list = s.lists[slot];
+    const auto order = before(later_wins);
+    if (list.size() < limit) {
+      list.push_back({key, j});
+      std::push_heap(list.begin(), list.end(), order);
+    } else {
+      std::pop_heap(list.begin(), list.end(), order);
+      list.back() = {key, j};
+      std::push_heap(list.begin(), list.end(), order);
+    }
+    if (list.size() == limit) worst[slot] = list.front().key;
   }
-  pos.finish();
-  neg.finish();
+  for (int slot = 0; slot < kLists; ++slot)
+    std::sort_heap(s.lists[slot].begin(), s.lists[slot].end(), before(slot == kGrowPositive));
 }
 
 // The regularised decision boundary of R2-DSnoT (off: every swap is accepted).
@@ -79,10 +87,9 @@ bool accept(const DsnotRow& row, const DsnotRowParams& params, double e, double 
   return change + params.gamma1 * row.phi[p] - params.gamma2 * row.phi[r] < 0.0;
 }
 
-// Next grow candidate for the sign of e, or -1 when that side is exhausted.
-int64_t next_grow(const DsnotScratch& s, double e, size_t& pos_i, size_t& neg_i) {
-  if (e > 0) return pos_i < s.grow_pos.size() ? s.grow_pos[pos_i++] : -1;
-  return neg_i < s.grow_neg.size() ? s.grow_neg[neg_i++] : -1;
+// Next entry of a list, or -1 when it is exhausted.
+int64_t take(const DsnotScratch& s, CandidateList list, size_t& next) {
+  return next < s.lists[list].size() ? s.lists[list][next++].index : -1;
 }
 
 // Rows whose error is already within the threshold never swap: skip their candidate lists.
@@ -97,28 +104,15 @@ void refine_row_unstructured(const DsnotRow& row, const DsnotColumns& columns, c
   double e = expected_error(row, columns, params.cols, s);
   if (!needs_refinement(e, params)) return;
   fill_metrics(row, columns, params.cols, s);
-  collect_grow(row, params, s);
-  // Prune candidates: initially kept weights with D != 0 in ascending prune metric.
-  const float* key = s.prune.data();
-  auto ascending = [key](int64_t a, int64_t b) { return key[a] < key[b] || (key[a] == key[b] && a < b); };
-  auto pos = best(s.prune_pos, params.max_cycles, ascending);
-  auto neg = best(s.prune_neg, params.max_cycles, ascending);
-  for (int64_t j = 0; j < params.cols; ++j) {
-    if (!row.keep[j]) continue;
-    if (s.d[j] > 0.0f) pos.offer(j);
-    else if (s.d[j] < 0.0f) neg.offer(j);
-  }
-  pos.finish();
-  neg.finish();
-
-  size_t grow_pos_i = 0, grow_neg_i = 0, prune_pos_i = 0, prune_neg_i = 0;
+  collect_candidates(row, params, /*with_prune=*/true, s);
+  size_t next[kLists] = {0, 0, 0, 0};
   for (int64_t cycle = 0; cycle < params.max_cycles && std::fabs(e) > params.threshold; ++cycle) {
-    const int64_t r = next_grow(s, e, grow_pos_i, grow_neg_i);
+    // e > 0: regrow a weight with D > 0 and prune one with D < 0; e < 0: the opposite.
+    const auto grow = e > 0 ? kGrowPositive : kGrowNegative;
+    const int64_t r = take(s, grow, next[grow]);
     if (r < 0) break;
-    // e > 0 asks for a weight with D < 0 to prune, e < 0 for one with D > 0.
-    int64_t p;
-    if (e > 0) p = prune_neg_i < s.prune_neg.size() ? s.prune_neg[prune_neg_i++] : -1;
-    else p = prune_pos_i < s.prune_pos.size() ? s.prune_pos[prune_pos_i++] : -1;
+    const auto prune = e > 0 ? kPruneNegative : kPrunePositive;
+    const int64_t p = take(s, prune, next[prune]);
     if (p < 0) break;
     const double e_after = e + s.d[p] - s.d[r];
     if (!accept(row, params, e, e_after, p, r)) continue;
@@ -133,15 +127,16 @@ void refine_row_nm(const DsnotRow& row, const DsnotColumns& columns, const Dsnot
   double e = expected_error(row, columns, params.cols, s);
   if (!needs_refinement(e, params)) return;
   fill_metrics(row, columns, params.cols, s);
-  collect_grow(row, params, s);
+  collect_candidates(row, params, /*with_prune=*/false, s);
   // Only initially kept weights can be pruned, each examined at most once.
   s.examined.assign(row.keep, row.keep + params.cols);
   for (auto& candidate : s.examined) candidate = !candidate;
 
   const double initial_sign = (e > 0) - (e < 0);
-  size_t grow_pos_i = 0, grow_neg_i = 0;
+  size_t next[kLists] = {0, 0, 0, 0};
   for (int64_t cycle = 0; cycle < params.max_cycles && std::fabs(e) > params.threshold; ++cycle) {
-    const int64_t r = next_grow(s, e, grow_pos_i, grow_neg_i);
+    const auto grow = e > 0 ? kGrowPositive : kGrowNegative;
+    const int64_t r = take(s, grow, next[grow]);
     if (r < 0) break;
     const int64_t start = r - r % params.m;
     int64_t p = -1;

@@ -34,10 +34,19 @@ struct DsnotRow {
   bool* keep;
 };
 
+// A candidate of one of the walk's lists, with the key it is ordered by.
+struct Candidate {
+  float key;
+  int64_t index;
+};
+
+// The walk's four candidate lists, in the order they are read.
+enum CandidateList { kGrowPositive = 0, kGrowNegative = 1, kPrunePositive = 2, kPruneNegative = 3, kLists = 4 };
+
 // Reusable buffers of one worker thread.
 struct DsnotScratch {
   std::vector<float> d, grow, prune;
-  std::vector<int64_t> grow_pos, grow_neg, prune_pos, prune_neg;
+  std::vector<Candidate> lists[kLists];
   std::vector<char> examined;
 };
 

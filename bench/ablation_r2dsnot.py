@@ -1,0 +1,60 @@
+"""Chooses R²-DSnoT's defaults on calibration data only (SPEC.md section 5).
+
+Prunes the real SmolLM2-135M with Wanda at each pattern, refines with DSnoT and with each
+R²-DSnoT component on its own and combined, and measures perplexity on held-out windows of
+the *calibration* file (the evaluation text is never read). Results go to
+docs/ablation_r2dsnot.jsonl (resumable) and a table on stdout.
+
+    .venv/bin/python bench/ablation_r2dsnot.py                 # 32 x 512 calibration windows
+    .venv/bin/python bench/ablation_r2dsnot.py --nsamples 64
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from protocol import ROOT, run_all
+
+VARIANTS: list[tuple[str, dict[str, Any] | None]] = [
+    ("no refinement", None),
+    ("DSnoT", {}),
+    ("relative prune, a=0.5", {"relative": "prune", "a": 0.5}),
+    ("relative prune, a=1", {"relative": "prune", "a": 1.0}),
+    ("relative prune, a=0.25", {"relative": "prune", "a": 0.25}),
+    ("relative grow", {"relative": "grow"}),
+    ("boundary g1=g2=0", {"gamma1": 0.0, "gamma2": 0.0}),
+    ("boundary g1=0.1", {"gamma1": 0.1, "gamma2": 0.0}),
+    ("relative prune + boundary g1=g2=0", {"relative": "prune", "a": 0.5, "gamma1": 0.0, "gamma2": 0.0}),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nsamples", type=int, default=32)
+    parser.add_argument("--patterns", default="0.6,2:4", help="comma-separated sparsities and N:M patterns")
+    parser.add_argument("--results", type=Path, default=ROOT / "docs" / "ablation_r2dsnot.jsonl")
+    args = parser.parse_args()
+
+    patterns = [p.strip() for p in args.patterns.split(",")]
+    configs = []
+    for pattern in patterns:
+        shape = {"nm": pattern} if ":" in pattern else {"sparsity": float(pattern)}
+        for _, options in VARIANTS:
+            config = {"method": "wanda", **shape, "eval_on": "calibration", "nsamples": args.nsamples}
+            if options is not None:
+                config.update(refine="dsnot", refine_options=options)
+            configs.append(config)
+    rows = run_all(configs, args.results)
+
+    print(f"\nheld-out calibration perplexity (wanda initial mask, {args.nsamples} x 512 windows)")
+    print("| variant | " + " | ".join(patterns) + " | mean |")
+    print("|---|" + "---|" * (len(patterns) + 1))
+    for i, (name, _) in enumerate(VARIANTS):
+        ppl = [rows[p * len(VARIANTS) + i]["perplexity"] for p in range(len(patterns))]
+        print(f"| {name} | " + " | ".join(f"{x:.3f}" for x in ppl) + f" | {sum(ppl) / len(ppl):.3f} |")
+
+
+if __name__ == "__main__":
+    main()

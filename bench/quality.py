@@ -1,0 +1,112 @@
+"""Perplexity of every method on the real model under evaluation protocol v1 (SPEC.md section 8).
+
+SmolLM2-135M-Instruct (fp32), 64 x 512 calibration windows of lee_background.cor (seed 0),
+the first 32 x 512 windows of enwiki_excerpt.txt. Each configuration runs in its own process;
+results accumulate in docs/quality.jsonl (rerun to resume), then docs/quality.md and
+docs/quality.png are written from everything measured so far.
+
+    .venv/bin/python bench/quality.py                       # everything (hours on 2 cores)
+    .venv/bin/python bench/quality.py --patterns 0.5 --methods wanda,magnitude
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from protocol import ROOT, load_results, run_all, run_key
+
+SCORERS = ["magnitude", "wanda", "ria", "stochria", "symwanda", "owanda", "symmetric"]
+REFINED = [("wanda", "dsnot"), ("ria", "dsnot"), ("wanda", "r2dsnot"), ("ria", "r2dsnot")]
+PATTERNS = ["0.5", "0.6", "2:4"]
+
+
+def config_for(method: str, refine: str | None, pattern: str) -> dict[str, Any]:
+    config: dict[str, Any] = {"method": method}
+    config.update({"nm": pattern} if ":" in pattern else {"sparsity": float(pattern)})
+    if refine:
+        config["refine"] = refine
+    return config
+
+
+def label(config: dict[str, Any]) -> str:
+    return config["method"] + (f"+{config['refine']}" if "refine" in config else "")
+
+
+def pattern_of(config: dict[str, Any]) -> str:
+    return config.get("nm") or f"{config['sparsity']:.0%}"
+
+
+def write_report(rows: list[dict[str, Any]], out_md: Path, out_png: Path) -> None:
+    lines = [
+        "# Quality on the real model (evaluation protocol v1)",
+        "",
+        "Written by `.venv/bin/python bench/quality.py` (SPEC.md §8: SmolLM2-135M-Instruct fp32, "
+        "64×512 calibration windows of lee_background.cor, first 32×512 windows of enwiki_excerpt.txt, "
+        "2-core CPU). `prune s` is the whole sequential pipeline; `× dense fwd` divides it by the time "
+        "of one dense forward of the calibration set through all blocks.",
+        "",
+        "| method | pattern | sparsity | perplexity | prune s | × dense fwd | peak RSS MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        c = row["config"]
+        ratio = row["prune_seconds"] / row["dense_forward_seconds"] if row.get("dense_forward_seconds") else 0
+        lines.append(
+            f"| {label(c)} | {pattern_of(c) if c['method'] != 'dense' else '-'} | {row['sparsity']:.4f} "
+            f"| {row['perplexity']:.2f} | {row['prune_seconds']:.0f} | {ratio:.2f} | {row['peak_rss_mb']:.0f} |"
+        )
+    out_md.write_text("\n".join(lines) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pruned = [r for r in rows if r["config"]["method"] != "dense"]
+    patterns = sorted({pattern_of(r["config"]) for r in pruned})
+    labels = sorted({label(r["config"]) for r in pruned}, key=lambda s: (s.count("+"), s))
+    fig, ax = plt.subplots(figsize=(11, 5))
+    width = 0.8 / max(len(patterns), 1)
+    for k, pattern in enumerate(patterns):
+        values = {label(r["config"]): r["perplexity"] for r in pruned if pattern_of(r["config"]) == pattern}
+        xs = [i + k * width for i, name in enumerate(labels) if name in values]
+        ax.bar(xs, [values[name] for name in labels if name in values], width, label=pattern)
+    dense = [r["perplexity"] for r in rows if r["config"]["method"] == "dense"]
+    if dense:
+        ax.axhline(dense[0], color="black", linestyle="--", label=f"dense {dense[0]:.1f}")
+    ax.set_yscale("log")
+    ax.set_xticks([i + width * (len(patterns) - 1) / 2 for i in range(len(labels))], labels, rotation=30, ha="right")
+    ax.set_ylabel("perplexity (log scale)")
+    ax.set_title("SmolLM2-135M, enwiki 32×512, calibration lee_background 64×512")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--patterns", default=",".join(PATTERNS))
+    parser.add_argument("--methods", default=None, help="comma-separated subset of labels, e.g. wanda,ria+dsnot")
+    parser.add_argument("--report-only", action="store_true", help="only rewrite the report from results so far")
+    args = parser.parse_args()
+    results = ROOT / "docs" / "quality.jsonl"
+
+    configs = [{"method": "dense"}]
+    for pattern in args.patterns.split(","):
+        configs += [config_for(m, None, pattern) for m in SCORERS]
+        configs += [config_for(m, r, pattern) for m, r in REFINED]
+    if args.methods:
+        wanted = set(args.methods.split(","))
+        configs = [c for c in configs if c["method"] == "dense" or label(c) in wanted]
+    if not args.report_only:
+        run_all(configs, results)
+    done = load_results(results)
+    rows = [done[run_key(c)] for c in configs if run_key(c) in done]
+    write_report(rows, ROOT / "docs" / "quality.md", ROOT / "docs" / "quality.png")
+    print((ROOT / "docs" / "quality.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
