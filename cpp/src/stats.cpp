@@ -1,15 +1,13 @@
 #include "symprune/stats.h"
 
-#include "checks.h"
-
 #include <c10/util/Exception.h>
 
+#include <ATen/Dispatch.h>
 #include <ATen/TensorOperators.h>
-
 #include <ATen/ops/sqrt.h>
-#include <ATen/ops/sum.h>
-#include <ATen/ops/var.h>
 #include <ATen/ops/zeros.h>
+
+#include <vector>
 
 namespace symprune {
 
@@ -21,6 +19,39 @@ ActivationStats::ActivationStats(int64_t features) : features_(features) {
   weighted_var_ = at::zeros({features}, options);
 }
 
+namespace {
+
+// Adds one update's per-feature sum, sum of squares and tokens x population variance to
+// the fp64 accumulators. Two passes over the update (sums, then squared deviations from
+// its own mean) keep the variance exact where the mean is large against the spread.
+template <typename scalar_t>
+void accumulate(const scalar_t* x, int64_t tokens, int64_t features, double* sum, double* sum_sq,
+                double* weighted_var) {
+  std::vector<double> local_sum(features, 0.0), deviation(features, 0.0);
+  for (int64_t t = 0; t < tokens; ++t) {
+    const scalar_t* row = x + t * features;
+    for (int64_t f = 0; f < features; ++f) {
+      const double v = static_cast<double>(static_cast<float>(row[f]));
+      local_sum[f] += v;
+      sum_sq[f] += v * v;
+    }
+  }
+  const double n = static_cast<double>(tokens);
+  for (int64_t t = 0; t < tokens; ++t) {
+    const scalar_t* row = x + t * features;
+    for (int64_t f = 0; f < features; ++f) {
+      const double centred = static_cast<double>(static_cast<float>(row[f])) - local_sum[f] / n;
+      deviation[f] += centred * centred;
+    }
+  }
+  for (int64_t f = 0; f < features; ++f) {
+    sum[f] += local_sum[f];
+    weighted_var[f] += deviation[f];  // tokens * (deviation / tokens)
+  }
+}
+
+}  // namespace
+
 void ActivationStats::update(const at::Tensor& x) {
   TORCH_CHECK_VALUE(x.defined() && x.dim() >= 1 && x.size(-1) == features_,
                     "ActivationStats.update: expected shape (..., ", features_, "), got ",
@@ -31,11 +62,12 @@ void ActivationStats::update(const at::Tensor& x) {
   const int64_t tokens = x.numel() / features_;
   if (tokens == 0) return;
   const int64_t sequences = x.dim() >= 3 ? tokens / x.size(-2) : 1;
-  // fp64 on the statistics' device; activations may live anywhere (e.g. CUDA).
-  const at::Tensor flat = x.reshape({tokens, features_}).to(sum_.device(), at::kDouble);
-  sum_sq_.add_(flat.square().sum(0));
-  sum_.add_(flat.sum(0));
-  weighted_var_.add_(at::var(flat, at::IntArrayRef{0}, /*unbiased=*/false), static_cast<double>(tokens));
+  // Activations may live anywhere (e.g. CUDA); the accumulators are fp64 on the CPU.
+  const at::Tensor flat = x.reshape({tokens, features_}).to(at::kCPU).contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, flat.scalar_type(), "ActivationStats.update", [&] {
+    accumulate(flat.const_data_ptr<scalar_t>(), tokens, features_, sum_.mutable_data_ptr<double>(),
+               sum_sq_.mutable_data_ptr<double>(), weighted_var_.mutable_data_ptr<double>());
+  });
   tokens_ += tokens;
   sequences_ += sequences;
 }

