@@ -33,6 +33,7 @@ VARIANTS: list[tuple[str, dict[str, Any] | None]] = [
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nsamples", type=int, default=32)
+    parser.add_argument("--eval-windows", type=int, default=16, help="held-out windows of the calibration file")
     parser.add_argument("--patterns", default="0.6,2:4", help="comma-separated sparsities and N:M patterns")
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "ablation_r2dsnot.jsonl")
     args = parser.parse_args()
@@ -42,13 +43,15 @@ def main() -> None:
     for pattern in patterns:
         shape = {"nm": pattern} if ":" in pattern else {"sparsity": float(pattern)}
         for _, options in VARIANTS:
-            config = {"method": "wanda", **shape, "eval_on": "calibration", "nsamples": args.nsamples}
+            config = {"method": "wanda", **shape, "eval_on": "calibration", "nsamples": args.nsamples,
+                      "eval_windows": args.eval_windows}
             if options is not None:
                 config.update(refine="dsnot", refine_options=options)
             configs.append(config)
     rows = run_all(configs, args.results)
 
-    print(f"\nheld-out calibration perplexity (wanda initial mask, {args.nsamples} x 512 windows)")
+    print(f"\nheld-out calibration perplexity (wanda initial mask, {args.nsamples} x 512 calibration windows, "
+          f"{args.eval_windows} x 512 held-out windows)")
     print("| variant | " + " | ".join(patterns) + " | mean |")
     print("|---|" + "---|" * (len(patterns) + 1))
     for i, (name, _) in enumerate(VARIANTS):

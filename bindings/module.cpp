@@ -32,6 +32,13 @@ Relative parse_relative(const std::optional<std::string>& relative) {
   TORCH_CHECK_VALUE(false, "relative must be None, 'prune' or 'grow', got '", *relative, "'");
 }
 
+DsnotBackend parse_backend(const std::string& backend) {
+  if (backend == "auto") return DsnotBackend::Auto;
+  if (backend == "rows") return DsnotBackend::Rows;
+  if (backend == "batched") return DsnotBackend::Batched;
+  TORCH_CHECK_VALUE(false, "backend must be 'auto', 'rows' or 'batched', got '", backend, "'");
+}
+
 py::object mask(const at::Tensor& score, std::optional<double> sparsity,
                 const std::optional<std::tuple<int64_t, int64_t>>& nm, const std::string& group,
                 bool permute) {
@@ -58,7 +65,7 @@ at::Tensor dsnot_binding(const at::Tensor& weight, const at::Tensor& keep_mask, 
                          const std::optional<std::tuple<int64_t, int64_t>>& nm, int64_t max_cycles,
                          double threshold, double var_power, std::optional<at::Tensor> initial_score,
                          const std::optional<std::string>& relative, double a, std::optional<double> gamma1,
-                         std::optional<double> gamma2, double q) {
+                         std::optional<double> gamma2, double q, const std::string& backend) {
   DsnotInputs inputs{weight, keep_mask, in_norm, in_mean, in_var, std::move(initial_score)};
   DsnotOptions options;
   options.nm = to_nm(nm);
@@ -70,6 +77,7 @@ at::Tensor dsnot_binding(const at::Tensor& weight, const at::Tensor& keep_mask, 
   options.gamma1 = gamma1;
   options.gamma2 = gamma2;
   options.q = q;
+  options.backend = parse_backend(backend);
   return dsnot(inputs, options);
 }
 
@@ -112,5 +120,6 @@ PYBIND11_MODULE(_C, m) {
         py::arg("in_mean"), py::arg("in_var"), py::arg("nm") = py::none(), py::arg("max_cycles") = 50,
         py::arg("threshold") = 0.1, py::arg("var_power") = 1.0, py::arg("initial_score") = py::none(),
         py::arg("relative") = py::none(), py::arg("a") = 0.5, py::arg("gamma1") = py::none(),
-        py::arg("gamma2") = py::none(), py::arg("q") = 1.0, py::call_guard<py::gil_scoped_release>());
+        py::arg("gamma2") = py::none(), py::arg("q") = 1.0, py::arg("backend") = "auto",
+        py::call_guard<py::gil_scoped_release>());
 }

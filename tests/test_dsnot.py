@@ -9,6 +9,7 @@ activations with per-channel offsets (so in_mean is far from 0) and per-channel 
 from __future__ import annotations
 
 import collections
+import functools
 import pathlib
 import sys
 import zlib
@@ -27,6 +28,17 @@ from dsnot_reference import dsnot_reference  # noqa: E402
 
 SHAPES = [(7, 24), (16, 64), (3, 40), (1, 8)]
 THRESHOLDS = ["tiny", "scaled", "huge"]
+
+
+@pytest.fixture(autouse=True, params=["rows", "batched"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs against both implementations of the walk: the per-row CPU kernel and
+    the batched tensor-op path that CUDA tensors take (exercised here on the CPU)."""
+    monkeypatch.setattr(symprune, "dsnot", functools.partial(_dsnot, backend=request.param))
+    return request.param
+
+
+_dsnot = symprune.dsnot
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,14 +1,13 @@
 #include "symprune/dsnot.h"
 
 #include "checks.h"
-#include "dsnot_rows.h"
+#include "dsnot_prepared.h"
 #include "symprune/score.h"
 
 #include <c10/util/Exception.h>
 
 #include <ATen/TensorOperators.h>
 
-#include <ATen/Parallel.h>
 #include <ATen/ops/abs.h>
 #include <ATen/ops/clamp_min.h>
 #include <ATen/ops/pow.h>
@@ -48,21 +47,15 @@ void validate(const DsnotInputs& in, const DsnotOptions& opt) {
                     "gamma1 and gamma2 must be finite");
 }
 
-at::Tensor cpu_float(const at::Tensor& t) { return t.to(at::kCPU, at::kFloat).contiguous(); }
-
-// Inputs of the row walk on CPU in fp32. The default metrics are computed inside the walk;
-// R2-DSnoT's relative metrics and an explicit N:M initial score are whole-matrix tensors.
-struct Prepared {
-  at::Tensor w, mean, var_denominator, norm;
-  at::Tensor grow_key, prune_key, phi;  // undefined = default / off
-};
-
-Prepared prepare(const DsnotInputs& in, const DsnotOptions& opt) {
-  Prepared p;
-  p.w = cpu_float(in.weight);
-  p.norm = cpu_float(in.in_norm);
-  p.mean = cpu_float(in.in_mean);
-  p.var_denominator = at::pow(at::clamp_min(cpu_float(in.in_var), kVarEpsilon), opt.var_power).contiguous();
+// Inputs of the walk in fp32 on the compute device. The default metrics are computed inside
+// the walk; R2-DSnoT's relative metrics and an explicit N:M initial score are whole matrices.
+detail::DsnotPrepared prepare(const DsnotInputs& in, const DsnotOptions& opt, at::Device device) {
+  auto to_device = [device](const at::Tensor& t) { return t.to(device, at::kFloat).contiguous(); };
+  detail::DsnotPrepared p;
+  p.w = to_device(in.weight);
+  p.norm = to_device(in.in_norm);
+  p.mean = to_device(in.in_mean);
+  p.var_denominator = at::pow(at::clamp_min(to_device(in.in_var), kVarEpsilon), opt.var_power).contiguous();
   if (opt.relative == Relative::Grow)
     p.grow_key = (at::sign(p.w) * relative_importance(p.w) * p.mean.unsqueeze(0) /
                   p.var_denominator.unsqueeze(0)).contiguous();
@@ -72,7 +65,7 @@ Prepared prepare(const DsnotInputs& in, const DsnotOptions& opt) {
     ria.a = opt.a;
     p.prune_key = score(p.w, ScoreMethod::Ria, ria).contiguous();
   } else if (opt.nm && in.initial_score) {
-    p.prune_key = cpu_float(*in.initial_score);
+    p.prune_key = to_device(*in.initial_score);
   }
   if (opt.gamma1 || opt.gamma2) {
     const auto phi = at::pow(at::abs(p.w), opt.q) * p.norm.unsqueeze(0);
@@ -82,45 +75,19 @@ Prepared prepare(const DsnotInputs& in, const DsnotOptions& opt) {
   return p;
 }
 
-const float* data_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr<float>() : nullptr; }
-
 }  // namespace
 
 at::Tensor dsnot(const DsnotInputs& inputs, const DsnotOptions& options) {
   validate(inputs, options);
-  const auto prepared = prepare(inputs, options);
-  auto keep = inputs.keep_mask.to(at::kCPU).contiguous().clone();
-  const int64_t rows = keep.size(0), cols = keep.size(1);
-
-  detail::DsnotRowParams params;
-  params.cols = cols;
-  params.max_cycles = options.max_cycles;
-  params.threshold = options.threshold;
-  params.m = options.nm ? options.nm->m : 0;
-  params.boundary = options.gamma1.has_value() || options.gamma2.has_value();
-  params.gamma1 = options.gamma1.value_or(0.0);
-  params.gamma2 = options.gamma2.value_or(0.0);
-
-  const detail::DsnotColumns columns{prepared.mean.const_data_ptr<float>(),
-                                     prepared.var_denominator.const_data_ptr<float>(),
-                                     prepared.norm.const_data_ptr<float>()};
-  const float* w = prepared.w.const_data_ptr<float>();
-  const float* grow = data_or_null(prepared.grow_key);
-  const float* prune = data_or_null(prepared.prune_key);
-  const float* phi = data_or_null(prepared.phi);
-  bool* mask = keep.mutable_data_ptr<bool>();
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1));
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    detail::DsnotScratch scratch;
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t o = r * cols;
-      const detail::DsnotRow row{w + o, grow ? grow + o : nullptr, prune ? prune + o : nullptr,
-                                 phi ? phi + o : nullptr, mask + o};
-      if (params.m) detail::refine_row_nm(row, columns, params, scratch);
-      else detail::refine_row_unstructured(row, columns, params, scratch);
-    }
-  });
-  return keep.to(inputs.keep_mask.device());
+  const auto device = inputs.weight.device();
+  const bool batched = options.backend == DsnotBackend::Batched ||
+                       (options.backend == DsnotBackend::Auto && !device.is_cpu());
+  const auto compute = batched ? device : at::Device(at::kCPU);
+  const auto prepared = prepare(inputs, options, compute);
+  const auto keep = inputs.keep_mask.to(compute).contiguous();
+  const auto refined = batched ? detail::refine_batched(prepared, keep, options)
+                               : detail::refine_rows(prepared, keep, options);
+  return refined.to(inputs.keep_mask.device());
 }
 
 }  // namespace symprune

@@ -1,5 +1,9 @@
 #include "dsnot_rows.h"
 
+#include "dsnot_prepared.h"
+
+#include <ATen/Parallel.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -87,6 +91,14 @@ bool accept(const DsnotRow& row, const DsnotRowParams& params, double e, double 
   return change + params.gamma1 * row.phi[p] - params.gamma2 * row.phi[r] < 0.0;
 }
 
+// Regrows r and prunes p unless the boundary rejects the swap; returns the row's error.
+double swap_unless_rejected(const DsnotRow& row, const DsnotRowParams& params, double e, double e_after, int64_t p, int64_t r) {
+  if (!accept(row, params, e, e_after, p, r)) return e;
+  row.keep[r] = true;
+  row.keep[p] = false;
+  return e_after;
+}
+
 // Next entry of a list, or -1 when it is exhausted.
 int64_t take(const DsnotScratch& s, CandidateList list, size_t& next) {
   return next < s.lists[list].size() ? s.lists[list][next++].index : -1;
@@ -114,11 +126,7 @@ void refine_row_unstructured(const DsnotRow& row, const DsnotColumns& columns, c
     const auto prune = e > 0 ? kPruneNegative : kPrunePositive;
     const int64_t p = take(s, prune, next[prune]);
     if (p < 0) break;
-    const double e_after = e + s.d[p] - s.d[r];
-    if (!accept(row, params, e, e_after, p, r)) continue;
-    row.keep[r] = true;
-    row.keep[p] = false;
-    e = e_after;
+    e = swap_unless_rejected(row, params, e, e + s.d[p] - s.d[r], p, r);
   }
 }
 
@@ -146,11 +154,45 @@ void refine_row_nm(const DsnotRow& row, const DsnotColumns& columns, const Dsnot
     s.examined[p] = 1;
     const double e_after = e + s.d[p] - s.d[r];
     if (((e_after > 0) - (e_after < 0)) != initial_sign) break;
-    if (!accept(row, params, e, e_after, p, r)) continue;
-    row.keep[r] = true;
-    row.keep[p] = false;
-    e = e_after;
+    e = swap_unless_rejected(row, params, e, e_after, p, r);
   }
+}
+
+namespace {
+const float* data_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr<float>() : nullptr; }
+}  // namespace
+
+at::Tensor refine_rows(const DsnotPrepared& prepared, const at::Tensor& keep_in, const DsnotOptions& options) {
+  auto keep = keep_in.clone();
+  const int64_t rows = keep.size(0), cols = keep.size(1);
+  DsnotRowParams params;
+  params.cols = cols;
+  params.max_cycles = options.max_cycles;
+  params.threshold = options.threshold;
+  params.m = options.nm ? options.nm->m : 0;
+  params.boundary = options.gamma1.has_value() || options.gamma2.has_value();
+  params.gamma1 = options.gamma1.value_or(0.0);
+  params.gamma2 = options.gamma2.value_or(0.0);
+
+  const DsnotColumns columns{prepared.mean.const_data_ptr<float>(), prepared.var_denominator.const_data_ptr<float>(),
+                             prepared.norm.const_data_ptr<float>()};
+  const float* w = prepared.w.const_data_ptr<float>();
+  const float* grow = data_or_null(prepared.grow_key);
+  const float* prune = data_or_null(prepared.prune_key);
+  const float* phi = data_or_null(prepared.phi);
+  bool* mask = keep.mutable_data_ptr<bool>();
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    DsnotScratch scratch;
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t o = r * cols;
+      const DsnotRow row{w + o, grow ? grow + o : nullptr, prune ? prune + o : nullptr, phi ? phi + o : nullptr,
+                         mask + o};
+      if (params.m) refine_row_nm(row, columns, params, scratch);
+      else refine_row_unstructured(row, columns, params, scratch);
+    }
+  });
+  return keep;
 }
 
 }  // namespace symprune::detail

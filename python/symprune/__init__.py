@@ -13,15 +13,28 @@ from ._C import ActivationStats, channel_permutation, dsnot, mask, relative_impo
 from .linear import prune_
 from .stats import OutputStats
 
+# The model-level API (after the core names above: the pipeline calls them).
+from .data import calibration_windows, evaluation_windows, tokenize_file
+from .evaluate import perplexity
+from .pipeline import R2DSNOT_DEFAULTS, prune_model
+from .report import PruneReport
+
 __version__ = "0.1.0"
 
 __all__ = [
     "ActivationStats",
     "OutputStats",
+    "PruneReport",
+    "R2DSNOT_DEFAULTS",
+    "calibration_windows",
     "channel_permutation",
     "dsnot",
+    "evaluation_windows",
     "mask",
+    "perplexity",
     "prune_",
+    "prune_model",
     "relative_importance",
     "score",
+    "tokenize_file",
 ]

@@ -14,6 +14,11 @@ namespace symprune {
 
 enum class Relative { None, Prune, Grow };
 
+// Rows: a per-row walk on the CPU, parallel over rows (CPU tensors are copied there).
+// Batched: all rows advanced together with tensor ops on the weight's device (CUDA).
+// Auto: Rows for CPU tensors, Batched otherwise. Both give the same masks.
+enum class DsnotBackend { Auto, Rows, Batched };
+
 struct DsnotOptions {
   std::optional<NM> nm;          // N:M branch; the pattern of the keep mask is preserved
   int64_t max_cycles = 50;
@@ -25,6 +30,7 @@ struct DsnotOptions {
   std::optional<double> gamma1;  // regularised decision boundary: on when either is set
   std::optional<double> gamma2;
   double q = 1.0;                // phi_j = |W_ij|^q * in_norm_j
+  DsnotBackend backend = DsnotBackend::Auto;
 };
 
 struct DsnotInputs {
