@@ -203,6 +203,24 @@ def test_prune_model_patterns(arch: str, pattern: str) -> None:
     assert math.isfinite(perplexity(model, _windows(2, seed=1), progress=False))
 
 
+def test_permuted_nm_prunes_n_of_m_in_permuted_order() -> None:
+    model = build_tiny_model("llama")
+    report = prune_model(model, _windows(2), method="wanda", nm=(2, 4), permute=True, progress=False)
+    assert report.overall_sparsity == 0.5
+    for w in _linear_weights(model).values():
+        assert torch.all((w == 0).sum(1) == w.shape[1] // 2)
+
+
+def test_refine_skip_leaves_matching_layers_unrefined() -> None:
+    windows = _windows(2)
+    report = prune_model(build_tiny_model("llama"), windows, method="wanda", sparsity=0.5,
+                         refine="dsnot", refine_options={"skip": "mlp", "threshold": 0.0},
+                         progress=False)
+    changed = {layer.name: layer.changed for layer in report.layers}
+    assert all(n == 0 for name, n in changed.items() if ".mlp." in name)
+    assert any(n > 0 for name, n in changed.items() if ".self_attn." in name)
+
+
 @pytest.mark.parametrize("method", ["magnitude", "symwanda", "owanda", "ria"])
 def test_prune_model_layer_group_and_other_scores(method: str) -> None:
     model = build_tiny_model("qwen3")
@@ -315,6 +333,7 @@ def test_r2dsnot_uses_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         (dict(method="wanda", sparsity=0.5, refine="dsnot", refine_options={"cycles": 1}),
          "unknown refine_options"),
         (dict(method="wanda", sparsity=0.5, score_options={"alpha": 1}), "unknown score_options"),
+        (dict(method="wanda", nm=(2, 4), permute=True, refine="dsnot"), "permute"),
     ],
 )
 def test_prune_model_errors(kwargs: dict[str, Any], message: str) -> None:

@@ -38,8 +38,10 @@ _NEEDS_IN_NORM = frozenset({"wanda", "ria", "stochria", "symwanda"})
 _NEEDS_OUT_NORM = frozenset({"symwanda", "owanda"})
 SCORE_OPTION_KEYS = frozenset({"a", "p", "beta", "seed"})
 REFINE_OPTION_KEYS = frozenset(
-    {"max_cycles", "threshold", "var_power", "relative", "a", "gamma1", "gamma2", "q"}
+    {"max_cycles", "threshold", "var_power", "relative", "a", "gamma1", "gamma2", "q", "skip"}
 )
+# refine_options["skip"]: comma-separated name fragments of Linears left unrefined, e.g.
+# "mlp" refines attention projections only (the DSnoT reference code's default).
 # R²-DSnoT = DSnoT with these options; caller's refine_options override them.
 # Placeholder until the ablation on calibration data fixes them (SPEC.md §5).
 R2DSNOT_DEFAULTS: dict[str, Any] = {"relative": "prune", "a": 0.5}
@@ -97,6 +99,9 @@ class PruneSettings:
             raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
         if permute and nm is None:
             raise ValueError("permute only applies to N:M patterns (give nm)")
+        if permute and refine is not None:
+            raise ValueError("refine cannot be combined with permute: DSnoT's N:M groups are "
+                             "consecutive columns, not the permuted ones")
         if refine is not None and refine not in REFINES:
             raise ValueError(f"unknown refine {refine!r}; choose one of {', '.join(REFINES)}")
         options = dict(refine_options or {})
@@ -379,19 +384,23 @@ def _score_inputs(settings: PruneSettings, stats: LinearStats) -> dict[str, Any]
 
 
 def linear_mask(
-    weight: torch.Tensor, stats: LinearStats, settings: PruneSettings
+    weight: torch.Tensor, stats: LinearStats, settings: PruneSettings, name: str = ""
 ) -> tuple[torch.Tensor, int]:
     """Score, mask and optionally refine one Linear weight (left unchanged).
 
     Returns the keep mask (True = kept) and how many mask entries refinement flipped.
+    With ``permute`` the mask is N:M in the permuted column order only.
     """
     weight = weight.detach()
     score = symprune.score(weight, settings.method, **_score_inputs(settings, stats))
     keep = symprune.mask(score, settings.sparsity, nm=settings.nm, group=settings.group,
                          permute=settings.permute)
-    if settings.refine is None:
-        return keep, 0
+    if settings.permute:
+        keep, _ = keep
     options = dict(settings.refine_options)
+    skipped = [part for part in str(options.pop("skip", "") or "").split(",") if part]
+    if settings.refine is None or any(part in name for part in skipped):
+        return keep, 0
     if settings.nm is not None:
         # DSnoT's N:M branch picks prune candidates by the score that built the mask.
         options["initial_score"] = score
@@ -539,7 +548,7 @@ def _prune_block(
     for name, layer in block_linears(block).items():
         weight = layer.weight.detach()
         dense_zeros = weight.numel() - int(torch.count_nonzero(weight))
-        keep, changed = linear_mask(weight, stats[name], settings)
+        keep, changed = linear_mask(weight, stats[name], settings, name=f"{block_name}.{name}")
         dense, lost = _energies(weight, keep, stats[name].inputs.in_sq)
         weight.masked_fill_(~keep.to(weight.device), 0)
         zeros = weight.numel() - int(torch.count_nonzero(weight))
