@@ -80,7 +80,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     print(f"weight {args.rows}x{args.cols}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"| dtype | case | reference s | symprune s | speedup | copy floor s | symprune / copy | same mask |")
+    print("| dtype | case | reference s | symprune s | speedup | copy floor s | symprune / copy | same mask |")
     print("|---|---|---|---|---|---|---|---|")
     for dtype in (torch.float32, torch.bfloat16):
         # Random weights need no real model for a speed measurement; quality lives in bench/quality.py.

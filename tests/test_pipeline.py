@@ -14,6 +14,7 @@ from oracles import oracle_stats
 
 import symprune
 from symprune import pipeline
+from symprune.blocks import block_linears, hidden_of
 from symprune.data import as_token_stream, calibration_windows, evaluation_windows, with_bos
 from symprune.evaluate import perplexity
 from symprune.pipeline import (
@@ -37,7 +38,7 @@ def _linear_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {
         f"{prefix}.{i}.{name}.weight": layer.weight
         for i, block in enumerate(blocks)
-        for name, layer in pipeline.block_linears(block).items()
+        for name, layer in block_linears(block).items()
     }
 
 
@@ -126,7 +127,7 @@ def test_captured_calls_reproduce_dense_model(arch: str) -> None:
 
     final: list[torch.Tensor] = []
     handle = blocks[-1].register_forward_hook(
-        lambda mod, args, out: final.append(pipeline._hidden_of(out))
+        lambda mod, args, out: final.append(hidden_of(out))
     )
     with torch.no_grad():
         for row in windows:
@@ -252,7 +253,7 @@ def test_first_block_stats_equal_dense_hooks(monkeypatch: pytest.MonkeyPatch) ->
     outputs: dict[str, list[torch.Tensor]] = {}
     block0 = find_decoder_blocks(dense)[0]
     handles = []
-    for name, layer in pipeline.block_linears(block0).items():
+    for name, layer in block_linears(block0).items():
         def hook(mod: Any, args: Any, out: Any, name: str = name) -> None:
             inputs.setdefault(name, []).append(args[0][0].clone())
             outputs.setdefault(name, []).append(out[0].clone())
