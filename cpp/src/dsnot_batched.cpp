@@ -55,7 +55,7 @@ at::Tensor refine_batched(const DsnotPrepared& p, const at::Tensor& keep_in, con
   auto e = at::where(pruned, d, 0.0f).sum({1}, false, at::kDouble);
 
   // Candidate lists (rows, 4, k) and how many valid entries each has; the order of
-  // dsnot_rows.h's CandidateList: grow +, grow -, prune (D > 0), prune (D < 0).
+  // dsnot_rows.cpp's CandidateList: grow +, grow -, prune (D > 0), prune (D < 0).
   const auto grow_pos = pruned & nonzero & (grow_key > 0), grow_neg = pruned & nonzero & (grow_key < 0);
   const auto prune_pos = keep_in & (d > 0), prune_neg = keep_in & (d < 0);
   const auto lists = at::stack({first_candidates(-grow_key, grow_pos, k, true),

@@ -1,5 +1,6 @@
-#include "dsnot_rows.h"
-
+// The per-row DSnoT walk on the CPU: rows are independent and run in parallel. The
+// per-element quantities of the default metrics are computed row by row, so refining a
+// layer allocates no matrix-sized temporaries.
 #include "dsnot_prepared.h"
 
 #include <ATen/Parallel.h>
@@ -10,6 +11,49 @@
 
 namespace symprune::detail {
 namespace {
+
+struct DsnotRowParams {
+  int64_t cols = 0;
+  int64_t max_cycles = 50;
+  double threshold = 0.1;
+  int64_t m = 0;  // 0 = unstructured, else the N:M group size
+  bool boundary = false;
+  double gamma1 = 0.0, gamma2 = 0.0;
+};
+
+// Per-column statistics (length cols).
+struct DsnotColumns {
+  const float* mean;             // in_mean
+  const float* var_denominator;  // max(in_var, eps)^v
+  const float* norm;             // in_norm
+};
+
+// One row: its weights, optional metric overrides (R2-DSnoT, N:M initial score) and its
+// mask (in: initial, out: refined).
+struct DsnotRow {
+  const float* w;
+  const float* grow_key;   // null: D / var_denominator
+  const float* prune_key;  // null: the Wanda metric |W| * in_norm
+  const float* phi;        // normalised phi of the regularised boundary, null when off
+  bool* keep;
+};
+
+// A candidate of one of the walk's lists, with the key it is ordered by.
+struct Candidate {
+  float key;
+  int64_t index;
+};
+
+// The walk's four candidate lists, in the order they are read.
+enum CandidateList { kGrowPositive = 0, kGrowNegative = 1, kPrunePositive = 2, kPruneNegative = 3, kLists = 4 };
+
+// Reusable buffers of one worker thread.
+struct DsnotScratch {
+  std::vector<float> d, grow, prune;
+  std::vector<Candidate> lists[kLists];
+  std::vector<char> examined;
+};
+
 
 // D = W * in_mean for the row; returns e, the summed D of the pruned weights.
 double expected_error(const DsnotRow& row, const DsnotColumns& columns, int64_t cols, DsnotScratch& s) {
@@ -109,8 +153,6 @@ bool needs_refinement(double e, const DsnotRowParams& params) {
   return params.max_cycles > 0 && std::fabs(e) > params.threshold;
 }
 
-}  // namespace
-
 void refine_row_unstructured(const DsnotRow& row, const DsnotColumns& columns, const DsnotRowParams& params,
                              DsnotScratch& s) {
   double e = expected_error(row, columns, params.cols, s);
@@ -158,8 +200,8 @@ void refine_row_nm(const DsnotRow& row, const DsnotColumns& columns, const Dsnot
   }
 }
 
-namespace {
 const float* data_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr<float>() : nullptr; }
+
 }  // namespace
 
 at::Tensor refine_rows(const DsnotPrepared& prepared, const at::Tensor& keep_in, const DsnotOptions& options) {
