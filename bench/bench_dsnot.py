@@ -43,6 +43,7 @@ import tempfile
 import time
 
 import torch
+from safetensors.torch import load_file, save_file
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -126,7 +127,7 @@ def worker(args):
         torch.set_num_threads(args.threads)
     mask, info = run_impl(args.worker, args.case, args.rows, args.cols, args.repeats)
     if args.mask_out:
-        torch.save(mask, args.mask_out)
+        save_file({"mask": mask.contiguous()}, args.mask_out)
     print("RESULT " + json.dumps(info), flush=True)
 
 
@@ -141,7 +142,7 @@ def spawn(impl, case, args, mask_path):
         sys.stderr.write(proc.stdout + proc.stderr)
         raise SystemExit(f"worker {impl} {case} failed with exit code {proc.returncode}")
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    return torch.load(mask_path), json.loads(line[len("RESULT "):])
+    return load_file(mask_path)["mask"], json.loads(line[len("RESULT "):])
 
 
 def first_difference(a, b):
@@ -181,7 +182,7 @@ def main():
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
         if not args.in_process:
-            _, base = spawn("inputs", cases[0], args, os.path.join(tmp, "inputs.pt"))
+            _, base = spawn("inputs", cases[0], args, os.path.join(tmp, "inputs.safetensors"))
             print(f"inputs only (interpreter, torch, layer, initial mask): peak RSS "
                   f"{base['peak_rss_mib']:.0f} MiB", flush=True)
         for case in cases:
@@ -190,7 +191,7 @@ def main():
                 if args.in_process:
                     mask, info = run_impl(impl, case, args.rows, args.cols, args.repeats)
                 else:
-                    mask, info = spawn(impl, case, args, os.path.join(tmp, f"{impl}.pt"))
+                    mask, info = spawn(impl, case, args, os.path.join(tmp, f"{impl}.safetensors"))
                 got[impl] = (mask, info)
             diff = first_difference(got["symprune"][0], got["reference"][0])
             same = diff is None
