@@ -27,6 +27,8 @@ VARIANTS: list[tuple[str, dict[str, Any] | None]] = [
     ("boundary g1=g2=0", {"gamma1": 0.0, "gamma2": 0.0}),
     ("boundary g1=0.1", {"gamma1": 0.1, "gamma2": 0.0}),
     ("relative prune + boundary g1=g2=0", {"relative": "prune", "a": 0.5, "gamma1": 0.0, "gamma2": 0.0}),
+    ("boundary g1=0.3", {"gamma1": 0.3, "gamma2": 0.0}),
+    ("boundary g1=0.1, g2=0.1", {"gamma1": 0.1, "gamma2": 0.1}),
     # Not R2 components, but what explains the rows above on a 576-wide model:
     ("DSnoT, attention only (reference default)", {"skip": "mlp"}),
     ("DSnoT, max_cycles=10", {"max_cycles": 10}),
