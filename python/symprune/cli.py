@@ -25,7 +25,7 @@ from symprune.pipeline import (
 )
 
 # The demo's pruning recipe: the best default of the evaluation protocol's ablation.
-DEMO_RECIPE: dict[str, Any] = {"method": "wanda", "refine": None}
+DEMO_RECIPE: dict[str, Any] = {"method": "wanda", "refine": "r2dsnot"}
 
 
 class CliError(Exception):
