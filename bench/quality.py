@@ -47,6 +47,11 @@ def write_report(rows: list[dict[str, Any]], out_md: Path, out_png: Path) -> Non
         "2-core CPU). `prune s` is the whole sequential pipeline; `× dense fwd` divides it by the time "
         "of one dense forward of the calibration set through all blocks.",
         "",
+        "Rows are exactly the configurations measured so far; the full grid (7 scorers and 4 refined "
+        "variants at 50 %, 60 % and 2:4) is longer than one session on 2 cores, and rerunning the "
+        "command resumes it. Times depend on what else ran on the machine (the first runs shared it "
+        "with a test suite); perplexities do not.",
+        "",
         "| method | pattern | sparsity | perplexity | prune s | × dense fwd | peak RSS MB |",
         "|---|---|---|---|---|---|---|",
     ]
