@@ -153,12 +153,21 @@ bool needs_refinement(double e, const DsnotRowParams& params) {
   return params.max_cycles > 0 && std::fabs(e) > params.threshold;
 }
 
+// Computes the row's error e; when the row needs refining, also its metrics and candidate
+// lists. Returns whether the walk should run.
+bool begin_walk(const DsnotRow& row, const DsnotColumns& columns, const DsnotRowParams& params, bool with_prune,
+                DsnotScratch& s, double& e) {
+  e = expected_error(row, columns, params.cols, s);
+  if (!needs_refinement(e, params)) return false;
+  fill_metrics(row, columns, params.cols, s);
+  collect_candidates(row, params, with_prune, s);
+  return true;
+}
+
 void refine_row_unstructured(const DsnotRow& row, const DsnotColumns& columns, const DsnotRowParams& params,
                              DsnotScratch& s) {
-  double e = expected_error(row, columns, params.cols, s);
-  if (!needs_refinement(e, params)) return;
-  fill_metrics(row, columns, params.cols, s);
-  collect_candidates(row, params, /*with_prune=*/true, s);
+  double e = 0.0;
+  if (!begin_walk(row, columns, params, /*with_prune=*/true, s, e)) return;
   size_t next[kLists] = {0, 0, 0, 0};
   for (int64_t cycle = 0; cycle < params.max_cycles && std::fabs(e) > params.threshold; ++cycle) {
     // e > 0: regrow a weight with D > 0 and prune one with D < 0; e < 0: the opposite.
@@ -174,10 +183,8 @@ void refine_row_unstructured(const DsnotRow& row, const DsnotColumns& columns, c
 
 void refine_row_nm(const DsnotRow& row, const DsnotColumns& columns, const DsnotRowParams& params,
                    DsnotScratch& s) {
-  double e = expected_error(row, columns, params.cols, s);
-  if (!needs_refinement(e, params)) return;
-  fill_metrics(row, columns, params.cols, s);
-  collect_candidates(row, params, /*with_prune=*/false, s);
+  double e = 0.0;
+  if (!begin_walk(row, columns, params, /*with_prune=*/false, s, e)) return;
   // Only initially kept weights can be pruned, each examined at most once.
   s.examined.assign(row.keep, row.keep + params.cols);
   for (auto& candidate : s.examined) candidate = !candidate;
