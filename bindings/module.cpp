@@ -5,39 +5,17 @@
 
 #include "symprune/symprune.h"
 
+#include "convert.h"
+
 #include <optional>
 #include <string>
 #include <tuple>
 
 namespace py = pybind11;
 using namespace symprune;
+using namespace symprune::bindings;
 
 namespace {
-
-std::optional<NM> to_nm(const std::optional<std::tuple<int64_t, int64_t>>& nm) {
-  if (!nm) return std::nullopt;
-  return NM{std::get<0>(*nm), std::get<1>(*nm)};
-}
-
-MaskGroup parse_group(const std::string& group) {
-  if (group == "row") return MaskGroup::Row;
-  if (group == "layer") return MaskGroup::Layer;
-  TORCH_CHECK_VALUE(false, "group must be 'row' or 'layer', got '", group, "'");
-}
-
-Relative parse_relative(const std::optional<std::string>& relative) {
-  if (!relative) return Relative::None;
-  if (*relative == "prune") return Relative::Prune;
-  if (*relative == "grow") return Relative::Grow;
-  TORCH_CHECK_VALUE(false, "relative must be None, 'prune' or 'grow', got '", *relative, "'");
-}
-
-DsnotBackend parse_backend(const std::string& backend) {
-  if (backend == "auto") return DsnotBackend::Auto;
-  if (backend == "rows") return DsnotBackend::Rows;
-  if (backend == "batched") return DsnotBackend::Batched;
-  TORCH_CHECK_VALUE(false, "backend must be 'auto', 'rows' or 'batched', got '", backend, "'");
-}
 
 py::object mask(const at::Tensor& score, std::optional<double> sparsity,
                 const std::optional<std::tuple<int64_t, int64_t>>& nm, const std::string& group,
@@ -85,6 +63,7 @@ at::Tensor dsnot_binding(const at::Tensor& weight, const at::Tensor& keep_mask, 
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "symprune's libtorch core";
+  bind_io(m);
 
   // Clean one-line messages: c10 errors carry a C++ backtrace users should not see.
   py::register_exception_translator([](std::exception_ptr p) {
@@ -92,6 +71,10 @@ PYBIND11_MODULE(_C, m) {
       if (p) std::rethrow_exception(p);
     } catch (const c10::ValueError& e) {
       PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
+    } catch (const FormatError& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const IoError& e) {
+      PyErr_SetString(PyExc_OSError, e.what());
     }
   });
 

@@ -23,9 +23,6 @@ at::Tensor new_mask(const at::Tensor& score) {
   return at::empty(score.sizes(), at::TensorOptions().dtype(at::kBool));
 }
 
-// Rows are independent; give each task at least ~32k elements of work.
-int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1)); }
-
 void check_score(const at::Tensor& score) { detail::check_matrix(score, "score"); }
 
 at::Tensor row_mask(const at::Tensor& score, int64_t k) {
@@ -34,7 +31,7 @@ at::Tensor row_mask(const at::Tensor& score, int64_t k) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, score.scalar_type(), "row_mask", [&] {
     const scalar_t* s = score.const_data_ptr<scalar_t>();
     bool* keep = mask.mutable_data_ptr<bool>();
-    at::parallel_for(0, rows, row_grain(cols), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, rows, detail::row_grain(cols), [&](int64_t begin, int64_t end) {
       detail::SelectScratch<detail::key_t<scalar_t>> scratch;
       for (int64_t r = begin; r < end; ++r)
         detail::keep_all_but_lowest(s + r * cols, cols, k, keep + r * cols, scratch);
@@ -147,7 +144,7 @@ at::Tensor nm_mask(const at::Tensor& score_in, NM nm) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, score.scalar_type(), "nm_mask", [&] {
     const scalar_t* s = score.const_data_ptr<scalar_t>();
     bool* keep = mask.mutable_data_ptr<bool>();
-    at::parallel_for(0, groups, row_grain(nm.m), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, groups, detail::row_grain(nm.m), [&](int64_t begin, int64_t end) {
       detail::SelectScratch<detail::key_t<scalar_t>> scratch;
       for (int64_t g = begin; g < end; ++g) {
         const int64_t offset = g * nm.m;

@@ -33,6 +33,16 @@ std::pair<at::Tensor, at::Tensor> permuted_nm_mask(const at::Tensor& score, NM n
 // m positions of each group in snake order.
 at::Tensor channel_permutation(const at::Tensor& score, int64_t m);
 
+// Magnitude pruning straight from the weight: the same masks as unstructured_mask/nm_mask of
+// score(weight, Magnitude), but fp16/bf16 weights on the CPU are ranked by their bit patterns
+// (|x| orders as its 15 low bits) with no fp32 score in between. Row groups and N:M only take
+// the fast path; other cases go through score().
+at::Tensor magnitude_unstructured_mask(const at::Tensor& weight, double sparsity, MaskGroup group);
+at::Tensor magnitude_nm_mask(const at::Tensor& weight, NM nm);
+
+// A copy of `weight` with every entry not kept set to +0, what masked_fill(~keep, 0) gives.
+at::Tensor apply_mask(const at::Tensor& weight, const at::Tensor& keep);
+
 // Validation shared with the bindings and the pipeline; they throw c10::ValueError.
 void check_sparsity(double sparsity);
 void check_nm(NM nm, int64_t in_features);

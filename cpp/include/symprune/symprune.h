@@ -3,5 +3,7 @@
 
 #include "symprune/dsnot.h"
 #include "symprune/mask.h"
+#include "symprune/safetensors.h"
 #include "symprune/score.h"
 #include "symprune/stats.h"
+#include "symprune/stream.h"

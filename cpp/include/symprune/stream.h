@@ -1,0 +1,81 @@
+#pragma once
+// The streaming engine: prunes a safetensors checkpoint shard by shard, one tensor at a time,
+// so that memory stays at a few tensors whatever the size of the model.
+//
+// While one tensor is pruned, a reader thread pages in the next one and a writer thread writes
+// the previous one; tensors that are not pruned are copied file to file in the kernel. Every
+// output file appears under its final name only once complete, so an interrupted run can be
+// resumed: finished shards are kept, the rest are redone, and the result is byte-identical.
+
+#include <ATen/core/Tensor.h>
+
+#include "symprune/dsnot.h"
+#include "symprune/mask.h"
+#include "symprune/safetensors.h"
+#include "symprune/score.h"
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+
+namespace symprune {
+
+// Without statistics, data-free methods prune the 2-D weights of the decoder blocks.
+inline constexpr const char* kDefaultInclude = R"((^|\.)(layers|h|blocks)\.[0-9]+\..*\.weight$)";
+
+struct StreamProgress {
+  std::string shard;
+  std::string tensor;
+  uint64_t bytes_done = 0;  // tensor data finished so far, over all shards
+  uint64_t bytes_total = 0;
+};
+
+struct StreamOptions {
+  ScoreMethod method = ScoreMethod::Magnitude;
+  std::optional<double> sparsity;  // exactly one of sparsity and nm
+  std::optional<NM> nm;
+  MaskGroup group = MaskGroup::Row;
+  ScoreOptions score;               // a, p, beta, seed; the norms come from the statistics
+  std::optional<DsnotOptions> refine;
+  // Statistics written by `symprune calibrate`: tensors "<weight name>.in_norm" etc. When
+  // given, exactly the weights that have statistics are pruned.
+  std::filesystem::path stats;
+  // Without statistics: regular expression (ECMAScript, searched) over tensor names.
+  std::string include = kDefaultInclude;
+  bool resume = false;     // keep the finished shards of an interrupted run of the same job
+  bool overwrite = false;  // allow a non-empty output folder
+  std::function<void(const StreamProgress&)> on_progress;
+};
+
+struct StreamReport {
+  int64_t shards = 0;
+  int64_t shards_resumed = 0;   // kept from an interrupted run
+  int64_t tensors_pruned = 0;
+  int64_t tensors_copied = 0;
+  uint64_t bytes = 0;           // tensor data in the checkpoint
+  int64_t pruned_numel = 0;     // elements of the pruned weights (not counting resumed shards)
+  int64_t pruned_zeros = 0;     // zeros among them after pruning
+  double seconds = 0;
+};
+
+class StreamingPruner {
+ public:
+  // Validates the options; throws FormatError for bad ones.
+  explicit StreamingPruner(StreamOptions options);
+
+  // Prunes the checkpoint in `model_dir` into `out_dir` (which must differ): shards, index,
+  // and every other file of the folder (config, tokenizer) except other weight formats.
+  StreamReport run(const std::filesystem::path& model_dir, const std::filesystem::path& out_dir) const;
+
+ private:
+  StreamOptions options_;
+};
+
+// A tensor over the mapped bytes, without a copy; valid while the reader lives, read-only.
+at::Tensor tensor_view(const safetensors::Reader& reader, const safetensors::TensorInfo& tensor);
+// The safetensors dtype of a torch dtype; FormatError for dtypes safetensors lacks.
+safetensors::Dtype safetensors_dtype(at::ScalarType dtype);
+
+}  // namespace symprune

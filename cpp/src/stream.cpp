@@ -1,0 +1,331 @@
+// StreamingPruner: output folder handling, resume, and the three-stage pipeline per shard.
+
+#include "symprune/stream.h"
+
+#include "bounded_queue.h"
+#include "stream_plan.h"
+
+#include <c10/util/Exception.h>
+#include <nlohmann/json.hpp>
+
+#include <ATen/ops/count_nonzero.h>
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <thread>
+
+namespace symprune {
+namespace fs = std::filesystem;
+using detail::ShardPlan;
+using detail::StreamPlan;
+using detail::TensorJob;
+
+namespace {
+
+constexpr const char* kJobFile = ".symprune-apply.json";
+// Other weight formats would hold the unpruned model: never copied to the output.
+const std::set<std::string> kSkippedExtensions{".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf",
+                                               ".h5", ".msgpack", ".onnx", ".partial"};
+
+// Runs a core call on validated options; turns its c10::ValueError into a FormatError.
+template <typename F>
+auto as_format_error(const std::string& where, F&& f) {
+  try {
+    return f();
+  } catch (const c10::Error& e) {
+    throw FormatError(where + e.what_without_backtrace());
+  }
+}
+
+at::Tensor prune_weight(const at::Tensor& weight, const StreamOptions& o, const detail::WeightStats& stats) {
+  if (o.method == ScoreMethod::Magnitude && !o.refine) {
+    const auto keep = o.nm ? magnitude_nm_mask(weight, *o.nm) : magnitude_unstructured_mask(weight, *o.sparsity, o.group);
+    return apply_mask(weight, keep);
+  }
+  ScoreOptions score_options = o.score;
+  if (stats.in_norm.defined()) score_options.in_norm = stats.in_norm;
+  if (stats.out_norm.defined()) score_options.out_norm = stats.out_norm;
+  const auto scores = score(weight, o.method, score_options);
+  auto keep = o.nm ? nm_mask(scores, *o.nm) : unstructured_mask(scores, *o.sparsity, o.group);
+  if (o.refine) {
+    DsnotOptions refine = *o.refine;
+    refine.nm = o.nm;
+    std::optional<at::Tensor> initial;
+    if (o.nm) initial = scores;  // DSnoT's N:M branch prunes by the score that built the mask
+    keep = dsnot({weight, keep, stats.in_norm, stats.in_mean, stats.in_var, initial}, refine);
+  }
+  return apply_mask(weight, keep);
+}
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+std::string job_file_text(const std::string& job, bool complete) {
+  return nlohmann::json{{"job", nlohmann::json::parse(job)}, {"complete", complete}}.dump(2) + "\n";
+}
+
+// Holds an exclusive lock on the output folder so that two runs never write it at once.
+class FolderLock {
+ public:
+  explicit FolderLock(const fs::path& dir) : fd_(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)) {
+    if (fd_ < 0) throw IoError(dir.string() + ": cannot open the output folder");
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      ::close(fd_);
+      throw IoError(dir.string() + ": another symprune run is writing this folder");
+    }
+  }
+  ~FolderLock() { ::close(fd_); }
+  FolderLock(const FolderLock&) = delete;
+  FolderLock& operator=(const FolderLock&) = delete;
+
+ private:
+  int fd_;
+};
+
+// Decides whether `out_dir` may be written and whether this is a resume; creates it if needed.
+bool prepare_output(const fs::path& model_dir, const fs::path& out_dir, const StreamOptions& o,
+                    const std::string& job) {
+  std::error_code ec;
+  if (fs::exists(out_dir, ec)) {
+    if (!fs::is_directory(out_dir, ec)) throw IoError(out_dir.string() + ": exists and is not a folder");
+    if (fs::equivalent(model_dir, out_dir, ec))
+      throw FormatError(out_dir.string() + ": the output folder is the input folder; choose another");
+  } else {
+    fs::create_directories(out_dir, ec);
+    if (ec) throw IoError(out_dir.string() + ": cannot create: " + ec.message());
+  }
+  const fs::path job_path = out_dir / kJobFile;
+  if (o.resume && fs::exists(job_path, ec)) {
+    std::string previous;
+    try {
+      previous = nlohmann::json::parse(read_text(job_path))["job"].dump();
+    } catch (const nlohmann::json::exception&) {
+      throw FormatError(job_path.string() + ": unreadable; use --overwrite to start over");
+    }
+    if (previous != nlohmann::json::parse(job).dump())
+      throw FormatError(out_dir.string() + ": holds a run with other options, statistics or input; "
+                                           "use --overwrite to start over");
+    return true;
+  }
+  bool empty = true;
+  for (const auto& entry : fs::directory_iterator(out_dir))
+    if (entry.path().extension() != ".partial") empty = false;
+  if (!empty && !o.overwrite)
+    throw FormatError(out_dir.string() + (o.resume ? ": has no interrupted run to resume (no " + std::string(kJobFile) + ")"
+                                                   : ": is not empty") +
+                      "; pass --overwrite to replace its contents");
+  return false;
+}
+
+void remove_partials(const fs::path& out_dir) {
+  for (const auto& entry : fs::directory_iterator(out_dir))
+    if (entry.path().extension() == ".partial") fs::remove(entry.path());
+}
+
+// A shard left by an interrupted run is complete if it exists at all (files appear under
+// their final name only once complete) and describes the same tensors.
+bool finished_earlier(const fs::path& path, const safetensors::Reader& input) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return false;
+  try {
+    const safetensors::Reader done(path);
+    const auto& a = done.header().tensors;
+    const auto& b = input.header().tensors;
+    if (a.size() != b.size()) return false;
+    for (std::size_t i = 0; i < a.size(); ++i)
+      if (a[i].name != b[i].name || a[i].dtype != b[i].dtype || a[i].shape != b[i].shape) return false;
+    return true;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+void copy_file_atomically(const fs::path& from, const fs::path& to) {
+  const int fd = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw IoError(from.string() + ": cannot open");
+  try {
+    safetensors::AtomicFile out(to);
+    out.copy_at(0, fd, 0, fs::file_size(from), from);
+    out.commit();
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  ::close(fd);
+}
+
+// config.json, tokenizer files, chat templates...: every plain file but weights and state.
+void copy_other_files(const fs::path& model_dir, const fs::path& out_dir) {
+  for (const auto& entry : fs::directory_iterator(model_dir)) {
+    const auto name = entry.path().filename().string();
+    if (!entry.is_regular_file() || name.starts_with(".") || name == safetensors::kIndexName ||
+        kSkippedExtensions.count(entry.path().extension().string()))
+      continue;
+    copy_file_atomically(entry.path(), out_dir / name);
+  }
+}
+
+struct Written {
+  std::size_t job;
+  at::Tensor data;  // pruned weight; undefined for a copied tensor
+};
+
+class ShardStreamer {
+ public:
+  ShardStreamer(const StreamOptions& options, ShardPlan& shard, const fs::path& out_path, StreamReport& report,
+                StreamProgress& progress)
+      : o_(options), shard_(shard), out_path_(out_path), report_(report), progress_(progress) {}
+
+  void run() {
+    const auto& header = shard_.reader.header();
+    safetensors::Writer writer(out_path_, header.tensors, header.metadata);
+    std::thread loader([&] { guarded([&] { load_ahead(); }); });
+    std::thread writer_thread([&] { guarded([&] { write_all(writer); }); });
+    guarded([&] { compute_all(); });
+    written_.close();
+    loader.join();
+    writer_thread.join();
+    if (error_) std::rethrow_exception(error_);
+    writer.commit();
+  }
+
+ private:
+  const safetensors::TensorInfo& info(std::size_t job) const {
+    return shard_.reader.header().tensors[shard_.jobs[job].tensor];
+  }
+
+  template <typename F>
+  void guarded(F&& f) {
+    try {
+      f();
+    } catch (...) {
+      std::lock_guard lock(error_mutex_);
+      if (!error_) error_ = std::current_exception();
+      loaded_.close();
+      written_.close();
+    }
+  }
+
+  // Stage 1: page in the next weight to prune while the current one is computed.
+  void load_ahead() {
+    for (std::size_t j = 0; j < shard_.jobs.size(); ++j) {
+      if (!shard_.jobs[j].prune) continue;
+      shard_.reader.load(info(j));
+      if (!loaded_.push(j)) return;
+    }
+    loaded_.close();
+  }
+
+  // Stage 2 (the calling thread): prune, and report progress.
+  void compute_all() {
+    for (std::size_t j = 0; j < shard_.jobs.size(); ++j) {
+      const auto& job = shard_.jobs[j];
+      Written item{j, {}};
+      if (job.prune) {
+        if (!loaded_.pop()) return;
+        const std::string where = shard_.reader.path().string() + ": tensor '" + info(j).name + "': ";
+        item.data = as_format_error(where, [&] {
+          return prune_weight(tensor_view(shard_.reader, info(j)), o_, job.stats);
+        });
+        report_.tensors_pruned += 1;
+        report_.pruned_numel += item.data.numel();
+        report_.pruned_zeros += item.data.numel() - at::count_nonzero(item.data).item<int64_t>();
+      } else {
+        report_.tensors_copied += 1;
+      }
+      if (!written_.push(std::move(item))) return;
+      progress_.tensor = info(j).name;
+      progress_.bytes_done += info(j).nbytes();
+      if (o_.on_progress) o_.on_progress(progress_);
+    }
+  }
+
+  // Stage 3: write pruned weights, copy the rest in the kernel, and drop input pages.
+  void write_all(safetensors::Writer& writer) {
+    while (auto item = written_.pop()) {
+      const auto& tensor = info(item->job);
+      const std::size_t index = shard_.jobs[item->job].tensor;
+      if (item->data.defined()) {
+        writer.write(index, {static_cast<const std::byte*>(item->data.const_data_ptr()), tensor.nbytes()});
+        shard_.reader.release(tensor);
+      } else {
+        writer.copy(index, shard_.reader, tensor);
+      }
+    }
+  }
+
+  const StreamOptions& o_;
+  ShardPlan& shard_;
+  fs::path out_path_;
+  StreamReport& report_;
+  StreamProgress& progress_;
+  detail::BoundedQueue<std::size_t> loaded_{1};
+  detail::BoundedQueue<Written> written_{1};
+  std::mutex error_mutex_;
+  std::exception_ptr error_;
+};
+
+}  // namespace
+
+StreamingPruner::StreamingPruner(StreamOptions options) : options_(std::move(options)) {
+  const auto& o = options_;
+  if (o.sparsity.has_value() == o.nm.has_value())
+    throw FormatError("give exactly one of sparsity (e.g. 0.5) and nm (e.g. 2:4)");
+  as_format_error("", [&] {
+    if (o.sparsity) check_sparsity(*o.sparsity);
+    if (o.nm) check_nm(*o.nm, o.nm->m);
+    return 0;
+  });
+  if (o.nm && o.group != MaskGroup::Row) throw FormatError("group applies to unstructured sparsity only");
+  if (o.stats.empty()) {
+    try {
+      std::regex(o.include, std::regex::ECMAScript);
+    } catch (const std::regex_error& e) {
+      throw FormatError("include pattern '" + o.include + "' is not a valid regular expression: " + e.what());
+    }
+  }
+}
+
+StreamReport StreamingPruner::run(const fs::path& model_dir, const fs::path& out_dir) const {
+  const auto start = std::chrono::steady_clock::now();
+  StreamPlan plan = detail::plan_stream(options_, model_dir);
+  const bool resuming = prepare_output(model_dir, out_dir, options_, plan.job);
+  const FolderLock lock(out_dir);
+  remove_partials(out_dir);
+  safetensors::write_file_atomically(out_dir / kJobFile, job_file_text(plan.job, false));
+
+  StreamReport report;
+  StreamProgress progress;
+  progress.bytes_total = plan.bytes_total;
+  for (auto& shard : plan.shards) {
+    ++report.shards;
+    progress.shard = shard.name;
+    const fs::path out_path = out_dir / shard.name;
+    if (resuming && finished_earlier(out_path, shard.reader)) {
+      ++report.shards_resumed;
+      for (const auto& t : shard.reader.header().tensors) progress.bytes_done += t.nbytes();
+      if (options_.on_progress) options_.on_progress(progress);
+      continue;
+    }
+    ShardStreamer(options_, shard, out_path, report, progress).run();
+  }
+  report.bytes = plan.bytes_total;
+  if (plan.index_json) safetensors::write_file_atomically(out_dir / safetensors::kIndexName, *plan.index_json);
+  copy_other_files(model_dir, out_dir);
+  safetensors::write_file_atomically(out_dir / kJobFile, job_file_text(plan.job, true));
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return report;
+}
+
+}  // namespace symprune

@@ -1,0 +1,182 @@
+#include "stream_plan.h"
+
+#include <nlohmann/json.hpp>
+
+#include <ATen/ops/empty.h>
+
+#include <array>
+#include <map>
+#include <regex>
+#include <set>
+#include <sys/stat.h>
+
+namespace symprune::detail {
+namespace fs = std::filesystem;
+using safetensors::Dtype;
+using safetensors::TensorInfo;
+
+namespace {
+
+[[noreturn]] void fail(const std::string& message) { throw FormatError(message); }
+
+bool is_floating(Dtype dtype) {
+  return dtype == Dtype::F16 || dtype == Dtype::BF16 || dtype == Dtype::F32 || dtype == Dtype::F64;
+}
+
+const std::array<std::string, 4> kStatNames{"in_norm", "in_mean", "in_var", "out_norm"};
+
+at::Tensor& slot(WeightStats& stats, const std::string& stat) {
+  if (stat == "in_norm") return stats.in_norm;
+  if (stat == "in_mean") return stats.in_mean;
+  if (stat == "in_var") return stats.in_var;
+  return stats.out_norm;
+}
+
+// Statistics per weight name from a file written by `symprune calibrate`.
+std::map<std::string, WeightStats> load_stats(const fs::path& path) {
+  const safetensors::Reader reader(path);
+  const auto& header = reader.header();
+  const auto format = header.metadata.find("format");
+  if (format == header.metadata.end() || format->second != "symprune-stats")
+    fail(path.string() + ": not a symprune statistics file (its metadata lacks format=symprune-stats)");
+  std::map<std::string, WeightStats> stats;
+  for (const auto& info : header.tensors) {
+    const auto dot = info.name.rfind('.');
+    const std::string stat = dot == std::string::npos ? "" : info.name.substr(dot + 1);
+    if (stat == "in_sq" || stat == "out_sq") continue;  // kept for reports; scores use the norms
+    if (std::find(kStatNames.begin(), kStatNames.end(), stat) == kStatNames.end())
+      fail(path.string() + ": unexpected tensor '" + info.name + "' (names end in .in_norm, .in_mean, ...)");
+    if (!is_floating(info.dtype) || info.shape.size() != 1)
+      fail(path.string() + ": '" + info.name + "' must be a 1-D floating-point tensor");
+    slot(stats[info.name.substr(0, dot)], stat) = tensor_view(reader, info).to(at::kFloat, false, true);
+  }
+  return stats;
+}
+
+void require(const at::Tensor& t, const std::string& weight, const char* stat, int64_t size,
+             const fs::path& stats_path) {
+  if (!t.defined())
+    fail(stats_path.string() + ": lacks '" + weight + "." + stat + "', which this method needs");
+  if (t.numel() != size)
+    fail(stats_path.string() + ": '" + weight + "." + stat + "' has " + std::to_string(t.numel()) +
+         " entries but the weight needs " + std::to_string(size) + " (statistics of another model?)");
+}
+
+// Checks that the index names every tensor of every shard, and nothing else.
+void check_index(const std::string& text, const std::vector<ShardPlan>& shards, const fs::path& index) {
+  const auto weight_map = nlohmann::json::parse(text)["weight_map"];
+  std::size_t count = 0;
+  for (const auto& shard : shards) {
+    for (const auto& info : shard.reader.header().tensors) {
+      const auto it = weight_map.find(info.name);
+      if (it == weight_map.end() || *it != shard.name)
+        fail(index.string() + ": does not place tensor '" + info.name + "' in " + shard.name);
+      ++count;
+    }
+  }
+  if (count != weight_map.size())
+    fail(index.string() + ": names " + std::to_string(weight_map.size()) + " tensors but the shards hold " +
+         std::to_string(count));
+}
+
+nlohmann::json file_identity(const fs::path& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) throw IoError(path.string() + ": cannot stat");
+  return {{"name", path.filename().string()},
+          {"size", uint64_t(st.st_size)},
+          {"mtime_ns", int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec}};
+}
+
+std::string describe_job(const StreamOptions& o, const std::vector<ShardPlan>& shards) {
+  nlohmann::json job = {
+      {"method", score_method_name(o.method)},
+      {"group", o.group == MaskGroup::Row ? "row" : "layer"},
+      {"score", {{"a", o.score.a}, {"p", o.score.p}, {"beta", o.score.beta}, {"seed", o.score.seed}}},
+  };
+  if (o.sparsity) job["sparsity"] = *o.sparsity;
+  if (o.nm) job["nm"] = {o.nm->n, o.nm->m};
+  if (o.refine) {
+    const auto& r = *o.refine;
+    job["refine"] = {{"max_cycles", r.max_cycles}, {"threshold", r.threshold}, {"var_power", r.var_power},
+                     {"relative", int(r.relative)}, {"a", r.a}, {"q", r.q},
+                     {"gamma1", r.gamma1 ? nlohmann::json(*r.gamma1) : nlohmann::json()},
+                     {"gamma2", r.gamma2 ? nlohmann::json(*r.gamma2) : nlohmann::json()}};
+  }
+  if (o.stats.empty())
+    job["include"] = o.include;
+  else
+    job["stats"] = file_identity(o.stats);
+  for (const auto& shard : shards) job["shards"].push_back(file_identity(shard.reader.path()));
+  return job.dump();
+}
+
+}  // namespace
+
+StreamPlan plan_stream(const StreamOptions& options, const fs::path& model_dir) {
+  const auto checkpoint = safetensors::find_checkpoint(model_dir);
+  StreamPlan plan;
+  plan.index_json = checkpoint.index_json;
+  for (const auto& name : checkpoint.shards)
+    plan.shards.push_back({name, safetensors::Reader(model_dir / name), {}});
+  if (plan.index_json) check_index(*plan.index_json, plan.shards, model_dir / safetensors::kIndexName);
+
+  const bool needs_in = needs_input_stats(options.method) || options.refine.has_value();
+  const bool needs_out = needs_output_stats(options.method);
+  std::map<std::string, WeightStats> stats;
+  if (!options.stats.empty()) {
+    stats = load_stats(options.stats);
+  } else if (needs_in || needs_out) {
+    fail(std::string("method '") + std::string(score_method_name(options.method)) +
+         (options.refine ? "' with refinement" : "'") +
+         " needs activation statistics: run `symprune calibrate` and pass them with --stats");
+  }
+  std::optional<std::regex> include;
+  if (options.stats.empty()) include.emplace(options.include, std::regex::ECMAScript | std::regex::optimize);
+
+  std::set<std::string> used;
+  int64_t pruned = 0;
+  for (auto& shard : plan.shards) {
+    const auto& tensors = shard.reader.header().tensors;
+    for (std::size_t i = 0; i < tensors.size(); ++i) {
+      const TensorInfo& info = tensors[i];
+      plan.bytes_total += info.nbytes();
+      TensorJob job{i, false, {}};
+      const bool matrix = info.shape.size() == 2 && is_floating(info.dtype);
+      if (include) {
+        job.prune = matrix && std::regex_search(info.name, *include);
+      } else if (const auto it = stats.find(info.name); it != stats.end()) {
+        if (!matrix)
+          fail(options.stats.string() + ": has statistics for '" + info.name +
+               "', which is not a 2-D floating-point weight in " + shard.name);
+        job.prune = true;
+        job.stats = it->second;
+        used.insert(info.name);
+      }
+      if (job.prune) {
+        const int64_t rows = info.shape[0], cols = info.shape[1];
+        const std::string where = (model_dir / shard.name).string() + ": tensor '" + info.name + "'";
+        if (options.nm && cols % options.nm->m != 0)
+          fail(where + " has " + std::to_string(cols) + " input columns, not divisible by M=" +
+               std::to_string(options.nm->m));
+        if (needs_in) require(job.stats.in_norm, info.name, "in_norm", cols, options.stats);
+        if (options.refine) {
+          require(job.stats.in_mean, info.name, "in_mean", cols, options.stats);
+          require(job.stats.in_var, info.name, "in_var", cols, options.stats);
+        }
+        if (needs_out) require(job.stats.out_norm, info.name, "out_norm", rows, options.stats);
+        ++pruned;
+      }
+      shard.jobs.push_back(std::move(job));
+    }
+  }
+  for (const auto& [name, s] : stats)
+    if (!used.count(name))
+      fail(options.stats.string() + ": has statistics for '" + name +
+           "' but the checkpoint has no such tensor (statistics of another model?)");
+  if (pruned == 0)
+    fail(model_dir.string() + ": no tensor to prune (no name matches --include " + options.include + ")");
+  plan.job = describe_job(options, plan.shards);
+  return plan;
+}
+
+}  // namespace symprune::detail

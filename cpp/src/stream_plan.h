@@ -1,0 +1,44 @@
+#pragma once
+// What a streaming run will do, decided and validated before a byte is written: the shards,
+// which tensors are pruned and the statistics each needs.
+
+#include "symprune/safetensors.h"
+#include "symprune/stream.h"
+
+#include <ATen/core/Tensor.h>
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace symprune::detail {
+
+// The statistics of one weight (undefined tensors where the file has none).
+struct WeightStats {
+  at::Tensor in_norm, in_mean, in_var, out_norm;
+};
+
+struct TensorJob {
+  std::size_t tensor;  // index into the shard header's tensors
+  bool prune = false;
+  WeightStats stats;
+};
+
+struct ShardPlan {
+  std::string name;
+  safetensors::Reader reader;
+  std::vector<TensorJob> jobs;  // in data order
+};
+
+struct StreamPlan {
+  std::vector<ShardPlan> shards;
+  std::optional<std::string> index_json;
+  uint64_t bytes_total = 0;
+  std::string job;  // JSON describing the job, to recognise its own output when resuming
+};
+
+// Throws FormatError (bad file, option, statistics) or IoError naming what is wrong.
+StreamPlan plan_stream(const StreamOptions& options, const std::filesystem::path& model_dir);
+
+}  // namespace symprune::detail
