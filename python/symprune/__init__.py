@@ -9,32 +9,49 @@ from __future__ import annotations
 
 import torch  # noqa: F401  -- loads libtorch before the extension that links it
 
-from ._C import ActivationStats, channel_permutation, dsnot, mask, relative_importance, score
-from .linear import prune_
-from .stats import OutputStats
+from ._C import (
+    ActivationStats,
+    channel_permutation,
+    dsnot,
+    load_safetensors,
+    mask,
+    relative_importance,
+    safetensors_header,
+    save_safetensors,
+    score,
+)
 
-# The model-level API (after the core names above: the pipeline calls them).
+# The model-level API.
+from .calibrate import calibrate
 from .data import calibration_windows, evaluation_windows, tokenize_file
 from .evaluate import perplexity
+from .linear import prune_
 from .pipeline import R2DSNOT_DEFAULTS, prune_model
 from .report import PruneReport
+from .stats import OutputStats
+from .stream import prune_checkpoint
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "R2DSNOT_DEFAULTS",
     "ActivationStats",
     "OutputStats",
     "PruneReport",
-    "R2DSNOT_DEFAULTS",
+    "calibrate",
     "calibration_windows",
     "channel_permutation",
     "dsnot",
+    "load_safetensors",
     "evaluation_windows",
     "mask",
     "perplexity",
     "prune_",
+    "prune_checkpoint",
     "prune_model",
     "relative_importance",
+    "safetensors_header",
+    "save_safetensors",
     "score",
     "tokenize_file",
 ]

@@ -12,71 +12,32 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from symprune.data import (
-    CALIBRATION_FILE, DATA_ENV, EVALUATION_FILE, calibration_windows, default_data_dir,
-    evaluation_windows, tokenize_file, with_bos,
+from symprune.cli_common import (
+    CliError,
+    add_bos,
+    add_calibration_options,
+    add_common,
+    add_pruning_options,
+    existing_file,
+    fraction,
+    load_calib_windows,
+    load_eval_windows,
+    parse_options,
+    positive,
+    prepare_out_dir,
 )
+from symprune.cli_stream import add_stream_commands
+from symprune.data import CALIBRATION_FILE, DATA_ENV, EVALUATION_FILE, default_data_dir
 from symprune.evaluate import perplexity
 from symprune.models import ensure_smollm2, load_model, load_tokenizer
-from symprune.pipeline import (
-    GROUPS, METHODS, REFINE_OPTION_KEYS, REFINES, PruneSettings, parse_nm, prune_model,
-)
+from symprune.pipeline import METHODS, REFINES, PruneSettings, prune_model
 
 # The demo's pruning recipe: the best measured at 50 % under the evaluation protocol
 # (docs/quality.md: wanda 62.4, wanda+r2dsnot 65.1, wanda+dsnot 78.7; dense 25.8).
 DEMO_RECIPE: dict[str, Any] = {"method": "wanda", "refine": None}
 
 
-class CliError(Exception):
-    """A user-facing error: printed as one line, exit status 1."""
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _parse_value(text: str) -> Any:
-    """Turn an option value from the command line into None/bool/int/float/str."""
-    lowered = text.lower()
-    if lowered in ("none", "null"):
-        return None
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def _parse_options(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise CliError(f"{flag} expects KEY=VALUE, got {item!r}")
-        options[key.strip()] = _parse_value(value.strip())
-    return options
-
-
-def _existing_file(path: str, what: str) -> Path:
-    p = Path(path)
-    if not p.is_file():
-        raise CliError(f"{what} not found: {p}")
-    return p
-
-
-def _prepare_out_dir(model_dir: Path, out_dir: Path, overwrite: bool) -> None:
-    """Refuse outputs that would destroy the input model or unrelated files."""
-    src, dst = model_dir.resolve(), out_dir.resolve()
-    if dst == src or src.is_relative_to(dst):
-        raise CliError(f"OUT_DIR {out_dir} would overwrite the input model {model_dir}")
-    if dst.exists() and not dst.is_dir():
-        raise CliError(f"OUT_DIR {out_dir} exists and is not a folder")
-    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
-        raise CliError(f"OUT_DIR {out_dir} is not empty; pass --overwrite to replace it")
+# --------------------------------------------------------------------------- commands
 
 
 def _save_atomically(model: Any, tokenizer: Any, report: Any, out_dir: Path) -> None:
@@ -103,48 +64,24 @@ def _save_atomically(model: Any, tokenizer: Any, report: Any, out_dir: Path) -> 
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _windows_with_bos(windows: torch.Tensor, tokenizer: Any, bos: bool) -> torch.Tensor:
-    if not bos:
-        return windows
-    if tokenizer.bos_token_id is None:
-        raise CliError("--bos given but the tokenizer has no BOS token")
-    return with_bos(windows, tokenizer.bos_token_id)
-
-
-def _eval_windows(path: Path, tokenizer: Any, nwindows: int, seqlen: int, bos: bool) -> torch.Tensor:
-    return _windows_with_bos(
-        evaluation_windows(tokenize_file(path, tokenizer), nwindows, seqlen), tokenizer, bos
-    )
-
-
-def _calib_windows(
-    path: Path, tokenizer: Any, nsamples: int, seqlen: int, seed: int, bos: bool
-) -> torch.Tensor:
-    return _windows_with_bos(
-        calibration_windows(tokenize_file(path, tokenizer), nsamples, seqlen, seed),
-        tokenizer, bos,
-    )
-
-
-# --------------------------------------------------------------------------- commands
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
     model_dir, out_dir = Path(args.model_dir), Path(args.out_dir)
-    _prepare_out_dir(model_dir, out_dir, args.overwrite)
-    calib = _existing_file(args.calib, "calibration text")
-    eval_text = _existing_file(args.eval, "evaluation text") if args.eval else None
-    refine_options = _parse_options(args.refine_option, "--refine-option")
-    score_options = _parse_options(args.score_option, "--score-option")
+    prepare_out_dir(model_dir, out_dir, args.overwrite)
+    calib = existing_file(args.calib, "calibration text")
+    eval_text = existing_file(args.eval, "evaluation text") if args.eval else None
+    refine_options = parse_options(args.refine_option, "--refine-option")
+    score_options = parse_options(args.score_option, "--score-option")
     # Validate every option before the (slow) model load and calibration.
     PruneSettings.create(args.method, args.sparsity, args.nm, args.group, args.permute,
                          args.refine, refine_options, score_options)
 
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir)
-    windows = _calib_windows(calib, tokenizer, args.nsamples, args.seqlen, args.seed, args.bos)
+    windows = load_calib_windows(calib, tokenizer, args.nsamples, args.seqlen, args.seed, args.bos)
     eval_windows = (
-        _eval_windows(eval_text, tokenizer, args.nwindows, args.eval_seqlen, args.bos)
+        load_eval_windows(eval_text, tokenizer, args.nwindows, args.eval_seqlen, args.bos)
         if eval_text else None
     )
     report = prune_model(
@@ -165,9 +102,9 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     model_dir = Path(args.model_dir)
-    text = _existing_file(args.text, "evaluation text")
+    text = existing_file(args.text, "evaluation text")
     tokenizer = load_tokenizer(model_dir)
-    windows = _eval_windows(text, tokenizer, args.nwindows, args.seqlen, args.bos)
+    windows = load_eval_windows(text, tokenizer, args.nwindows, args.seqlen, args.bos)
     model = load_model(model_dir)
     start = time.perf_counter()
     ppl = perplexity(model, windows, progress=not args.quiet)
@@ -177,16 +114,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     data = default_data_dir()
-    calib = _existing_file(args.calib or str(data / CALIBRATION_FILE),
+    calib = existing_file(args.calib or str(data / CALIBRATION_FILE),
                            f"calibration text (pass --calib or set {DATA_ENV})")
-    text = _existing_file(args.text or str(data / EVALUATION_FILE),
+    text = existing_file(args.text or str(data / EVALUATION_FILE),
                           f"evaluation text (pass --text or set {DATA_ENV})")
     print("preparing SmolLM2-135M-Instruct (converted from GGUF on first use, ~1 min)")
     model_dir = ensure_smollm2()
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir)
-    windows = _calib_windows(calib, tokenizer, args.nsamples, args.seqlen, 0, False)
-    eval_windows = _eval_windows(text, tokenizer, args.nwindows, args.eval_seqlen, False)
+    windows = load_calib_windows(calib, tokenizer, args.nsamples, args.seqlen, 0, False)
+    eval_windows = load_eval_windows(text, tokenizer, args.nwindows, args.eval_seqlen, False)
     quiet = args.quiet
     dense = perplexity(model, eval_windows, progress=not quiet)
     report = prune_model(model, windows, sparsity=args.sparsity, progress=not quiet,
@@ -206,40 +143,7 @@ def _recipe_name() -> str:
     return DEMO_RECIPE["method"] + (f" + {refine}" if refine else "")
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def _add_bos(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bos", action="store_true",
-                   help="prepend the BOS token to every window (Gemma-3 needs it)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    def nm_type(text: str) -> tuple[int, int]:
-        try:
-            return parse_nm(text)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-
-    def fraction(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not 0 <= value < 1:
-            raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), got {value}")
-        return value
-
-    def positive(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-        return value
-
     parser = argparse.ArgumentParser(
         prog="symprune",
         description="Post-training pruning of causal language models (Hugging Face folders). "
@@ -256,38 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model_dir", metavar="MODEL_DIR", help="Hugging Face model folder")
     p.add_argument("out_dir", metavar="OUT_DIR", help="where the pruned folder goes")
-    p.add_argument("--method", required=True, choices=METHODS,
-                   help="importance score: magnitude and symmetric are data-free; wanda, ria, "
-                   "stochria use input activations; owanda/symwanda also outputs")
-    pattern = p.add_mutually_exclusive_group(required=True)
-    pattern.add_argument("--sparsity", type=fraction,
-                         help="fraction of weights pruned (0.5 = half), per --group")
-    pattern.add_argument("--nm", type=nm_type, metavar="N:M",
-                         help="semi-structured pattern keeping N of every M inputs, e.g. 2:4")
-    p.add_argument("--group", choices=GROUPS, default="row",
-                   help="with --sparsity: prune each output row equally (row, default) or "
-                   "the whole matrix at once (layer)")
+    add_pruning_options(p)
     p.add_argument("--permute", action="store_true",
                    help="with --nm: RIA's channel permutation before choosing the N:M mask")
-    p.add_argument("--refine", choices=REFINES,
-                   help="training-free mask refinement: dsnot, or r2dsnot (DSnoT with "
-                   "relative importance)")
-    p.add_argument("--refine-option", action="append", metavar="KEY=VALUE",
-                   help=f"option for --refine ({', '.join(sorted(REFINE_OPTION_KEYS))}); repeatable")
-    p.add_argument("--score-option", action="append", metavar="KEY=VALUE",
-                   help="option for the score (a, p, beta, seed); repeatable")
-    p.add_argument("--calib", required=True, metavar="FILE",
-                   help="calibration text (use a different text from the evaluation)")
-    p.add_argument("--nsamples", type=positive, default=64, help="calibration windows (64)")
-    p.add_argument("--seqlen", type=positive, default=512, help="tokens per calibration window (512)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the window positions (0)")
+    add_calibration_options(p)
     p.add_argument("--eval", metavar="FILE", help="also report the pruned model's perplexity here")
     p.add_argument("--nwindows", type=positive, default=32, help="evaluation windows (32)")
     p.add_argument("--eval-seqlen", type=positive, default=512,
                    help="tokens per evaluation window (512)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
-    _add_bos(p)
-    _add_common(p)
+    add_bos(p)
+    add_common(p)
     p.set_defaults(func=cmd_prune)
 
     e = sub.add_parser(
@@ -299,8 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--text", required=True, metavar="FILE", help="evaluation text")
     e.add_argument("--nwindows", type=positive, default=32, help="windows (32)")
     e.add_argument("--seqlen", type=positive, default=512, help="tokens per window (512)")
-    _add_bos(e)
-    _add_common(e)
+    add_bos(e)
+    add_common(e)
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser(
@@ -321,8 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--eval-seqlen", type=positive, default=512, help="evaluation window length (512)")
     d.add_argument("--calib", metavar="FILE", help="calibration text (shared/data/lee_background.cor)")
     d.add_argument("--text", metavar="FILE", help="evaluation text (shared/data/enwiki_excerpt.txt)")
-    _add_common(d)
+    add_common(d)
     d.set_defaults(func=cmd_demo)
+    add_stream_commands(sub)
     return parser
 
 

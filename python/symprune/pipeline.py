@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import symprune
-from symprune.blocks import BlockCall, block_linears, capture_block_inputs, find_decoder_blocks
+from symprune.blocks import (
+    BlockCall,
+    block_linears,
+    capture_block_inputs,
+    find_decoder_blocks,
+)
 from symprune.report import BlockReport, LayerReport, PruneReport
 
 METHODS: tuple[str, ...] = (
@@ -246,7 +251,7 @@ def _output_error(pruned: Sequence[torch.Tensor], dense: Sequence[torch.Tensor])
     return math.sqrt(num / den) if den > 0 else 0.0
 
 
-def _as_windows(calibration: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+def as_windows(calibration: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
     if isinstance(calibration, torch.Tensor):
         if calibration.dim() == 1:
             calibration = calibration.unsqueeze(0)
@@ -262,7 +267,7 @@ def _as_windows(calibration: torch.Tensor | Sequence[torch.Tensor]) -> list[torc
     return rows
 
 
-def _check_nm_fits(blocks: nn.ModuleList, nm: tuple[int, int] | None) -> None:
+def check_nm_fits(blocks: nn.ModuleList, nm: tuple[int, int] | None) -> None:
     if nm is None:
         return
     for i, block in enumerate(blocks):
@@ -274,13 +279,28 @@ def _check_nm_fits(blocks: nn.ModuleList, nm: tuple[int, int] | None) -> None:
                 )
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
     try:
         import resource
     except ImportError:  # not on POSIX
         return 0.0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def blocks_prefix(model: nn.Module, blocks: nn.ModuleList) -> str:
+    """The blocks' qualified name in ``model``, e.g. ``model.layers``."""
+    return next(name for name, m in model.named_modules() if m is blocks)
+
+
+def new_report(settings: PruneSettings, windows: Sequence[torch.Tensor]) -> PruneReport:
+    """An empty report describing ``settings`` and the calibration windows."""
+    return PruneReport(
+        method=settings.method, sparsity=settings.sparsity, nm=settings.nm,
+        group=settings.group, permute=settings.permute, refine=settings.refine,
+        refine_options=dict(settings.refine_options), score_options=dict(settings.score_options),
+        nsamples=len(windows), seqlen=max(row.numel() for row in windows),
+    )
 
 
 def prune_model(
@@ -315,16 +335,11 @@ def prune_model(
     """
     settings = PruneSettings.create(method, sparsity, nm, group, permute, refine,
                                     refine_options, score_options)
-    windows = _as_windows(calibration)
+    windows = as_windows(calibration)
     blocks = find_decoder_blocks(model)
-    _check_nm_fits(blocks, settings.nm)
-    prefix = next(name for name, m in model.named_modules() if m is blocks)
-    report = PruneReport(
-        method=settings.method, sparsity=settings.sparsity, nm=settings.nm,
-        group=settings.group, permute=settings.permute, refine=settings.refine,
-        refine_options=dict(settings.refine_options), score_options=dict(settings.score_options),
-        nsamples=len(windows), seqlen=max(row.numel() for row in windows),
-    )
+    check_nm_fits(blocks, settings.nm)
+    prefix = blocks_prefix(model, blocks)
+    report = new_report(settings, windows)
     need_outputs = settings.method in _NEEDS_OUT_NORM
     was_training = model.training
     model.eval()
@@ -338,17 +353,17 @@ def prune_model(
             bar = tqdm(list(enumerate(blocks)), desc=f"pruning ({settings.method})",
                        unit="block", disable=not progress)
             for index, block in bar:
-                hidden = _prune_block(index, block, hidden, captured.calls[index], settings,
+                hidden = prune_block(index, block, hidden, captured.calls[index], settings,
                                       need_outputs, f"{prefix}.{index}", report)
     finally:
         model.train(was_training)
     report.wall_seconds = time.perf_counter() - start
-    report.peak_rss_mb = _peak_rss_mb()
+    report.peak_rss_mb = peak_rss_mb()
     report.finish_totals()
     return report
 
 
-def _prune_block(
+def prune_block(
     index: int,
     block: nn.Module,
     hidden: list[torch.Tensor],
@@ -357,11 +372,17 @@ def _prune_block(
     need_outputs: bool,
     block_name: str,
     report: PruneReport,
+    on_stats: Callable[[dict[str, LinearStats]], None] | None = None,
 ) -> list[torch.Tensor]:
-    """Prune one block; return its pruned outputs (the next block's inputs)."""
+    """Prune one block; return its pruned outputs (the next block's inputs).
+
+    ``on_stats`` receives the block's statistics (by Linear name) before pruning.
+    """
     block_start = time.perf_counter()
     stats, dense_out = collect_block_stats(block, hidden, calls, need_outputs=need_outputs)
     report.dense_forward_seconds += time.perf_counter() - block_start
+    if on_stats is not None:
+        on_stats(stats)
 
     t = time.perf_counter()
     for name, layer in block_linears(block).items():

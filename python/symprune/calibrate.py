@@ -1,0 +1,152 @@
+"""Activation statistics of every Linear with one decoder block in memory at a time.
+
+The model is built with its parameters on the meta device (buffers such as rotary tables are
+real); the input embeddings are loaded for the capture pass, then each block's weights are
+read from the shards when its turn comes and dropped after. Statistics follow SPEC.md §7:
+a dense forward with hooks per block. With prune settings the block is then pruned in memory
+and re-run, so the next block sees pruned activations: the statistics are exactly those
+``prune_model`` uses, and ``symprune apply`` with the same settings reproduces
+``symprune prune``. Without them, activations flow through the dense model.
+
+The statistics file (``save_stats``) holds ``<weight name>.<stat>`` for every stat in
+``STAT_NAMES`` plus metadata (``format=symprune-stats``, token and sequence counts, model).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ._C import save_safetensors
+from .blocks import capture_block_inputs, find_decoder_blocks
+from .checkpoint import CheckpointFolder
+from .pipeline import (
+    LinearStats,
+    PruneSettings,
+    as_windows,
+    blocks_prefix,
+    check_nm_fits,
+    collect_block_stats,
+    new_report,
+    peak_rss_mb,
+    prune_block,
+)
+
+STATS_FORMAT = "symprune-stats"
+STAT_NAMES = ("in_sq", "in_norm", "in_mean", "in_var", "out_sq", "out_norm")
+
+
+@dataclass
+class Calibration:
+    """Statistics by ``<weight name>.<stat>`` and the file metadata describing them."""
+
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the statistics file atomically (temporary name, fsync, rename)."""
+        save_safetensors(str(path), self.tensors, self.metadata)
+
+
+def build_skeleton(model_dir: str | os.PathLike[str]) -> nn.Module:
+    """The model of ``model_dir`` with every parameter on the meta device (no memory)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+
+    config = AutoConfig.from_pretrained(model_dir)
+    with no_init_weights(), init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return model.eval()
+
+
+def _materialize(module: nn.Module, prefix: str, names: Sequence[str], folder: CheckpointFolder) -> None:
+    """Replace the module's meta parameters ``names`` by fp32 tensors from the checkpoint."""
+    tensors = folder.load([prefix + name for name in names], dtype=torch.float32)
+    module.load_state_dict({name: tensors[prefix + name] for name in names}, strict=False, assign=True)
+
+
+def _load_outside_blocks(model: nn.Module, blocks_name: str, folder: CheckpointFolder) -> None:
+    """Everything before the blocks (embeddings); the output head is never run here."""
+    head = model.get_output_embeddings()
+    head_name = next((n for n, m in model.named_modules() if m is head), None) if head is not None else None
+    skipped = tuple(f"{name}." for name in (blocks_name, head_name) if name)
+    names = [n for n, _ in model.named_parameters() if not n.startswith(skipped)]
+    _materialize(model, "", names, folder)
+
+
+def calibrate(
+    model_dir: str | os.PathLike[str],
+    calibration: torch.Tensor | Sequence[torch.Tensor],
+    *,
+    prune: PruneSettings | None = None,
+    progress: bool = True,
+) -> Calibration:
+    """Statistics of every Linear of the decoder blocks of the checkpoint in ``model_dir``.
+
+    Args:
+        model_dir: Hugging Face folder with safetensors weights named as the model's parameters.
+        calibration: token windows, shape ``(windows, seqlen)``.
+        prune: settings to prune each block with before it feeds the next (None: dense).
+    """
+    start = time.perf_counter()
+    windows = as_windows(calibration)
+    folder = CheckpointFolder(model_dir)
+    model = build_skeleton(model_dir)
+    blocks = find_decoder_blocks(model)
+    prefix = blocks_prefix(model, blocks)
+    if prune is not None:
+        check_nm_fits(blocks, prune.nm)
+    _load_outside_blocks(model, prefix, folder)
+    result = Calibration()
+    report = new_report(prune, windows) if prune is not None else None
+
+    with torch.no_grad():
+        captured = capture_block_inputs(model, windows, progress=progress)
+        hidden = captured.hidden
+        bar = tqdm(list(enumerate(blocks)), desc="calibrating", unit="block", disable=not progress)
+        for index, block in bar:
+            block_name = f"{prefix}.{index}"
+
+            def record(stats: Mapping[str, LinearStats], block_name: str = block_name) -> None:
+                for linear, s in stats.items():
+                    weight = f"{block_name}.{linear}.weight"
+                    result.tensors.update({
+                        f"{weight}.in_sq": s.inputs.in_sq, f"{weight}.in_norm": s.inputs.in_norm,
+                        f"{weight}.in_mean": s.inputs.in_mean, f"{weight}.in_var": s.inputs.in_var,
+                        f"{weight}.out_sq": s.outputs.out_sq, f"{weight}.out_norm": s.outputs.out_norm,
+                    })
+                    result.metadata.update(tokens=str(s.inputs.tokens), sequences=str(s.inputs.sequences))
+
+            _materialize(block, f"{block_name}.", [n for n, _ in block.named_parameters()], folder)
+            if prune is not None:
+                hidden = prune_block(index, block, hidden, captured.calls[index], prune, True,
+                                     block_name, report, on_stats=record)
+            else:
+                stats, hidden = collect_block_stats(block, hidden, captured.calls[index], need_outputs=True)
+                record(stats)
+            block.to("meta")  # drop this block's weights before loading the next
+    result.metadata.update(
+        format=STATS_FORMAT, version="1", model=Path(model_dir).resolve().name,
+        architecture=type(model).__name__, nsamples=str(len(windows)),
+        seqlen=str(max(row.numel() for row in windows)),
+        propagation="dense" if prune is None else _describe(prune),
+    )
+    result.seconds = time.perf_counter() - start
+    result.peak_rss_mb = peak_rss_mb()
+    return result
+
+
+def _describe(settings: PruneSettings) -> str:
+    pattern = f"{settings.nm[0]}:{settings.nm[1]}" if settings.nm else f"{settings.sparsity} per {settings.group}"
+    refine = f" + {settings.refine}" if settings.refine else ""
+    return f"pruned: {settings.method} {pattern}{refine}"

@@ -1,0 +1,48 @@
+"""Tensors of a safetensors checkpoint folder, read by name through the core's validating reader.
+
+A folder holds ``model.safetensors`` or shards named by ``model.safetensors.index.json``;
+:class:`CheckpointFolder` maps every tensor name to its shard from the shard headers (never
+trusting the index alone) and loads just the tensors asked for.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from ._C import load_safetensors, safetensors_header
+
+
+class CheckpointFolder:
+    """The safetensors tensors of a Hugging Face folder, by name."""
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+        shards = sorted(self.folder.glob("*.safetensors"))
+        if not shards:
+            raise ValueError(f"{self.folder}: no .safetensors files")
+        self.shard_of: dict[str, Path] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        for shard in shards:
+            for name, info in safetensors_header(str(shard))["tensors"].items():
+                if name in self.shard_of:
+                    raise ValueError(f"{shard}: tensor {name!r} is also in {self.shard_of[name].name}")
+                self.shard_of[name] = shard
+                self.shapes[name] = tuple(info["shape"])
+
+    def load(self, names: Iterable[str], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """The named tensors (copies), converted to ``dtype`` if given."""
+        by_shard: dict[Path, list[str]] = defaultdict(list)
+        for name in names:
+            if name not in self.shard_of:
+                raise ValueError(f"{self.folder}: the checkpoint has no tensor {name!r}")
+            by_shard[self.shard_of[name]].append(name)
+        tensors: dict[str, torch.Tensor] = {}
+        for shard, wanted in by_shard.items():
+            for name, tensor in load_safetensors(str(shard), wanted).items():
+                tensors[name] = tensor if dtype is None else tensor.to(dtype)
+        return tensors

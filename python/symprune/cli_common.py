@@ -1,0 +1,161 @@
+"""Pieces shared by the command-line commands: errors, argument types, calibration windows."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from symprune.data import (
+    calibration_windows,
+    evaluation_windows,
+    tokenize_file,
+    with_bos,
+)
+from symprune.pipeline import GROUPS, METHODS, REFINE_OPTION_KEYS, REFINES, parse_nm
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 1."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def parse_value(text: str) -> Any:
+    """Turn an option value from the command line into None/bool/int/float/str."""
+    lowered = text.lower()
+    if lowered in ("none", "null"):
+        return None
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_options(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"{flag} expects KEY=VALUE, got {item!r}")
+        options[key.strip()] = parse_value(value.strip())
+    return options
+
+
+def existing_file(path: str, what: str) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise CliError(f"{what} not found: {p}")
+    return p
+
+
+def prepare_out_dir(model_dir: Path, out_dir: Path, overwrite: bool) -> None:
+    """Refuse outputs that would destroy the input model or unrelated files."""
+    src, dst = model_dir.resolve(), out_dir.resolve()
+    if dst == src or src.is_relative_to(dst):
+        raise CliError(f"OUT_DIR {out_dir} would overwrite the input model {model_dir}")
+    if dst.exists() and not dst.is_dir():
+        raise CliError(f"OUT_DIR {out_dir} exists and is not a folder")
+    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
+        raise CliError(f"OUT_DIR {out_dir} is not empty; pass --overwrite to replace it")
+
+
+def windows_with_bos(windows: torch.Tensor, tokenizer: Any, bos: bool) -> torch.Tensor:
+    if not bos:
+        return windows
+    if tokenizer.bos_token_id is None:
+        raise CliError("--bos given but the tokenizer has no BOS token")
+    return with_bos(windows, tokenizer.bos_token_id)
+
+
+def load_eval_windows(path: Path, tokenizer: Any, nwindows: int, seqlen: int, bos: bool) -> torch.Tensor:
+    return windows_with_bos(
+        evaluation_windows(tokenize_file(path, tokenizer), nwindows, seqlen), tokenizer, bos
+    )
+
+
+def load_calib_windows(
+    path: Path, tokenizer: Any, nsamples: int, seqlen: int, seed: int, bos: bool
+) -> torch.Tensor:
+    return windows_with_bos(
+        calibration_windows(tokenize_file(path, tokenizer), nsamples, seqlen, seed),
+        tokenizer, bos,
+    )
+
+
+# --------------------------------------------------------------------------- argument types
+
+
+def nm_type(text: str) -> tuple[int, int]:
+    try:
+        return parse_nm(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), got {value}")
+    return value
+
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_bos(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bos", action="store_true",
+                   help="prepend the BOS token to every window (Gemma-3 needs it)")
+
+
+
+
+def add_pruning_options(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """--method, --sparsity/--nm, --group, --refine and their options."""
+    p.add_argument("--method", required=required, choices=METHODS,
+                   help="importance score: magnitude and symmetric are data-free; wanda, ria, "
+                   "stochria use input activations; owanda/symwanda also outputs")
+    pattern = p.add_mutually_exclusive_group(required=required)
+    pattern.add_argument("--sparsity", type=fraction,
+                         help="fraction of weights pruned (0.5 = half), per --group")
+    pattern.add_argument("--nm", type=nm_type, metavar="N:M",
+                         help="semi-structured pattern keeping N of every M inputs, e.g. 2:4")
+    p.add_argument("--group", choices=GROUPS, default="row",
+                   help="with --sparsity: prune each output row equally (row, default) or "
+                   "the whole matrix at once (layer)")
+    p.add_argument("--refine", choices=REFINES,
+                   help="training-free mask refinement: dsnot, or r2dsnot (DSnoT with "
+                   "a regularised decision boundary)")
+    p.add_argument("--refine-option", action="append", metavar="KEY=VALUE",
+                   help=f"option for --refine ({', '.join(sorted(REFINE_OPTION_KEYS))}); repeatable")
+    p.add_argument("--score-option", action="append", metavar="KEY=VALUE",
+                   help="option for the score (a, p, beta, seed); repeatable")
+
+
+def add_calibration_options(p: argparse.ArgumentParser) -> None:
+    """--calib, --nsamples, --seqlen, --seed."""
+    p.add_argument("--calib", required=True, metavar="FILE",
+                   help="calibration text (use a different text from the evaluation)")
+    p.add_argument("--nsamples", type=positive, default=64, help="calibration windows (64)")
+    p.add_argument("--seqlen", type=positive, default=512, help="tokens per calibration window (512)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the window positions (0)")

@@ -1,0 +1,122 @@
+"""``symprune calibrate`` and ``symprune apply``: pruning a checkpoint without loading it whole."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from symprune.cli_common import (
+    CliError,
+    add_bos,
+    add_calibration_options,
+    add_common,
+    add_pruning_options,
+    existing_file,
+    load_calib_windows,
+    parse_options,
+)
+from symprune.pipeline import PruneSettings
+
+
+def _settings_or_none(args: argparse.Namespace) -> PruneSettings | None:
+    if args.method is None:
+        if args.sparsity is not None or args.nm is not None or args.refine is not None:
+            raise CliError("--sparsity, --nm and --refine need --method")
+        return None
+    if args.sparsity is None and args.nm is None:
+        raise CliError("--method needs --sparsity or --nm")
+    return PruneSettings.create(
+        args.method, args.sparsity, args.nm, args.group, False, args.refine,
+        parse_options(args.refine_option, "--refine-option"),
+        parse_options(args.score_option, "--score-option"),
+    )
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from symprune.calibrate import calibrate
+    from symprune.models import load_tokenizer
+
+    model_dir, out = Path(args.model_dir), Path(args.out)
+    calib = existing_file(args.calib, "calibration text")
+    if out.exists() and not args.overwrite:
+        raise CliError(f"{out} exists; pass --overwrite to replace it")
+    if not out.parent.is_dir():
+        raise CliError(f"folder of --out does not exist: {out.parent}")
+    settings = _settings_or_none(args)
+    tokenizer = load_tokenizer(model_dir)
+    windows = load_calib_windows(calib, tokenizer, args.nsamples, args.seqlen, args.seed, args.bos)
+    result = calibrate(model_dir, windows, prune=settings, progress=not args.quiet)
+    result.metadata.update(calib=calib.name, seed=str(args.seed))
+    result.save(out)
+    layers = len(result.tensors) // 6
+    print(f"statistics of {layers} Linear layers over {result.metadata['tokens']} tokens "
+          f"({result.metadata['propagation']}) in {result.seconds:.1f} s, peak RSS "
+          f"{result.peak_rss_mb:.0f} MB")
+    print(f"wrote {out}")
+
+
+def cmd_apply(args: argparse.Namespace) -> None:
+    from symprune.stream import prune_checkpoint
+
+    stats = existing_file(args.stats, "statistics file") if args.stats else None
+    report = prune_checkpoint(
+        args.model_dir, args.out_dir, method=args.method, sparsity=args.sparsity, nm=args.nm,
+        group=args.group, refine=args.refine,
+        refine_options=parse_options(args.refine_option, "--refine-option"),
+        score_options=parse_options(args.score_option, "--score-option"),
+        stats=stats, include=args.include, resume=args.resume, overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    _print_apply_report(report)
+    print(f"wrote {args.out_dir}")
+
+
+def _print_apply_report(report: dict[str, Any]) -> None:
+    sparsity = report["pruned_zeros"] / report["pruned_numel"] if report["pruned_numel"] else 0.0
+    resumed = f", {report['shards_resumed']} kept from the interrupted run" if report["shards_resumed"] else ""
+    print(f"{report['tensors_pruned']} tensors pruned (sparsity {sparsity:.4f}), "
+          f"{report['tensors_copied']} copied, {report['shards']} shards{resumed}; "
+          f"{report['bytes'] / 2**30:.2f} GiB in {report['seconds']:.1f} s")
+    print(json.dumps(report))
+
+
+def add_stream_commands(sub: Any) -> None:
+    c = sub.add_parser(
+        "calibrate", help="activation statistics of every Linear, one block in memory at a time",
+        description="Run the calibration text through MODEL_DIR block by block (only one decoder "
+        "block's weights in memory) and save SPEC §1 statistics of every Linear, keyed by weight "
+        "name, for `symprune apply`. With --method and --sparsity/--nm each block is pruned in "
+        "memory before it feeds the next, exactly as `symprune prune` does, so `apply` with the "
+        "same options gives the same model; without, activations flow through the dense model. "
+        "Example: symprune calibrate model/ --calib news.txt --out stats.safetensors",
+    )
+    c.add_argument("model_dir", metavar="MODEL_DIR", help="Hugging Face folder with safetensors weights")
+    c.add_argument("--out", required=True, metavar="FILE", help="statistics file to write (.safetensors)")
+    add_calibration_options(c)
+    add_pruning_options(c, required=False)
+    c.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    add_bos(c)
+    add_common(c)
+    c.set_defaults(func=cmd_calibrate)
+
+    a = sub.add_parser(
+        "apply", help="prune a checkpoint tensor by tensor with bounded memory",
+        description="Stream MODEL_DIR's safetensors shards tensor by tensor into OUT_DIR: every "
+        "2-D weight with statistics in --stats is pruned (data-free methods without --stats: "
+        "every 2-D weight matching --include), every other tensor and file (config, tokenizer) "
+        "is copied byte for byte. Memory stays at a few tensors. Files appear only when complete; "
+        "after an interruption rerun with --resume. Example: symprune apply model/ out/ "
+        "--stats stats.safetensors --method wanda --nm 2:4",
+    )
+    a.add_argument("model_dir", metavar="MODEL_DIR", help="Hugging Face folder with safetensors weights")
+    a.add_argument("out_dir", metavar="OUT_DIR", help="where the pruned folder goes (not MODEL_DIR)")
+    add_pruning_options(a)
+    a.add_argument("--stats", metavar="FILE", help="statistics from `symprune calibrate`")
+    a.add_argument("--include", metavar="REGEX",
+                   help="without --stats: weights to prune (default: 2-D weights of the decoder blocks)")
+    a.add_argument("--resume", action="store_true", help="continue an interrupted run of the same job")
+    a.add_argument("--overwrite", action="store_true", help="allow a non-empty OUT_DIR")
+    add_common(a)
+    a.set_defaults(func=cmd_apply)

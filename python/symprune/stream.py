@@ -1,0 +1,59 @@
+"""Prune a safetensors checkpoint folder tensor by tensor with the core's StreamingPruner.
+
+Memory stays at a few tensors whatever the model size; see ``symprune::StreamingPruner``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ._C import stream_prune
+from .pipeline import PruneSettings
+
+
+def prune_checkpoint(
+    model_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    method: str,
+    sparsity: float | None = None,
+    nm: tuple[int, int] | str | None = None,
+    group: str = "row",
+    refine: str | None = None,
+    refine_options: Mapping[str, Any] | None = None,
+    score_options: Mapping[str, Any] | None = None,
+    stats: str | os.PathLike[str] | None = None,
+    include: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write a pruned copy of the checkpoint in ``model_dir`` to ``out_dir``.
+
+    Every 2-D weight with statistics in ``stats`` (from ``symprune calibrate``) is pruned; without
+    statistics (data-free methods only) every 2-D weight whose name matches ``include`` (default:
+    the decoder blocks' weights). Other tensors are copied byte for byte, and so are the
+    folder's other files (config, tokenizer). ``resume`` keeps the finished shards of an
+    interrupted run of the same job. Returns the engine's report.
+    """
+    settings = PruneSettings.create(method, sparsity, nm, group, False, refine, refine_options, score_options)
+    options = dict(settings.refine_options)
+    if "skip" in options:
+        raise ValueError("refine option 'skip' is not supported when streaming a checkpoint")
+    with tqdm(total=0, unit="B", unit_scale=True, desc=f"pruning ({method})", disable=not progress) as bar:
+
+        def report(shard: str, tensor: str, done: int, total: int) -> None:
+            bar.total = total
+            bar.set_postfix_str(shard, refresh=False)
+            bar.update(done - bar.n)
+
+        return stream_prune(
+            str(model_dir), str(out_dir), method=settings.method, sparsity=settings.sparsity,
+            nm=settings.nm, group=settings.group, refine=options if settings.refine else None,
+            stats=None if stats is None else str(stats), include=include, resume=resume,
+            overwrite=overwrite, progress=report, **settings.score_options,
+        )
