@@ -31,6 +31,15 @@ py::object mask(const at::Tensor& score, std::optional<double> sparsity,
   return py::cast(nm_mask(score, *to_nm(nm)));
 }
 
+at::Tensor magnitude_mask_binding(const at::Tensor& weight, std::optional<double> sparsity,
+                                  const std::optional<std::tuple<int64_t, int64_t>>& nm, const std::string& group) {
+  TORCH_CHECK_VALUE(sparsity.has_value() != nm.has_value(),
+                    "give exactly one of sparsity (unstructured) and nm=(n, m) (semi-structured)");
+  if (sparsity) return magnitude_unstructured_mask(weight, *sparsity, parse_group(group));
+  TORCH_CHECK_VALUE(group == "row", "group applies to unstructured masks only; N:M groups are fixed");
+  return magnitude_nm_mask(weight, *to_nm(nm));
+}
+
 at::Tensor score_binding(const at::Tensor& weight, const std::string& method,
                          std::optional<at::Tensor> in_norm, std::optional<at::Tensor> out_norm, double a,
                          double p, double beta, uint64_t seed) {
@@ -97,6 +106,12 @@ PYBIND11_MODULE(_C, m) {
         py::call_guard<py::gil_scoped_release>());
   m.def("mask", &mask, py::arg("score"), py::arg("sparsity") = py::none(), py::kw_only(),
         py::arg("nm") = py::none(), py::arg("group") = "row", py::arg("permute") = false);
+  m.def("magnitude_mask", &magnitude_mask_binding, py::arg("weight"), py::arg("sparsity") = py::none(),
+        py::kw_only(), py::arg("nm") = py::none(), py::arg("group") = "row",
+        py::call_guard<py::gil_scoped_release>(),
+        "mask(score(weight, 'magnitude'), ...) computed from the weight; fp16/bf16 skip the fp32 score.");
+  m.def("apply_mask", &apply_mask, py::arg("weight"), py::arg("keep_mask"),
+        py::call_guard<py::gil_scoped_release>(), "A copy of weight with the entries not kept set to +0.");
   m.def("channel_permutation", &channel_permutation, py::arg("score"), py::arg("m"),
         py::call_guard<py::gil_scoped_release>());
   m.def("dsnot", &dsnot_binding, py::arg("weight"), py::arg("keep_mask"), py::kw_only(), py::arg("in_norm"),

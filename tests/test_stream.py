@@ -1,0 +1,339 @@
+"""The streaming engine: safetensors I/O, calibrate + apply, resume, and the magnitude fast path."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import safetensors.torch as st
+import torch
+from cases import DTYPES, NM_PATTERNS, NM_SHAPES, SHAPES, SPARSITIES, WEIGHT_KINDS, make_weight
+from conftest import build_tiny_model, byte_tokenizer
+from oracles import oracle_nm_mask, oracle_row_mask, oracle_score
+from transformers import AutoModelForCausalLM
+
+import symprune
+from symprune.cli import main
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+# --------------------------------------------------------------------------- magnitude fast path
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", [*WEIGHT_KINDS, "quantised_nonzero"])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("s", SPARSITIES)
+def test_magnitude_row_mask_matches_oracle(dtype: str, kind: str, shape: tuple[int, int], s: float) -> None:
+    w = make_weight(shape, kind, DTYPES[dtype], key=("mag", dtype))
+    w[0, 0] = -0.0  # -0 and +0 tie, as in the fp32 score
+    expected = oracle_row_mask(oracle_score(w, "magnitude"), s)
+    assert torch.equal(symprune.magnitude_mask(w, s), expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", WEIGHT_KINDS)
+@pytest.mark.parametrize(("shape", "nm"), [
+    (shape, nm) for shape in NM_SHAPES for nm in [*NM_PATTERNS, (5, 40)] if shape[1] % nm[1] == 0
+])
+def test_magnitude_nm_mask_matches_oracle(dtype: str, kind: str, shape: tuple[int, int], nm: tuple[int, int]) -> None:
+    w = make_weight(shape, kind, DTYPES[dtype], key=("mag-nm", dtype))
+    expected = oracle_nm_mask(oracle_score(w, "magnitude"), *nm)
+    assert torch.equal(symprune.magnitude_mask(w, nm=nm), expected)
+
+
+def test_magnitude_mask_layer_group_and_errors() -> None:
+    w = make_weight((9, 16), "quantised", torch.bfloat16)
+    assert torch.equal(symprune.magnitude_mask(w, 0.5, group="layer"),
+                       symprune.mask(symprune.score(w, "magnitude"), 0.5, group="layer"))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        symprune.magnitude_mask(torch.tensor([[1.0, float("nan")]]).half(), 0.5)
+    with pytest.raises(ValueError, match="divisible"):
+        symprune.magnitude_mask(w, nm=(2, 5))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_apply_mask_is_masked_fill(dtype: torch.dtype) -> None:
+    w = make_weight((7, 13), "zero_rows_cols", dtype)
+    w[1, 2] = -0.0
+    keep = torch.rand(7, 13, generator=torch.Generator().manual_seed(0)) > 0.5
+    out = symprune.apply_mask(w, keep)
+    expected = w.masked_fill(~keep, 0)
+    assert torch.equal(_bits(out), _bits(expected))  # bit for bit, +0 for pruned
+
+
+# --------------------------------------------------------------------------- safetensors files
+
+
+ALL_DTYPES = [torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16,
+              torch.bfloat16, torch.float32, torch.float64, torch.float8_e4m3fn, torch.float8_e5m2,
+              torch.uint16, torch.uint32, torch.uint64]
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1).view(torch.uint8)
+
+
+def _sample(dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    return (torch.arange(int(torch.tensor(shape).prod()) if shape else 1) % 5).reshape(shape).to(dtype)
+
+
+def test_save_and_load_round_trip_with_safetensors_library(tmp_path: Path) -> None:
+    tensors = {f"t.{i}": _sample(dtype, (3, 5) if i % 2 else (4,)) for i, dtype in enumerate(ALL_DTYPES)}
+    tensors["empty"] = torch.zeros(0, 3)
+    tensors["scalar"] = torch.tensor(2.5)
+    ours = tmp_path / "ours.safetensors"
+    symprune.save_safetensors(str(ours), tensors, {"format": "pt", "note": "é"})
+    theirs = st.load_file(str(ours))
+    assert all(torch.equal(_bits(theirs[k]), _bits(v)) for k, v in tensors.items())
+    with open(ours, "rb") as f:
+        assert (8 + int.from_bytes(f.read(8), "little")) % 8 == 0  # data starts 8-byte aligned
+
+    other = tmp_path / "theirs.safetensors"
+    st.save_file(tensors, str(other), metadata={"format": "pt"})
+    loaded = symprune.load_safetensors(str(other))
+    assert all(torch.equal(_bits(loaded[k]), _bits(v)) for k, v in tensors.items())
+    header = symprune.safetensors_header(str(other))
+    assert header["metadata"] == {"format": "pt"}
+    assert header["tensors"]["t.1"]["shape"] == [3, 5] and header["tensors"]["t.1"]["dtype"] == "U8"
+    assert list(symprune.load_safetensors(str(other), ["t.3"])) == ["t.3"]
+    with pytest.raises(ValueError, match="has no tensor 'nope'"):
+        symprune.load_safetensors(str(other), ["nope"])
+
+
+def test_save_is_atomic(tmp_path: Path) -> None:
+    path = tmp_path / "x.safetensors"
+    symprune.save_safetensors(str(path), {"a": torch.ones(2)})
+    with pytest.raises(ValueError):  # complex has no safetensors dtype: nothing is written
+        symprune.save_safetensors(str(path), {"a": torch.ones(2, dtype=torch.complex64)})
+    assert torch.equal(symprune.load_safetensors(str(path))["a"], torch.ones(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.safetensors"]
+
+
+# --------------------------------------------------------------------------- calibrate + apply
+
+
+@pytest.fixture(scope="module")
+def sharded_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny bf16 Llama saved in several shards with an index, plus its tokenizer."""
+    path = tmp_path_factory.mktemp("sharded")
+    model = build_tiny_model("llama").to(torch.bfloat16)
+    model.save_pretrained(path, max_shard_size="100KB")
+    byte_tokenizer().save_pretrained(path)
+    assert (path / "model.safetensors.index.json").exists()
+    return path
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _all_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        out.update(symprune.load_safetensors(str(shard)))
+    return out
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "opt"])
+def test_calibrate_then_apply_equals_prune(
+    arch: str, tmp_path: Path, text_files: tuple[Path, Path]
+) -> None:
+    model_dir = tmp_path / "model"
+    build_tiny_model(arch).save_pretrained(model_dir)
+    byte_tokenizer().save_pretrained(model_dir)
+    calib = ["--calib", str(text_files[0]), "--nsamples", "4", "--seqlen", "32", "--quiet"]
+    recipe = ["--method", "wanda", "--nm", "2:4", "--refine", "r2dsnot"]
+    assert main(["prune", str(model_dir), str(tmp_path / "pruned"), *recipe, *calib]) == 0
+    stats = tmp_path / "stats.safetensors"
+    assert main(["calibrate", str(model_dir), "--out", str(stats), *recipe, *calib]) == 0
+    assert main(["apply", str(model_dir), str(tmp_path / "applied"), "--stats", str(stats), *recipe,
+                 "--quiet"]) == 0
+    pruned, applied = _all_tensors(tmp_path / "pruned"), _all_tensors(tmp_path / "applied")
+    assert pruned.keys() == applied.keys()
+    assert all(torch.equal(pruned[k], applied[k]) for k in pruned)
+    meta = symprune.safetensors_header(str(stats))["metadata"]
+    assert meta["format"] == "symprune-stats" and meta["tokens"] == "128"
+    assert meta["propagation"] == "pruned: wanda 2:4 + r2dsnot"
+
+
+def test_dense_calibration_matches_dense_hooks(
+    tiny_model_dir: Path, text_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from symprune.data import calibration_windows, tokenize_file
+    from symprune.models import load_model, load_tokenizer
+
+    windows = calibration_windows(tokenize_file(text_files[0], load_tokenizer(tiny_model_dir)), 3, 16, 0)
+    result = symprune.calibrate(tiny_model_dir, windows, progress=False)
+    assert result.metadata["propagation"] == "dense"
+    model = load_model(tiny_model_dir)
+    seen: dict[str, symprune.ActivationStats] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and ".layers." in name:
+            seen[name] = symprune.ActivationStats(module.in_features)
+            hooks.append(module.register_forward_hook(
+                lambda m, args, out, name=name: seen[name].update(args[0][0])))
+    with torch.no_grad():
+        for row in windows:
+            model(row.reshape(1, -1))
+    for h in hooks:
+        h.remove()
+    for name, stats in seen.items():
+        torch.testing.assert_close(result.tensors[f"{name}.weight.in_norm"], stats.in_norm, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(result.tensors[f"{name}.weight.in_var"], stats.in_var, rtol=1e-4, atol=1e-6)
+
+
+def test_apply_magnitude_sharded(sharded_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    report = symprune.prune_checkpoint(sharded_model_dir, out, method="magnitude", sparsity=0.5, progress=False)
+    before, after = _all_tensors(sharded_model_dir), _all_tensors(out)
+    pruned = [k for k in before if ".layers." in k and before[k].dim() == 2]
+    assert report["tensors_pruned"] == len(pruned) == 14
+    assert report["tensors_copied"] == len(before) - len(pruned)
+    assert report["shards"] == len(list(sharded_model_dir.glob("*.safetensors"))) > 1
+    for name, w in before.items():
+        if name in pruned:
+            keep = oracle_row_mask(oracle_score(w, "magnitude"), 0.5)
+            assert torch.equal(after[name], w.masked_fill(~keep, 0)), name
+        else:
+            assert torch.equal(after[name], w), name
+    # Index, config and tokenizer are copied byte for byte; the input folder is untouched.
+    src, dst = _files(sharded_model_dir), _files(out)
+    for name in ("model.safetensors.index.json", "config.json", "tokenizer.json"):
+        assert dst[name] == src[name]
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert float((model.model.layers[1].mlp.up_proj.weight == 0).float().mean()) == 0.5
+
+
+def test_apply_include_and_nm(sharded_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    symprune.prune_checkpoint(sharded_model_dir, out, method="magnitude", nm="2:4",
+                              include=r"mlp\.down_proj\.weight$", progress=False)
+    after = _all_tensors(out)
+    down = after["model.layers.0.mlp.down_proj.weight"]
+    assert torch.all((down.reshape(-1, 4) != 0).sum(1) <= 2)
+    assert torch.equal(after["model.layers.0.mlp.up_proj.weight"],
+                       _all_tensors(sharded_model_dir)["model.layers.0.mlp.up_proj.weight"])
+
+
+def test_resume_after_losing_shards_is_byte_identical(sharded_model_dir: Path, tmp_path: Path) -> None:
+    reference, out = tmp_path / "reference", tmp_path / "out"
+    kwargs = dict(method="symmetric", sparsity=0.6, progress=False)
+    symprune.prune_checkpoint(sharded_model_dir, reference, **kwargs)
+    symprune.prune_checkpoint(sharded_model_dir, out, **kwargs)
+    shards = sorted(out.glob("*.safetensors"))
+    shards[-1].unlink()  # as if the run had died while writing it
+    (out / "config.json").unlink()
+    (out / (shards[0].name + ".partial")).write_bytes(b"half-written")
+    report = symprune.prune_checkpoint(sharded_model_dir, out, resume=True, **kwargs)
+    assert report["shards_resumed"] == len(shards) - 1
+    assert _files(out) == _files(reference)
+
+    with pytest.raises(ValueError, match="other options"):
+        symprune.prune_checkpoint(sharded_model_dir, out, method="symmetric", sparsity=0.5, resume=True,
+                                  progress=False)
+    with pytest.raises(ValueError, match="not empty"):
+        symprune.prune_checkpoint(sharded_model_dir, out, **kwargs)
+    symprune.prune_checkpoint(sharded_model_dir, out, method="magnitude", sparsity=0.5, overwrite=True,
+                              progress=False)
+
+
+def test_apply_refuses_bad_requests(sharded_model_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="output folder is the input folder"):
+        symprune.prune_checkpoint(sharded_model_dir, sharded_model_dir, method="magnitude", sparsity=0.5,
+                                  overwrite=True, progress=False)
+    with pytest.raises(ValueError, match="needs activation statistics"):
+        symprune.prune_checkpoint(sharded_model_dir, tmp_path / "a", method="wanda", sparsity=0.5,
+                                  progress=False)
+    with pytest.raises(ValueError, match="not a valid regular expression"):
+        symprune.prune_checkpoint(sharded_model_dir, tmp_path / "b", method="magnitude", sparsity=0.5,
+                                  include="(", progress=False)
+    with pytest.raises(ValueError, match="sparsity"):
+        symprune.prune_checkpoint(sharded_model_dir, tmp_path / "c", method="magnitude", sparsity=1.5,
+                                  progress=False)
+    with pytest.raises(ValueError, match="not divisible by M=3"):
+        symprune.prune_checkpoint(sharded_model_dir, tmp_path / "d", method="magnitude", nm=(1, 3),
+                                  progress=False)
+    assert not any((tmp_path / name).exists() and any((tmp_path / name).iterdir()) for name in "abcd")
+
+
+def _stats_file(path: Path, tensors: dict[str, torch.Tensor], fmt: str = "symprune-stats") -> Path:
+    symprune.save_safetensors(str(path), tensors, {"format": fmt})
+    return path
+
+
+def test_apply_checks_statistics(sharded_model_dir: Path, tmp_path: Path) -> None:
+    weight = "model.layers.0.self_attn.q_proj.weight"
+    good = {f"{weight}.in_norm": torch.ones(64)}
+    run = lambda stats, **kw: symprune.prune_checkpoint(  # noqa: E731
+        sharded_model_dir, tmp_path / "out", method=kw.pop("method", "wanda"), sparsity=0.5, stats=stats,
+        overwrite=True, progress=False, **kw)
+    report = run(_stats_file(tmp_path / "good.safetensors", good))
+    assert report["tensors_pruned"] == 1
+    with pytest.raises(ValueError, match="has 32 entries but the weight needs 64"):
+        run(_stats_file(tmp_path / "short.safetensors", {f"{weight}.in_norm": torch.ones(32)}))
+    with pytest.raises(ValueError, match="no such tensor"):
+        run(_stats_file(tmp_path / "other.safetensors", {**good, "model.layers.9.x.weight.in_norm": torch.ones(4)}))
+    with pytest.raises(ValueError, match="lacks 'model.layers.0.self_attn.q_proj.weight.out_norm'"):
+        run(tmp_path / "good.safetensors", method="owanda")
+    with pytest.raises(ValueError, match="not a symprune statistics file"):
+        run(_stats_file(tmp_path / "plain.safetensors", good, fmt="pt"))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        run(_stats_file(tmp_path / "nan.safetensors", {f"{weight}.in_norm": torch.full((64,), float("nan"))}))
+
+
+def test_apply_cli_errors_are_one_line(
+    sharded_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "keep.txt").write_text("precious")
+    status = main(["apply", str(sharded_model_dir), str(tmp_path / "busy"), "--method", "magnitude",
+                   "--sparsity", "0.5", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert status == 1 and "\n" not in err and "is not empty" in err
+    assert (tmp_path / "busy" / "keep.txt").read_text() == "precious"
+
+
+def test_apply_on_full_disk_loses_nothing(sharded_model_dir: Path, tmp_path: Path) -> None:
+    """A write limit (RLIMIT_FSIZE, as a full disk) fails cleanly: clear error, no partial files."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    script = (
+        "import resource, symprune\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))\n"
+        f"symprune.prune_checkpoint({str(sharded_model_dir)!r}, {str(out)!r}, method='magnitude', "
+        "sparsity=0.5, progress=False)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "File too large" in proc.stderr
+    assert not list(out.glob("*.partial"))
+    before = _files(sharded_model_dir)
+    shutil.rmtree(out)
+    assert _files(sharded_model_dir) == before
+
+
+def test_progress_reports_bytes(sharded_model_dir: Path, tmp_path: Path) -> None:
+    seen: list[tuple[int, int]] = []
+    symprune._C.stream_prune(str(sharded_model_dir), str(tmp_path / "o"), method="magnitude", sparsity=0.5,
+                             progress=lambda shard, tensor, done, total: seen.append((done, total)))
+    total = sum(os.path.getsize(p) for p in sharded_model_dir.glob("*.safetensors"))
+    assert seen[-1][0] == seen[-1][1] and 0.9 * total < seen[-1][1] <= total
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_stats_file_from_calibrate_loads(tiny_model_dir: Path, text_files: tuple[Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "stats.safetensors"
+    assert main(["calibrate", str(tiny_model_dir), "--out", str(out), "--calib", str(text_files[0]),
+                 "--nsamples", "2", "--seqlen", "16", "--quiet"]) == 0
+    header = symprune.safetensors_header(str(out))
+    names = {n.rsplit(".", 1)[1] for n in header["tensors"]}
+    assert names == {"in_sq", "in_norm", "in_mean", "in_var", "out_sq", "out_norm"}
+    assert json.loads(json.dumps(header["metadata"]))["propagation"] == "dense"
