@@ -7,6 +7,7 @@
 
 #include "convert.h"
 
+#include <cstring>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -40,6 +41,10 @@ at::Tensor magnitude_mask_binding(const at::Tensor& weight, std::optional<double
   return magnitude_nm_mask(weight, *to_nm(nm));
 }
 
+at::Tensor magnitude_prune_binding(const at::Tensor& weight, double sparsity, const std::string& group) {
+  return magnitude_prune(weight, sparsity, parse_group(group));
+}
+
 at::Tensor score_binding(const at::Tensor& weight, const std::string& method,
                          std::optional<at::Tensor> in_norm, std::optional<at::Tensor> out_norm, double a,
                          double p, double beta, uint64_t seed) {
@@ -68,6 +73,13 @@ at::Tensor dsnot_binding(const at::Tensor& weight, const at::Tensor& keep_mask, 
   return dsnot(inputs, options);
 }
 
+// Messages may quote bytes of a hostile file: never fail to decode them.
+void set_error(PyObject* type, const char* message) {
+  PyObject* text = PyUnicode_DecodeUTF8(message, Py_ssize_t(std::strlen(message)), "replace");
+  PyErr_SetObject(type, text);
+  Py_XDECREF(text);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -81,9 +93,9 @@ PYBIND11_MODULE(_C, m) {
     } catch (const c10::ValueError& e) {
       PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
     } catch (const FormatError& e) {
-      PyErr_SetString(PyExc_ValueError, e.what());
+      set_error(PyExc_ValueError, e.what());
     } catch (const IoError& e) {
-      PyErr_SetString(PyExc_OSError, e.what());
+      set_error(PyExc_OSError, e.what());
     }
   });
 
@@ -110,6 +122,9 @@ PYBIND11_MODULE(_C, m) {
         py::kw_only(), py::arg("nm") = py::none(), py::arg("group") = "row",
         py::call_guard<py::gil_scoped_release>(),
         "mask(score(weight, 'magnitude'), ...) computed from the weight; fp16/bf16 skip the fp32 score.");
+  m.def("magnitude_prune", &magnitude_prune_binding, py::arg("weight"), py::arg("sparsity"), py::kw_only(),
+        py::arg("group") = "row", py::call_guard<py::gil_scoped_release>(),
+        "apply_mask(weight, magnitude_mask(weight, sparsity)) in one pass for fp16/bf16 weights.");
   m.def("apply_mask", &apply_mask, py::arg("weight"), py::arg("keep_mask"),
         py::call_guard<py::gil_scoped_release>(), "A copy of weight with the entries not kept set to +0.");
   m.def("channel_permutation", &channel_permutation, py::arg("score"), py::arg("m"),

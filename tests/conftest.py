@@ -97,3 +97,19 @@ def text_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     calib.write_text(random_text(1200, seed=1), encoding="utf-8")
     evaluation.write_text(random_text(1200, seed=2), encoding="utf-8")
     return calib, evaluation
+
+
+@pytest.fixture(scope="session")
+def sharded_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny bf16 Llama saved in several shards with an index, plus its tokenizer."""
+    path = tmp_path_factory.mktemp("sharded")
+    model = build_tiny_model("llama").to(torch.bfloat16)
+    model.save_pretrained(path, max_shard_size="100KB")
+    byte_tokenizer().save_pretrained(path)
+    assert (path / "model.safetensors.index.json").exists()
+    return path
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file of a folder by name, with its contents."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}

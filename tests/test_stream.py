@@ -11,7 +11,7 @@ import pytest
 import safetensors.torch as st
 import torch
 from cases import DTYPES, NM_PATTERNS, NM_SHAPES, SHAPES, SPARSITIES, WEIGHT_KINDS, make_weight
-from conftest import build_tiny_model, byte_tokenizer
+from conftest import build_tiny_model, byte_tokenizer, folder_bytes
 from oracles import oracle_nm_mask, oracle_row_mask, oracle_score
 from transformers import AutoModelForCausalLM
 
@@ -117,21 +117,6 @@ def test_save_is_atomic(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- calibrate + apply
 
 
-@pytest.fixture(scope="module")
-def sharded_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny bf16 Llama saved in several shards with an index, plus its tokenizer."""
-    path = tmp_path_factory.mktemp("sharded")
-    model = build_tiny_model("llama").to(torch.bfloat16)
-    model.save_pretrained(path, max_shard_size="100KB")
-    byte_tokenizer().save_pretrained(path)
-    assert (path / "model.safetensors.index.json").exists()
-    return path
-
-
-def _files(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
-
-
 def _all_tensors(folder: Path) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for shard in sorted(folder.glob("*.safetensors")):
@@ -203,7 +188,7 @@ def test_apply_magnitude_sharded(sharded_model_dir: Path, tmp_path: Path) -> Non
         else:
             assert torch.equal(after[name], w), name
     # Index, config and tokenizer are copied byte for byte; the input folder is untouched.
-    src, dst = _files(sharded_model_dir), _files(out)
+    src, dst = folder_bytes(sharded_model_dir), folder_bytes(out)
     for name in ("model.safetensors.index.json", "config.json", "tokenizer.json"):
         assert dst[name] == src[name]
     model = AutoModelForCausalLM.from_pretrained(out)
@@ -232,7 +217,7 @@ def test_resume_after_losing_shards_is_byte_identical(sharded_model_dir: Path, t
     (out / (shards[0].name + ".partial")).write_bytes(b"half-written")
     report = symprune.prune_checkpoint(sharded_model_dir, out, resume=True, **kwargs)
     assert report["shards_resumed"] == len(shards) - 1
-    assert _files(out) == _files(reference)
+    assert folder_bytes(out) == folder_bytes(reference)
 
     with pytest.raises(ValueError, match="other options"):
         symprune.prune_checkpoint(sharded_model_dir, out, method="symmetric", sparsity=0.5, resume=True,
@@ -315,9 +300,9 @@ def test_apply_on_full_disk_loses_nothing(sharded_model_dir: Path, tmp_path: Pat
     assert proc.returncode != 0
     assert "File too large" in proc.stderr
     assert not list(out.glob("*.partial"))
-    before = _files(sharded_model_dir)
+    before = folder_bytes(sharded_model_dir)
     shutil.rmtree(out)
-    assert _files(sharded_model_dir) == before
+    assert folder_bytes(sharded_model_dir) == before
 
 
 def test_progress_reports_bytes(sharded_model_dir: Path, tmp_path: Path) -> None:

@@ -38,13 +38,13 @@ void check_finite(const at::Tensor& t, const char* name) {
   TORCH_CHECK_VALUE(finite, name, " contains NaN or Inf");
 }
 
-void check_matrix(const at::Tensor& t, const char* name) {
+void check_matrix(const at::Tensor& t, const char* name, bool check_values) {
   TORCH_CHECK_VALUE(t.defined(), name, " is missing");
   TORCH_CHECK_VALUE(t.dim() == 2, name, " must be 2-D (out_features, in_features), got shape ",
                     t.sizes());
   TORCH_CHECK_VALUE(at::isFloatingType(t.scalar_type()), name,
                     " must be a floating-point tensor, got ", t.scalar_type());
-  check_finite(t, name);
+  if (check_values) check_finite(t, name);
 }
 
 void check_vector(const at::Tensor& t, int64_t size, const char* name) {

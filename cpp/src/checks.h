@@ -8,8 +8,9 @@
 
 namespace symprune::detail {
 
-// A 2-D floating-point matrix with finite entries.
-void check_matrix(const at::Tensor& t, const char* name);
+// A 2-D floating-point matrix with finite entries (check_values=false: callers that find
+// NaN/Inf in a pass of their own).
+void check_matrix(const at::Tensor& t, const char* name, bool check_values = true);
 // A 1-D floating-point vector of `size` finite entries.
 void check_vector(const at::Tensor& t, int64_t size, const char* name);
 // Same shape and device as `like`, dtype bool.

@@ -12,8 +12,8 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 
+#include <atomic>
 #include <cstring>
-#include <vector>
 
 namespace symprune {
 namespace {
@@ -35,28 +35,138 @@ at::Tensor bool_like(const at::Tensor& weight) {
   return at::empty(weight.sizes(), at::TensorOptions().dtype(at::kBool));
 }
 
+// Where one row's selection ends: keys below `key` are pruned, and of the `tied` keys equal
+// to it the first `ties_pruned` (in index order, as a stable sort gives).
+struct Threshold {
+  uint16_t key = 0;
+  int64_t tied = 0;
+  int64_t ties_pruned = 0;
+  bool finite = true;
+};
+
+constexpr int kLanes = 4;
+using Histogram = int32_t[kLanes][256];
+
+int64_t total(const Histogram& h, int bin) { return int64_t{h[0][bin]} + h[1][bin] + h[2][bin] + h[3][bin]; }
+
+// The k-th smallest key of a row (0 < k < n) by counting, which beats select.h's bucketing
+// for 15-bit keys: a histogram of the top 8 bits finds the threshold's bin and a histogram of
+// the low 7 bits inside it the threshold. Histograms are split in lanes so that runs of equal
+// keys do not serialise on one counter. Bins from `nonfinite_bin` up hold NaN/Inf.
+Threshold find_threshold(const uint16_t* w, int64_t n, int64_t k, int nonfinite_bin) {
+  const int64_t whole = n - n % kLanes;
+  Histogram coarse = {};
+  for (int64_t j = 0; j < whole; j += kLanes)
+    for (int lane = 0; lane < kLanes; ++lane) ++coarse[lane][magnitude_key(w[j + lane]) >> 7];
+  for (int64_t j = whole; j < n; ++j) ++coarse[0][magnitude_key(w[j]) >> 7];
+  Threshold t;
+  for (int bin = nonfinite_bin; bin < 256; ++bin) t.finite &= total(coarse, bin) == 0;
+  int64_t below = 0;
+  int bin = 0;
+  while (below + total(coarse, bin) < k) below += total(coarse, bin++);
+
+  Histogram fine = {};  // low 7 bits of the keys in `bin`
+  for (int64_t j = 0; j < whole; j += kLanes) {
+    for (int lane = 0; lane < kLanes; ++lane) {
+      const uint16_t key = magnitude_key(w[j + lane]);
+      fine[lane][key & 127] += (key >> 7) == bin;
+    }
+  }
+  for (int64_t j = whole; j < n; ++j) {
+    const uint16_t key = magnitude_key(w[j]);
+    fine[0][key & 127] += (key >> 7) == bin;
+  }
+  int low = 0;
+  while (below + total(fine, low) < k) below += total(fine, low++);
+  t.key = static_cast<uint16_t>((bin << 7) | low);
+  t.tied = total(fine, low);
+  t.ties_pruned = k - below;
+  return t;
+}
+
+// Calls write(j, kept) for every element of the row. Ties first all go to the side fewer of
+// them end up on (one vectorised pass), then a scan from the nearer end moves the others.
+template <typename Write>
+void write_row(const uint16_t* w, int64_t n, const Threshold& t, Write&& write) {
+  const int64_t ties_kept = t.tied - t.ties_pruned;
+  if (t.ties_pruned <= ties_kept) {
+    for (int64_t j = 0; j < n; ++j) write(j, magnitude_key(w[j]) >= t.key);
+    for (int64_t j = 0, left = t.ties_pruned; left > 0; ++j) {
+      if (magnitude_key(w[j]) == t.key) {
+        write(j, false);
+        --left;
+      }
+    }
+  } else {
+    for (int64_t j = 0; j < n; ++j) write(j, magnitude_key(w[j]) > t.key);
+    for (int64_t j = n - 1, left = ties_kept; left > 0; --j) {
+      if (magnitude_key(w[j]) == t.key) {
+        write(j, true);
+        --left;
+      }
+    }
+  }
+}
+
+// Per-row magnitude selection of a contiguous 2-D fp16/bf16 CPU weight: write(row, j, kept)
+// for every element, rows in parallel. NaN/Inf show up in the histograms: no separate pass.
+template <typename Write>
+void select_rows(const at::Tensor& weight, int64_t k, Write&& write) {
+  const int64_t rows = weight.size(0), cols = weight.size(1);
+  const uint16_t* w = bits_of(weight);
+  // |x| >= 0x7f80 (bf16) or 0x7c00 (fp16) is NaN/Inf: exactly the top bins of the histogram.
+  const int nonfinite_bin = (weight.scalar_type() == at::kBFloat16 ? 0x7f80 : 0x7c00) >> 7;
+  const bool trivial = k <= 0 || k >= cols;
+  if (trivial) detail::check_finite(weight, "weight");
+  std::atomic<bool> finite{true};
+  at::parallel_for(0, rows, detail::row_grain(cols), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const uint16_t* row = w + r * cols;
+      Threshold t;  // trivial rows: key 0 keeps everything, key 0x8000 prunes everything
+      if (!trivial)
+        t = find_threshold(row, cols, k, nonfinite_bin);
+      else if (k > 0)
+        t.key = 0x8000;
+      if (!t.finite) finite.store(false, std::memory_order_relaxed);
+      write_row(row, cols, t, [&](int64_t j, bool kept) { write(r, j, kept); });
+    }
+  });
+  TORCH_CHECK_VALUE(finite.load(), "weight contains NaN or Inf");
+}
+
+int64_t pruned_per_row(const at::Tensor& weight, double sparsity) {
+  detail::check_matrix(weight, "weight", /*check_values=*/false);
+  check_sparsity(sparsity);
+  return static_cast<int64_t>(static_cast<double>(weight.size(1)) * sparsity);
+}
+
 }  // namespace
 
 at::Tensor magnitude_unstructured_mask(const at::Tensor& weight_in, double sparsity, MaskGroup group) {
   if (!takes_fast_path(weight_in) || group != MaskGroup::Row)
     return unstructured_mask(score(weight_in, ScoreMethod::Magnitude), sparsity, group);
-  detail::check_matrix(weight_in, "weight");
-  check_sparsity(sparsity);
+  const int64_t k = pruned_per_row(weight_in, sparsity);
   const auto weight = weight_in.contiguous();
-  const int64_t rows = weight.size(0), cols = weight.size(1);
-  const auto k = static_cast<int64_t>(static_cast<double>(cols) * sparsity);
+  const int64_t cols = weight.size(1);
   auto mask = bool_like(weight);
-  const uint16_t* w = bits_of(weight);
   bool* keep = mask.mutable_data_ptr<bool>();
-  at::parallel_for(0, rows, detail::row_grain(cols), [&](int64_t begin, int64_t end) {
-    detail::SelectScratch<uint16_t> scratch;
-    for (int64_t r = begin; r < end; ++r) {
-      const uint16_t* row = w + r * cols;
-      detail::keep_all_but_lowest_keyed(cols, k, keep + r * cols, scratch,
-                                        [row](int64_t j) { return magnitude_key(row[j]); });
-    }
-  });
+  select_rows(weight, k, [&](int64_t r, int64_t j, bool kept) { keep[r * cols + j] = kept; });
   return mask;
+}
+
+at::Tensor magnitude_prune(const at::Tensor& weight_in, double sparsity, MaskGroup group) {
+  if (!takes_fast_path(weight_in) || group != MaskGroup::Row)
+    return apply_mask(weight_in, magnitude_unstructured_mask(weight_in, sparsity, group));
+  const int64_t k = pruned_per_row(weight_in, sparsity);
+  const auto weight = weight_in.contiguous();
+  const int64_t cols = weight.size(1);
+  auto pruned = at::empty_like(weight);
+  const uint16_t* __restrict w = bits_of(weight);
+  uint16_t* __restrict out = static_cast<uint16_t*>(pruned.mutable_data_ptr());
+  select_rows(weight, k, [w, out, cols](int64_t r, int64_t j, bool kept) {
+    out[r * cols + j] = w[r * cols + j] & static_cast<uint16_t>(-static_cast<uint16_t>(kept));
+  });
+  return pruned;
 }
 
 at::Tensor magnitude_nm_mask(const at::Tensor& weight_in, NM nm) {
@@ -69,14 +179,12 @@ at::Tensor magnitude_nm_mask(const at::Tensor& weight_in, NM nm) {
   const uint16_t* w = bits_of(weight);
   bool* keep = mask.mutable_data_ptr<bool>();
   at::parallel_for(0, groups, detail::row_grain(nm.m), [&](int64_t begin, int64_t end) {
-    detail::SelectScratch<uint16_t> scratch;
     uint16_t keys[32];
     for (int64_t g = begin; g < end; ++g) {
       const uint16_t* group = w + g * nm.m;
       bool* out = keep + g * nm.m;
-      if (nm.m > 32) {
-        detail::keep_all_but_lowest_keyed(nm.m, prune, out, scratch,
-                                          [group](int64_t j) { return magnitude_key(group[j]); });
+      if (nm.m > 32) {  // finite: checked above, so no bin is NaN/Inf
+        write_row(group, nm.m, find_threshold(group, nm.m, prune, 256), [&](int64_t j, bool kept) { out[j] = kept; });
         continue;
       }
       for (int64_t j = 0; j < nm.m; ++j) keys[j] = magnitude_key(group[j]);

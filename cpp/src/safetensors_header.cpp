@@ -37,14 +37,23 @@ const DtypeEntry& entry_of(Dtype dtype) {
   throw FormatError(label + ": " + problem);
 }
 
-// A short, printable rendering of an untrusted name for error messages.
-std::string shown(std::string_view name) {
-  constexpr std::size_t kMax = 80;
-  std::string out = "'";
-  out += name.substr(0, kMax);
-  if (name.size() > kMax) out += "...";
-  return out + "'";
+// Untrusted text made safe for a one-line error message: control bytes (and, with
+// `ascii`, every non-ASCII byte) become \xNN, and it is cut after `limit` bytes.
+std::string printable(std::string_view text, bool ascii, std::size_t limit) {
+  std::string out;
+  for (const char c : text.substr(0, limit)) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte < 0x20 || byte == 0x7f || (ascii && byte >= 0x80)) {
+      constexpr char kHex[] = "0123456789abcdef";
+      out += {'\\', 'x', kHex[byte >> 4], kHex[byte & 15]};
+    } else {
+      out += c;
+    }
+  }
+  return text.size() > limit ? out + "..." : out;
 }
+
+std::string shown(std::string_view name) { return "'" + printable(name, false, 80) + "'"; }
 
 // Tensor entries are objects of arrays of numbers: anything deeper is hostile. The parser
 // callback enforces the depth and rejects duplicate keys, which nlohmann::json would
@@ -75,7 +84,7 @@ json parse_json(std::string_view text, const std::string& label) {
   try {
     return json::parse(text.begin(), text.end(), callback);
   } catch (const json::exception& e) {
-    fail(label, std::string("header is not valid JSON: ") + e.what());
+    fail(label, "header is not valid JSON: " + printable(e.what(), true, 300));
   }
 }
 

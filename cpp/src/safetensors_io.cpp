@@ -179,6 +179,11 @@ void AtomicFile::copy_at(uint64_t offset, int source_fd, uint64_t source_offset,
   }
 }
 
+void AtomicFile::start_writeback(uint64_t offset, uint64_t size) {
+  // Advisory: errors surface at commit()'s fsync.
+  (void)::sync_file_range(fd_, off_t(offset), off_t(size), SYNC_FILE_RANGE_WRITE);
+}
+
 void AtomicFile::commit() {
   if (::fsync(fd_) != 0) io_fail(partial_, "fsync failed");
   const int rc = ::close(fd_);
@@ -223,12 +228,14 @@ void Writer::mark_written(std::size_t index, uint64_t size) {
 void Writer::write(std::size_t index, std::span<const std::byte> data) {
   mark_written(index, data.size());
   file_.write_at(data_start_ + tensors_[index].begin, data.data(), data.size());
+  file_.start_writeback(data_start_ + tensors_[index].begin, data.size());
 }
 
 void Writer::copy(std::size_t index, const Reader& source, const TensorInfo& source_tensor) {
   mark_written(index, source_tensor.nbytes());
   file_.copy_at(data_start_ + tensors_[index].begin, source.fd(),
                 source.header().data_start + source_tensor.begin, source_tensor.nbytes(), source.path());
+  file_.start_writeback(data_start_ + tensors_[index].begin, source_tensor.nbytes());
 }
 
 void Writer::commit() {

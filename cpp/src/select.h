@@ -50,11 +50,10 @@ struct SelectScratch {
 // them and true elsewhere. The threshold is found by bucketing keys on their top bits and
 // running nth_element inside the one bucket that holds the k-th key, which is far cheaper
 // than nth_element over the whole row.
-//
-// `key_at(j)` gives element j's order key; keep_all_but_lowest below is the usual entry.
-template <typename Key, typename KeyAt>
-void keep_all_but_lowest_keyed(int64_t n, int64_t k, bool* keep, SelectScratch<Key>& scratch,
-                               KeyAt key_at) {
+template <typename scalar_t>
+void keep_all_but_lowest(const scalar_t* values, int64_t n, int64_t k, bool* keep,
+                         SelectScratch<key_t<scalar_t>>& scratch) {
+  using Key = key_t<scalar_t>;
   if (k <= 0) {
     std::fill(keep, keep + n, true);
     return;
@@ -72,7 +71,7 @@ void keep_all_but_lowest_keyed(int64_t n, int64_t k, bool* keep, SelectScratch<K
   scratch.histogram.assign(kLanes * kBuckets, 0);
   Key* keys = scratch.keys.data();  // raw pointers: no reloads through the vectors
   int32_t* histogram = scratch.histogram.data();
-  for (int64_t j = 0; j < n; ++j) keys[j] = key_at(j);  // vectorises on its own
+  for (int64_t j = 0; j < n; ++j) keys[j] = key_of(values[j]);  // vectorises on its own
   const int64_t whole = n - n % kLanes;
   for (int64_t j = 0; j < whole; j += kLanes)
     for (int64_t lane = 0; lane < kLanes; ++lane) ++histogram[lane * kBuckets + (keys[j + lane] >> kShift)];
@@ -98,12 +97,6 @@ void keep_all_but_lowest_keyed(int64_t n, int64_t k, bool* keep, SelectScratch<K
       --ties;
     }
   }
-}
-
-template <typename scalar_t>
-void keep_all_but_lowest(const scalar_t* values, int64_t n, int64_t k, bool* keep,
-                         SelectScratch<key_t<scalar_t>>& scratch) {
-  keep_all_but_lowest_keyed(n, k, keep, scratch, [values](int64_t j) { return key_of(values[j]); });
 }
 
 // Rows are independent; give each parallel task at least ~32k elements of work.

@@ -141,7 +141,8 @@ def load_model(
     """Load a causal LM from a Hugging Face folder, on CPU, in eval mode."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(_check_model_dir(path), dtype=dtype)
+    # use_safetensors: never fall back to a pickled pytorch_model.bin from an untrusted folder.
+    model = AutoModelForCausalLM.from_pretrained(_check_model_dir(path), dtype=dtype, use_safetensors=True)
     model.eval()
     return model
 

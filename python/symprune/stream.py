@@ -44,16 +44,22 @@ def prune_checkpoint(
     options = dict(settings.refine_options)
     if "skip" in options:
         raise ValueError("refine option 'skip' is not supported when streaming a checkpoint")
-    with tqdm(total=0, unit="B", unit_scale=True, desc=f"pruning ({method})", disable=not progress) as bar:
+    bar: tqdm | None = None  # drawn at the first progress report: errors found while planning show no bar
 
-        def report(shard: str, tensor: str, done: int, total: int) -> None:
-            bar.total = total
-            bar.set_postfix_str(shard, refresh=False)
-            bar.update(done - bar.n)
+    def report(shard: str, tensor: str, done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"pruning ({method})", disable=not progress)
+        bar.set_postfix_str(shard, refresh=False)
+        bar.update(done - bar.n)
 
+    try:
         return stream_prune(
             str(model_dir), str(out_dir), method=settings.method, sparsity=settings.sparsity,
             nm=settings.nm, group=settings.group, refine=options if settings.refine else None,
             stats=None if stats is None else str(stats), include=include, resume=resume,
             overwrite=overwrite, progress=report, **settings.score_options,
         )
+    finally:
+        if bar is not None:
+            bar.close()

@@ -39,6 +39,8 @@ at::Tensor channel_permutation(const at::Tensor& score, int64_t m);
 // the fast path; other cases go through score().
 at::Tensor magnitude_unstructured_mask(const at::Tensor& weight, double sparsity, MaskGroup group);
 at::Tensor magnitude_nm_mask(const at::Tensor& weight, NM nm);
+// apply_mask(weight, magnitude_unstructured_mask(...)) in one pass over 16-bit weights.
+at::Tensor magnitude_prune(const at::Tensor& weight, double sparsity, MaskGroup group);
 
 // A copy of `weight` with every entry not kept set to +0, what masked_fill(~keep, 0) gives.
 at::Tensor apply_mask(const at::Tensor& weight, const at::Tensor& keep);

@@ -128,6 +128,8 @@ class AtomicFile {
   // Copies `size` bytes of `source` at `source_offset` without passing through user space.
   void copy_at(uint64_t offset, int source_fd, uint64_t source_offset, uint64_t size,
                const std::filesystem::path& source_path);
+  // Starts writing a range back to disk now, so that commit()'s fsync has little left to do.
+  void start_writeback(uint64_t offset, uint64_t size);
   void commit();
   const std::filesystem::path& final_path() const { return final_; }
 
