@@ -8,7 +8,8 @@ every Linear weight.
 
 In one invocation it measures:
 - `copy`: a plain copy of the same shards (shutil.copyfile, i.e. in-kernel sendfile), run
-  before and after the pruning runs, the mean is the baseline;
+  before and after the pruning runs, the mean is the baseline; `copy + fsync` also makes each
+  copy durable, as apply does before renaming a shard into place;
 - `magnitude 50%` (data-free) and `wanda 2:4` (from the statistics file) with `symprune apply`,
   each in its own process, reporting time, throughput, the ratio to the copy, and peak RSS
   (getrusage of that process: interpreter and torch included; the `import` row is that
@@ -17,14 +18,20 @@ Every output is verified: each pruned tensor has the exact sparsity pattern, two
 compared element for element with a plain PyTorch reference (sort-based), every copied tensor
 is byte-identical.
 
+Peak RSS of `calibrate` + `apply` on the real SmolLM2 against `symprune prune`, which loads
+the whole model (wanda 50%, 64 x 512 calibration windows of lee_background.cor, as SPEC.md §8),
+with a check that both write the same weights:
+
     .venv/bin/python bench/bench_stream.py                 # ~6.1 GB, needs ~20 GB free disk
     .venv/bin/python bench/bench_stream.py --layers 2      # quick
+    .venv/bin/python bench/bench_stream.py --smollm2       # the real-model comparison
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -91,11 +98,16 @@ def write_stats(path: Path, layers: int) -> None:
     symprune.save_safetensors(str(path), tensors, {"format": "symprune-stats"})
 
 
-def timed_copy(src: Path, dst: Path) -> float:
+def timed_copy(src: Path, dst: Path, durable: bool) -> float:
+    """shutil.copyfile of every shard; `durable` also fsyncs each copy, as apply does."""
     dst.mkdir()
     start = time.perf_counter()
     for shard in sorted(src.glob("*.safetensors")):
         shutil.copyfile(shard, dst / shard.name)
+        if durable:
+            fd = os.open(dst / shard.name, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
     seconds = time.perf_counter() - start
     shutil.rmtree(dst)
     return seconds
@@ -162,14 +174,47 @@ def verify(src: Path, out: Path, method: str, stats: Path | None) -> str:
            f"{copied} copied byte-identical"
 
 
+def smollm2_memory(work: Path) -> None:
+    from symprune.models import ensure_smollm2
+
+    model = ensure_smollm2()
+    calib = Path(__file__).resolve().parents[2] / "shared" / "data" / "lee_background.cor"
+    recipe = ["--method", "wanda", "--sparsity", "0.5"]
+    windows = ["--calib", str(calib), "--nsamples", "64", "--seqlen", "512"]
+    stats = work / "stats.safetensors"
+    runs = {
+        "prune (whole model)": run_child("prune", str(model), str(work / "pruned"), *recipe, *windows, "--quiet"),
+        "calibrate (one block)": run_child("calibrate", str(model), "--out", str(stats), *recipe, *windows,
+                                           "--quiet"),
+        "apply (streaming)": run_child("apply", str(model), str(work / "applied"), "--stats", str(stats), *recipe,
+                                       "--quiet"),
+    }
+    pruned = symprune.load_safetensors(str(work / "pruned" / "model.safetensors"))
+    applied = symprune.load_safetensors(str(work / "applied" / "model.safetensors"))
+    same = pruned.keys() == applied.keys() and all(torch.equal(pruned[k], applied[k]) for k in pruned)
+    print(f"SmolLM2-135M fp32 ({(model / 'model.safetensors').stat().st_size / 2**20:.0f} MiB), wanda 50%, 64x512 windows")
+    print("\n| command | seconds | peak RSS MB |\n|---|---|---|")
+    for label, r in runs.items():
+        print(f"| {label} | {r['seconds']:.1f} | {r['peak_mb']:.0f} |")
+    print(f"\ncalibrate + apply wrote {'the same' if same else 'DIFFERENT'} weights as prune")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=14, help="decoder blocks (14: ~6.1 GB)")
     parser.add_argument("--workdir", default=None, help="scratch folder (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    parser.add_argument("--smollm2", action="store_true", help="only the real-model memory comparison")
     args = parser.parse_args()
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-stream-"))
+    if args.smollm2:
+        try:
+            smollm2_memory(work)
+        finally:
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
+        return
     model, stats = work / "model", work / "stats.safetensors"
     model.mkdir(parents=True, exist_ok=True)
     try:
@@ -182,7 +227,8 @@ def main() -> None:
               f"{largest / 2**20:.0f} MiB (written in {time.perf_counter() - t:.0f} s)")
         target_mb = 2 * largest / 2**20 + 300
 
-        copies = [timed_copy(model, work / "copy")]
+        copies = [timed_copy(model, work / "copy", durable=False)]
+        durable = timed_copy(model, work / "copy", durable=True)
         base = run_child("import")
         runs = {
             "magnitude 50%": ["--method", "magnitude", "--sparsity", "0.5"],
@@ -195,13 +241,14 @@ def main() -> None:
             method = "magnitude" if "magnitude" in label else "wanda"
             results[label]["verified"] = verify(model, out, method, stats if method == "wanda" else None)
             shutil.rmtree(out)
-        copies.append(timed_copy(model, work / "copy"))
+        copies.append(timed_copy(model, work / "copy", durable=False))
         copy_s = sum(copies) / len(copies)
 
         print(f"\n| run | seconds | GB/s | × copy speed | peak RSS MB | target MB |")
         print("|---|---|---|---|---|---|")
         print(f"| copy (mean of {len(copies)}: {', '.join(f'{c:.1f}' for c in copies)} s) | {copy_s:.1f} "
               f"| {size / copy_s / 1e9:.2f} | 1.00 | - | - |")
+        print(f"| copy + fsync per shard | {durable:.1f} | {size / durable / 1e9:.2f} | {copy_s / durable:.2f} | - | - |")
         print(f"| import symprune (baseline) | - | - | - | {base['peak_mb']:.0f} | - |")
         for label, r in results.items():
             print(f"| apply {label} | {r['seconds']:.1f} | {size / r['seconds'] / 1e9:.2f} "

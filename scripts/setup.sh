@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets up a fresh machine for symprune: system packages, a virtual environment with the CPU
-# build of torch, and the package built from source with its C++ tests. Idempotent.
+# Sets up a fresh machine for symprune: system packages (build tools, GTest, nlohmann-json,
+# clang), a virtual environment with the CPU build of torch, and the package built from
+# source with its C++ tests. Idempotent.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -12,6 +13,9 @@ command -v cmake >/dev/null || need_apt+=(cmake)
 command -v ninja >/dev/null || need_apt+=(ninja-build)
 command -v ccache >/dev/null || need_apt+=(ccache)
 [ -f /usr/lib/x86_64-linux-gnu/cmake/GTest/GTestConfig.cmake ] || [ -d /usr/src/googletest ] || need_apt+=(libgtest-dev)
+[ -f /usr/include/nlohmann/json.hpp ] || need_apt+=(nlohmann-json3-dev)
+# clang with its sanitizer and libFuzzer runtimes: scripts/sanitize.sh
+command -v clang++ >/dev/null || command -v clang++-14 >/dev/null || need_apt+=(clang-14 libclang-rt-14-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> apt-get install ${need_apt[*]}"
   apt-get update -qq && apt-get install -y -qq "${need_apt[@]}" >/dev/null

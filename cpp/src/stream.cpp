@@ -271,7 +271,7 @@ class ShardStreamer {
     loaded_.close();
   }
 
-  // Stage 2 (the calling thread): prune, and report progress.
+  // Stage 2 (the calling thread): prune, drop the input's pages, and report progress.
   void compute_all() {
     for (std::size_t j = 0; j < shard_.jobs.size(); ++j) {
       const auto& job = shard_.jobs[j];
@@ -282,6 +282,7 @@ class ShardStreamer {
         item.data = as_format_error(where, [&] {
           return prune_weight(tensor_view(shard_.reader, info(j)), o_, job.stats);
         });
+        shard_.reader.release(info(j));  // the writer only needs the pruned copy
         report_.tensors_pruned += 1;
         report_.pruned_numel += item.data.numel();
         report_.pruned_zeros += count_zeros(item.data);
@@ -295,14 +296,13 @@ class ShardStreamer {
     }
   }
 
-  // Stage 3: write pruned weights, copy the rest in the kernel, and drop input pages.
+  // Stage 3: write pruned weights and copy the rest in the kernel.
   void write_all(safetensors::Writer& writer) {
     while (auto item = written_.pop()) {
       const auto& tensor = info(item->job);
       const std::size_t index = shard_.jobs[item->job].tensor;
       if (item->data.defined()) {
         writer.write(index, {static_cast<const std::byte*>(item->data.const_data_ptr()), tensor.nbytes()});
-        shard_.reader.release(tensor);
       } else {
         writer.copy(index, shard_.reader, tensor);
       }
