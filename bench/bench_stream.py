@@ -39,9 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 import symprune
+import torch
 
 HIDDEN, MLP, VOCAB = 4096, 11008, 32000
 SHARD_BYTES = 2 << 30
@@ -130,7 +129,7 @@ print(json.dumps({"status": status, "seconds": seconds, "peak_mb": int(hwm.split
 
 
 def run_child(*args: str) -> dict[str, float]:
-    proc = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -244,7 +243,7 @@ def main() -> None:
         copies.append(timed_copy(model, work / "copy", durable=False))
         copy_s = sum(copies) / len(copies)
 
-        print(f"\n| run | seconds | GB/s | × copy speed | peak RSS MB | target MB |")
+        print("\n| run | seconds | GB/s | × copy speed | peak RSS MB | target MB |")
         print("|---|---|---|---|---|---|")
         print(f"| copy (mean of {len(copies)}: {', '.join(f'{c:.1f}' for c in copies)} s) | {copy_s:.1f} "
               f"| {size / copy_s / 1e9:.2f} | 1.00 | - | - |")

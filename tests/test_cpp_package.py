@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import folder_bytes
-
 import symprune
+from conftest import folder_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "build" / "py"
@@ -47,12 +46,12 @@ def test_prune_tensor_example(examples: Path) -> None:
 def test_stream_prune_example_matches_python(examples: Path, sharded_model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "cpp"
     run = subprocess.run([str(examples / "stream_prune"), str(sharded_model_dir), str(out), "magnitude", "2:4"],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stderr
     assert re.search(r"pruned 14 tensors .* [2-9] shards \(0 resumed\)", run.stdout), run.stdout
     symprune.prune_checkpoint(sharded_model_dir, tmp_path / "py", method="magnitude", nm="2:4", progress=False)
     assert folder_bytes(out) == folder_bytes(tmp_path / "py")
 
     bad = subprocess.run([str(examples / "stream_prune"), str(sharded_model_dir), str(out), "wanda", "0.5"],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     assert bad.returncode == 1 and "needs activation statistics" in bad.stderr

@@ -11,10 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+import symprune
 import torch
 from conftest import folder_bytes
-
-import symprune
 
 JOB_FILE = ".symprune-apply.json"
 

@@ -9,14 +9,21 @@ from pathlib import Path
 
 import pytest
 import safetensors.torch as st
+import symprune
 import torch
-from cases import DTYPES, NM_PATTERNS, NM_SHAPES, SHAPES, SPARSITIES, WEIGHT_KINDS, make_weight
+from cases import (
+    DTYPES,
+    NM_PATTERNS,
+    NM_SHAPES,
+    SHAPES,
+    SPARSITIES,
+    WEIGHT_KINDS,
+    make_weight,
+)
 from conftest import build_tiny_model, byte_tokenizer, folder_bytes
 from oracles import oracle_nm_mask, oracle_row_mask, oracle_score
-from transformers import AutoModelForCausalLM
-
-import symprune
 from symprune.cli import main
+from transformers import AutoModelForCausalLM
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -208,7 +215,7 @@ def test_apply_include_and_nm(sharded_model_dir: Path, tmp_path: Path) -> None:
 
 def test_resume_after_losing_shards_is_byte_identical(sharded_model_dir: Path, tmp_path: Path) -> None:
     reference, out = tmp_path / "reference", tmp_path / "out"
-    kwargs = dict(method="symmetric", sparsity=0.6, progress=False)
+    kwargs: dict = {"method": "symmetric", "sparsity": 0.6, "progress": False}
     symprune.prune_checkpoint(sharded_model_dir, reference, **kwargs)
     symprune.prune_checkpoint(sharded_model_dir, out, **kwargs)
     shards = sorted(out.glob("*.safetensors"))
@@ -255,7 +262,7 @@ def _stats_file(path: Path, tensors: dict[str, torch.Tensor], fmt: str = "sympru
 def test_apply_checks_statistics(sharded_model_dir: Path, tmp_path: Path) -> None:
     weight = "model.layers.0.self_attn.q_proj.weight"
     good = {f"{weight}.in_norm": torch.ones(64)}
-    run = lambda stats, **kw: symprune.prune_checkpoint(  # noqa: E731
+    run = lambda stats, **kw: symprune.prune_checkpoint(
         sharded_model_dir, tmp_path / "out", method=kw.pop("method", "wanda"), sparsity=0.5, stats=stats,
         overwrite=True, progress=False, **kw)
     report = run(_stats_file(tmp_path / "good.safetensors", good))
@@ -296,7 +303,7 @@ def test_apply_on_full_disk_loses_nothing(sharded_model_dir: Path, tmp_path: Pat
         f"symprune.prune_checkpoint({str(sharded_model_dir)!r}, {str(out)!r}, method='magnitude', "
         "sparsity=0.5, progress=False)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
     assert proc.returncode != 0
     assert "File too large" in proc.stderr
     assert not list(out.glob("*.partial"))
@@ -322,3 +329,24 @@ def test_stats_file_from_calibrate_loads(tiny_model_dir: Path, text_files: tuple
     names = {n.rsplit(".", 1)[1] for n in header["tensors"]}
     assert names == {"in_sq", "in_norm", "in_mean", "in_var", "out_sq", "out_norm"}
     assert json.loads(json.dumps(header["metadata"]))["propagation"] == "dense"
+
+
+def test_calibrate_cli_refuses_bad_requests(
+    tiny_model_dir: Path, text_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "stats.safetensors"
+    out.write_bytes(b"precious")
+    base = ["calibrate", str(tiny_model_dir), "--calib", str(text_files[0]), "--quiet"]
+    cases = [
+        ([*base, "--out", str(out)], "exists; pass --overwrite"),
+        ([*base, "--out", str(tmp_path / "s2"), "--sparsity", "0.5"], "need --method"),
+        ([*base, "--out", str(tmp_path / "s3"), "--method", "wanda"], "needs --sparsity or --nm"),
+        ([*base, "--out", str(tmp_path / "missing" / "s.safetensors")], "folder of --out does not exist"),
+        ([*base, "--out", str(tmp_path / "s4"), "--method", "wanda", "--nm", "2:3"], "needs in_features divisible by 3"),
+    ]
+    for argv, fragment in cases:
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert fragment in err and "\n" not in err, err
+    assert out.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stats.safetensors"]
