@@ -17,6 +17,8 @@
 
 #include <chrono>
 #include <fstream>
+#include <future>
+#include <memory>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -231,17 +233,18 @@ class ShardStreamer {
                 StreamProgress& progress)
       : o_(options), shard_(shard), out_path_(out_path), report_(report), progress_(progress) {}
 
-  void run() {
+  // Streams the shard into its .partial file; the caller commits the returned writer.
+  std::unique_ptr<safetensors::Writer> run() {
     const auto& header = shard_.reader.header();
-    safetensors::Writer writer(out_path_, header.tensors, header.metadata);
+    auto writer = std::make_unique<safetensors::Writer>(out_path_, header.tensors, header.metadata);
     std::thread loader([&] { guarded([&] { load_ahead(); }); });
-    std::thread writer_thread([&] { guarded([&] { write_all(writer); }); });
+    std::thread writer_thread([&] { guarded([&] { write_all(*writer); }); });
     guarded([&] { compute_all(); });
     written_.close();
     loader.join();
     writer_thread.join();
     if (error_) std::rethrow_exception(error_);
-    writer.commit();
+    return writer;
   }
 
  private:
@@ -352,17 +355,27 @@ StreamReport StreamingPruner::run(const fs::path& model_dir, const fs::path& out
   StreamReport report;
   StreamProgress progress;
   progress.bytes_total = plan.bytes_total;
-  for (auto& shard : plan.shards) {
-    ++report.shards;
-    progress.shard = shard.name;
-    const fs::path out_path = out_dir / shard.name;
-    if (resuming && finished_earlier(out_path, shard.reader)) {
-      ++report.shards_resumed;
-      for (const auto& t : shard.reader.header().tensors) progress.bytes_done += t.nbytes();
-      if (options_.on_progress) options_.on_progress(progress);
-      continue;
+  // A finished shard's fsync and rename run while the next shard is pruned.
+  std::future<void> committing;
+  try {
+    for (auto& shard : plan.shards) {
+      ++report.shards;
+      progress.shard = shard.name;
+      const fs::path out_path = out_dir / shard.name;
+      if (resuming && finished_earlier(out_path, shard.reader)) {
+        ++report.shards_resumed;
+        for (const auto& t : shard.reader.header().tensors) progress.bytes_done += t.nbytes();
+        if (options_.on_progress) options_.on_progress(progress);
+        continue;
+      }
+      auto writer = ShardStreamer(options_, shard, out_path, report, progress).run();
+      if (committing.valid()) committing.get();
+      committing = std::async(std::launch::async, [w = std::move(writer)] { w->commit(); });
     }
-    ShardStreamer(options_, shard, out_path, report, progress).run();
+    if (committing.valid()) committing.get();
+  } catch (...) {
+    if (committing.valid()) committing.wait();  // a complete shard still lands: resume keeps it
+    throw;
   }
   report.bytes = plan.bytes_total;
   if (plan.index_json) safetensors::write_file_atomically(out_dir / safetensors::kIndexName, *plan.index_json);
