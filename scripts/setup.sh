@@ -15,7 +15,8 @@ command -v ccache >/dev/null || need_apt+=(ccache)
 [ -f /usr/lib/x86_64-linux-gnu/cmake/GTest/GTestConfig.cmake ] || [ -d /usr/src/googletest ] || need_apt+=(libgtest-dev)
 [ -f /usr/include/nlohmann/json.hpp ] || need_apt+=(nlohmann-json3-dev)
 # clang with its sanitizer and libFuzzer runtimes: scripts/sanitize.sh
-command -v clang++ >/dev/null || command -v clang++-14 >/dev/null || need_apt+=(clang-14 libclang-rt-14-dev)
+compgen -G "/usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a" >/dev/null \
+  || need_apt+=(clang-14 libclang-rt-14-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> apt-get install ${need_apt[*]}"
   apt-get update -qq && apt-get install -y -qq "${need_apt[@]}" >/dev/null
