@@ -78,8 +78,9 @@ at::Tensor prune_weight(const at::Tensor& weight, const StreamOptions& o, const 
   constexpr int64_t kChunkElements = int64_t{1} << 22;
   const int64_t rows = weight.size(0), cols = std::max<int64_t>(weight.size(1), 1);
   const int64_t chunk = std::max<int64_t>(1, kChunkElements / cols);
-  if (!row_local(o.method) || (!o.nm && o.group != MaskGroup::Row) || rows <= chunk)
-    return prune_rows(weight, o, stats);
+  const bool one_pass = o.method == ScoreMethod::Magnitude && !o.refine && !o.nm && weight.element_size() == 2;
+  if (one_pass || !row_local(o.method) || (!o.nm && o.group != MaskGroup::Row) || rows <= chunk)
+    return prune_rows(weight, o, stats);  // one_pass: magnitude_prune makes no temporaries
   auto out = at::empty_like(weight);
   for (int64_t begin = 0; begin < rows; begin += chunk) {
     const int64_t end = std::min(rows, begin + chunk);
