@@ -350,3 +350,35 @@ def test_calibrate_cli_refuses_bad_requests(
         assert fragment in err and "\n" not in err, err
     assert out.read_bytes() == b"precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stats.safetensors"]
+
+
+@pytest.mark.parametrize(("method", "pattern", "refine"), [
+    ("wanda", {"nm": (2, 4)}, "dsnot"), ("owanda", {"sparsity": 0.5}, None),
+    ("symwanda", {"sparsity": 0.6}, "r2dsnot"), ("magnitude", {"nm": (2, 4)}, None),
+])
+def test_apply_prunes_large_weights_in_row_chunks_exactly(
+    method: str, pattern: dict, refine: str | None, tmp_path: Path
+) -> None:
+    """600 x 8192 is over the engine's 4M-element chunk: the row-chunked result must equal the
+    whole-matrix one (out_norm sliced per chunk, DSnoT per row)."""
+    g = torch.Generator().manual_seed(0)
+    name = "model.layers.0.mlp.down_proj.weight"
+    w = (torch.randn(600, 8192, generator=g) * 0.02).to(torch.bfloat16)
+    stats = {"in_norm": torch.rand(8192, generator=g) + 0.1, "in_mean": torch.randn(8192, generator=g),
+             "in_var": torch.rand(8192, generator=g) + 0.1, "out_norm": torch.rand(600, generator=g) + 0.1}
+    (tmp_path / "model").mkdir()
+    symprune.save_safetensors(str(tmp_path / "model" / "model.safetensors"), {name: w})
+    stats_path = _stats_file(tmp_path / "stats.safetensors", {f"{name}.{k}": v for k, v in stats.items()})
+    symprune.prune_checkpoint(tmp_path / "model", tmp_path / "out", method=method, refine=refine,
+                              stats=stats_path, progress=False, **pattern)
+    out = symprune.load_safetensors(str(tmp_path / "out" / "model.safetensors"))[name]
+
+    score = symprune.score(w, method, in_norm=stats["in_norm"], out_norm=stats["out_norm"])
+    keep = symprune.mask(score, pattern.get("sparsity"), nm=pattern.get("nm"))
+    if refine:
+        options = dict(symprune.R2DSNOT_DEFAULTS) if refine == "r2dsnot" else {}
+        if "nm" in pattern:
+            options["initial_score"] = score
+        keep = symprune.dsnot(w, keep, in_norm=stats["in_norm"], in_mean=stats["in_mean"], in_var=stats["in_var"],
+                              nm=pattern.get("nm"), **options)
+    assert torch.equal(out, w.masked_fill(~keep, 0))

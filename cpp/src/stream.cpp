@@ -28,7 +28,6 @@ namespace symprune {
 namespace fs = std::filesystem;
 using detail::ShardPlan;
 using detail::StreamPlan;
-using detail::TensorJob;
 
 namespace {
 
