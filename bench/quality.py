@@ -49,8 +49,10 @@ def write_report(rows: list[dict[str, Any]], out_md: Path, out_png: Path) -> Non
         "",
         "Rows are exactly the configurations measured so far; the full grid (7 scorers and 4 refined "
         "variants at 50 %, 60 % and 2:4) is longer than one session on 2 cores, and rerunning the "
-        "command resumes it. Times depend on what else ran on the machine (the first runs shared it "
-        "with a test suite); perplexities do not.",
+        "command resumes it. Times depend on what else ran on the machine: runs shared it with test "
+        "suites, builds, benchmarks and a fuzzer, and some were paused (SIGSTOP) while streaming "
+        "benchmarks ran (ria 2:4, stochria 50 %, maybe others of that session), so their times are "
+        "inflated. Perplexities do not depend on it.",
         "",
         "| method | pattern | sparsity | perplexity | prune s | × dense fwd | peak RSS MB |",
         "|---|---|---|---|---|---|---|",
