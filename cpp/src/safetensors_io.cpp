@@ -46,18 +46,6 @@ void fsync_directory(const fs::path& dir) {
   if (rc != 0) io_fail(dir, "fsync failed", error);
 }
 
-std::string read_small_file(const fs::path& path, uint64_t limit) {
-  std::error_code ec;
-  const auto size = fs::file_size(path, ec);
-  if (ec) throw IoError(path.string() + ": " + ec.message());
-  if (size > limit) throw FormatError(path.string() + ": larger than " + std::to_string(limit >> 20) + " MB");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) io_fail(path, "cannot open");
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
 // A shard named by an index must be a plain file name: never a path out of the folder.
 void check_shard_name(const std::string& name, const fs::path& index) {
   const bool plain = !name.empty() && name != "." && name != ".." &&
@@ -248,13 +236,26 @@ void Writer::commit() {
 
 // ------------------------------------------------------------------------------ checkpoints
 
+std::string read_small_file(const fs::path& path, uint64_t limit) {
+  std::error_code ec;
+  const auto size = fs::file_size(path, ec);
+  if (ec) throw IoError(path.string() + ": " + ec.message());
+  if (size > limit) throw FormatError(path.string() + ": larger than " + std::to_string(limit >> 20) + " MB");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) io_fail(path, "cannot open");
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+
 Checkpoint find_checkpoint(const fs::path& folder) {
   std::error_code ec;
   if (!fs::is_directory(folder, ec)) throw IoError(folder.string() + ": not a directory");
   Checkpoint checkpoint;
   const fs::path index = folder / kIndexName;
   if (fs::exists(index, ec)) {
-    checkpoint.index_json = read_small_file(index, kMaxHeaderBytes);
+    checkpoint.index_json = read_small_file(index);
     nlohmann::json root;
     try {
       root = nlohmann::json::parse(*checkpoint.index_json);

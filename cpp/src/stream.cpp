@@ -16,12 +16,10 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <fstream>
 #include <future>
 #include <memory>
 #include <regex>
 #include <set>
-#include <sstream>
 #include <thread>
 
 namespace symprune {
@@ -110,13 +108,6 @@ int64_t count_zeros(const at::Tensor& t) {
   }
 }
 
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
 std::string job_file_text(const std::string& job, bool complete) {
   return nlohmann::json{{"job", nlohmann::json::parse(job)}, {"complete", complete}}.dump(2) + "\n";
 }
@@ -155,7 +146,7 @@ bool prepare_output(const fs::path& model_dir, const fs::path& out_dir, const St
   if (o.resume && fs::exists(job_path, ec)) {
     std::string previous;
     try {
-      previous = nlohmann::json::parse(read_text(job_path))["job"].dump();
+      previous = nlohmann::json::parse(safetensors::read_small_file(job_path))["job"].dump();
     } catch (const nlohmann::json::exception&) {
       throw FormatError(job_path.string() + ": unreadable; use --overwrite to start over");
     }

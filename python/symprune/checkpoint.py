@@ -26,13 +26,11 @@ class CheckpointFolder:
         if not shards:
             raise ValueError(f"{self.folder}: no .safetensors files")
         self.shard_of: dict[str, Path] = {}
-        self.shapes: dict[str, tuple[int, ...]] = {}
         for shard in shards:
-            for name, info in safetensors_header(str(shard))["tensors"].items():
+            for name in safetensors_header(str(shard))["tensors"]:
                 if name in self.shard_of:
                     raise ValueError(f"{shard}: tensor {name!r} is also in {self.shard_of[name].name}")
                 self.shard_of[name] = shard
-                self.shapes[name] = tuple(info["shape"])
 
     def load(self, names: Iterable[str], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """The named tensors (copies), converted to ``dtype`` if given."""

@@ -160,6 +160,9 @@ class Writer {
   uint64_t data_start_ = 0;
 };
 
+// The whole of a small text file (index, job file); FormatError above `limit` bytes.
+std::string read_small_file(const std::filesystem::path& path, uint64_t limit = kMaxHeaderBytes);
+
 // Writes `contents` to `path` atomically (temporary file, fsync, rename).
 void write_file_atomically(const std::filesystem::path& path, std::string_view contents);
 
