@@ -7,13 +7,17 @@ Weights are N(0, 0.02) bf16; the Wanda statistics file holds a random positive i
 every Linear weight.
 
 In one invocation it measures:
-- `copy`: a plain copy of the same shards (shutil.copyfile, i.e. in-kernel sendfile), run
-  before and after the pruning runs, the mean is the baseline; `copy + fsync` also makes each
-  copy durable, as apply does before renaming a shard into place;
+- `copy`: a plain copy of the same shards (shutil.copyfile, i.e. in-kernel copy_file_range),
+  and `copy + fsync`, which also makes each copy durable, as apply does before renaming a
+  shard into place; each runs before and after the pruning runs, the means are the baselines;
 - `magnitude 50%` (data-free) and `wanda 2:4` (from the statistics file) with `symprune apply`,
-  each in its own process, reporting time, throughput, the ratio to the copy, and peak RSS
-  (getrusage of that process: interpreter and torch included; the `import` row is that
-  baseline) against the target 2 x largest tensor + 300 MB.
+  each in its own process, by default (durable) and with `--no-fsync`, reporting time,
+  throughput, the ratio to both copies (a durable run compares like for like with `copy +
+  fsync`, a `--no-fsync` run with the plain copy), and peak RSS (VmHWM of that process:
+  interpreter and torch included; the `import` row is that baseline) against the target
+  2 x largest tensor + 300 MB.
+Every timed run starts with `sync` (not timed), so that no run pays for writing back what the
+previous one left in the page cache; the checkpoint itself stays cached in RAM throughout.
 Every output is verified: each pruned tensor has the exact sparsity pattern, two per run are
 compared element for element with a plain PyTorch reference (sort-based), every copied tensor
 is byte-identical.
@@ -100,6 +104,7 @@ def write_stats(path: Path, layers: int) -> None:
 def timed_copy(src: Path, dst: Path, durable: bool) -> float:
     """shutil.copyfile of every shard; `durable` also fsyncs each copy, as apply does."""
     dst.mkdir()
+    os.sync()
     start = time.perf_counter()
     for shard in sorted(src.glob("*.safetensors")):
         shutil.copyfile(shard, dst / shard.name)
@@ -129,6 +134,7 @@ print(json.dumps({"status": status, "seconds": seconds, "peak_mb": int(hwm.split
 
 
 def run_child(*args: str) -> dict[str, float]:
+    os.sync()
     proc = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
@@ -226,12 +232,14 @@ def main() -> None:
               f"{largest / 2**20:.0f} MiB (written in {time.perf_counter() - t:.0f} s)")
         target_mb = 2 * largest / 2**20 + 300
 
-        copies = [timed_copy(model, work / "copy", durable=False)]
-        durable = timed_copy(model, work / "copy", durable=True)
+        copies = {"plain": [timed_copy(model, work / "copy", durable=False)],
+                  "durable": [timed_copy(model, work / "copy", durable=True)]}
         base = run_child("import")
         runs = {
             "magnitude 50%": ["--method", "magnitude", "--sparsity", "0.5"],
+            "magnitude 50% --no-fsync": ["--method", "magnitude", "--sparsity", "0.5", "--no-fsync"],
             "wanda 2:4": ["--method", "wanda", "--nm", "2:4", "--stats", str(stats)],
+            "wanda 2:4 --no-fsync": ["--method", "wanda", "--nm", "2:4", "--stats", str(stats), "--no-fsync"],
         }
         results = {}
         for label, options in runs.items():
@@ -240,18 +248,21 @@ def main() -> None:
             method = "magnitude" if "magnitude" in label else "wanda"
             results[label]["verified"] = verify(model, out, method, stats if method == "wanda" else None)
             shutil.rmtree(out)
-        copies.append(timed_copy(model, work / "copy", durable=False))
-        copy_s = sum(copies) / len(copies)
+        copies["plain"].append(timed_copy(model, work / "copy", durable=False))
+        copies["durable"].append(timed_copy(model, work / "copy", durable=True))
+        plain_s, durable_s = (sum(c) / len(c) for c in copies.values())
 
-        print("\n| run | seconds | GB/s | × copy speed | peak RSS MB | target MB |")
-        print("|---|---|---|---|---|---|")
-        print(f"| copy (mean of {len(copies)}: {', '.join(f'{c:.1f}' for c in copies)} s) | {copy_s:.1f} "
-              f"| {size / copy_s / 1e9:.2f} | 1.00 | - | - |")
-        print(f"| copy + fsync per shard | {durable:.1f} | {size / durable / 1e9:.2f} | {copy_s / durable:.2f} | - | - |")
-        print(f"| import symprune (baseline) | - | - | - | {base['peak_mb']:.0f} | - |")
+        print("\n| run | seconds | GB/s | × plain copy | × copy + fsync | peak RSS MB | target MB |")
+        print("|---|---|---|---|---|---|---|")
+        for label, key in (("plain copy", "plain"), ("copy + fsync per shard", "durable")):
+            seconds = sum(copies[key]) / len(copies[key])
+            print(f"| {label} (mean of {', '.join(f'{c:.1f}' for c in copies[key])} s) | {seconds:.1f} "
+                  f"| {size / seconds / 1e9:.2f} | {plain_s / seconds:.2f} | {durable_s / seconds:.2f} | - | - |")
+        print(f"| import symprune (baseline) | - | - | - | - | {base['peak_mb']:.0f} | - |")
         for label, r in results.items():
             print(f"| apply {label} | {r['seconds']:.1f} | {size / r['seconds'] / 1e9:.2f} "
-                  f"| {copy_s / r['seconds']:.2f} | {r['peak_mb']:.0f} | {target_mb:.0f} |")
+                  f"| {plain_s / r['seconds']:.2f} | {durable_s / r['seconds']:.2f} | {r['peak_mb']:.0f} "
+                  f"| {target_mb:.0f} |")
         print()
         for label, r in results.items():
             print(f"{label}: {r['verified']}")

@@ -235,6 +235,39 @@ def test_resume_after_losing_shards_is_byte_identical(sharded_model_dir: Path, t
                               progress=False)
 
 
+def test_no_fsync_writes_the_same_folder(sharded_model_dir: Path, tmp_path: Path) -> None:
+    kwargs: dict = {"method": "magnitude", "sparsity": 0.5, "progress": False}
+    symprune.prune_checkpoint(sharded_model_dir, tmp_path / "durable", **kwargs)
+    symprune.prune_checkpoint(sharded_model_dir, tmp_path / "fast", durable=False, **kwargs)
+    assert folder_bytes(tmp_path / "fast") == folder_bytes(tmp_path / "durable")
+    assert main(["apply", str(sharded_model_dir), str(tmp_path / "cli"), "--method", "magnitude",
+                 "--sparsity", "0.5", "--no-fsync", "--quiet"]) == 0
+    assert folder_bytes(tmp_path / "cli") == folder_bytes(tmp_path / "durable")
+
+
+@pytest.mark.parametrize(("method", "pattern"), [("magnitude", {"sparsity": 0.5}), ("wanda", {"nm": (2, 4)})])
+def test_apply_mixed_dtypes_and_sizes_share_output_buffers(method: str, pattern: dict, tmp_path: Path) -> None:
+    """Pruned weights of every float dtype and of growing and shrinking sizes pass through the
+    engine's two reused output buffers: each must come out as if pruned alone."""
+    g = torch.Generator().manual_seed(4)
+    shapes = [(64, 96), (8, 16), (130, 200), (3, 8), (130, 200), (1, 4)]
+    dtypes = [torch.bfloat16, torch.float16, torch.float32, torch.float64]
+    weights = {f"model.layers.{i}.mlp.up_proj.weight": (torch.randn(shape, generator=g) * 0.02).to(dtypes[i % 4])
+               for i, shape in enumerate(shapes)}
+    norms = {f"{name}.in_norm": torch.rand(w.shape[1], generator=g) + 0.1 for name, w in weights.items()}
+    (tmp_path / "model").mkdir()
+    symprune.save_safetensors(str(tmp_path / "model" / "model.safetensors"), weights)
+    stats = _stats_file(tmp_path / "stats.safetensors", norms) if method == "wanda" else None
+    symprune.prune_checkpoint(tmp_path / "model", tmp_path / "out", method=method, stats=stats, progress=False,
+                              **pattern)
+    out = symprune.load_safetensors(str(tmp_path / "out" / "model.safetensors"))
+    for name, w in weights.items():
+        score = oracle_score(w, method, in_norm=norms[f"{name}.in_norm"])
+        keep = oracle_nm_mask(score, 2, 4) if "nm" in pattern else oracle_row_mask(score, 0.5)
+        assert out[name].dtype == w.dtype
+        assert torch.equal(out[name], w.masked_fill(~keep, 0)), name
+
+
 def test_apply_refuses_bad_requests(sharded_model_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="output folder is the input folder"):
         symprune.prune_checkpoint(sharded_model_dir, sharded_model_dir, method="magnitude", sparsity=0.5,

@@ -8,6 +8,7 @@
 
 #include <c10/util/Exception.h>
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -154,19 +155,29 @@ at::Tensor magnitude_unstructured_mask(const at::Tensor& weight_in, double spars
   return mask;
 }
 
-at::Tensor magnitude_prune(const at::Tensor& weight_in, double sparsity, MaskGroup group) {
+at::Tensor magnitude_prune(const at::Tensor& weight, double sparsity, MaskGroup group) {
+  if (!takes_fast_path(weight) || group != MaskGroup::Row)
+    return apply_mask(weight, magnitude_unstructured_mask(weight, sparsity, group));
+  auto pruned = at::empty(weight.sizes(), weight.options());
+  return magnitude_prune_out(weight, sparsity, group, pruned);
+}
+
+at::Tensor& magnitude_prune_out(const at::Tensor& weight_in, double sparsity, MaskGroup group, at::Tensor& out) {
+  TORCH_CHECK_VALUE(out.sizes() == weight_in.sizes() && out.scalar_type() == weight_in.scalar_type() &&
+                        out.device() == weight_in.device() && out.is_contiguous(),
+                    "out must be a contiguous tensor of the weight's shape, dtype and device");
+  at::assert_no_overlap(out, weight_in);  // the selection reads the weight after writing out
   if (!takes_fast_path(weight_in) || group != MaskGroup::Row)
-    return apply_mask(weight_in, magnitude_unstructured_mask(weight_in, sparsity, group));
+    return out.copy_(apply_mask(weight_in, magnitude_unstructured_mask(weight_in, sparsity, group)));
   const int64_t k = pruned_per_row(weight_in, sparsity);
   const auto weight = weight_in.contiguous();
   const int64_t cols = weight.size(1);
-  auto pruned = at::empty_like(weight);
   const uint16_t* __restrict w = bits_of(weight);
-  uint16_t* __restrict out = static_cast<uint16_t*>(pruned.mutable_data_ptr());
-  select_rows(weight, k, [w, out, cols](int64_t r, int64_t j, bool kept) {
-    out[r * cols + j] = w[r * cols + j] & static_cast<uint16_t>(-static_cast<uint16_t>(kept));
+  uint16_t* __restrict pruned = static_cast<uint16_t*>(out.mutable_data_ptr());
+  select_rows(weight, k, [w, pruned, cols](int64_t r, int64_t j, bool kept) {
+    pruned[r * cols + j] = w[r * cols + j] & static_cast<uint16_t>(-static_cast<uint16_t>(kept));
   });
-  return pruned;
+  return out;
 }
 
 at::Tensor magnitude_nm_mask(const at::Tensor& weight_in, NM nm) {

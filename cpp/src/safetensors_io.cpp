@@ -114,7 +114,8 @@ fs::path AtomicFile::partial_path(const fs::path& final_path) {
   return fs::path(final_path.string() + ".partial");
 }
 
-AtomicFile::AtomicFile(fs::path final_path) : final_(std::move(final_path)), partial_(partial_path(final_)) {
+AtomicFile::AtomicFile(fs::path final_path, bool durable)
+    : final_(std::move(final_path)), partial_(partial_path(final_)), durable_(durable) {
   fd_ = ::open(partial_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd_ < 0) io_fail(partial_, "cannot create");
 }
@@ -169,11 +170,11 @@ void AtomicFile::copy_at(uint64_t offset, int source_fd, uint64_t source_offset,
 
 void AtomicFile::start_writeback(uint64_t offset, uint64_t size) {
   // Advisory: errors surface at commit()'s fsync.
-  (void)::sync_file_range(fd_, off_t(offset), off_t(size), SYNC_FILE_RANGE_WRITE);
+  if (durable_) (void)::sync_file_range(fd_, off_t(offset), off_t(size), SYNC_FILE_RANGE_WRITE);
 }
 
 void AtomicFile::commit() {
-  if (::fsync(fd_) != 0) io_fail(partial_, "fsync failed");
+  if (durable_ && ::fsync(fd_) != 0) io_fail(partial_, "fsync failed");
   const int rc = ::close(fd_);
   fd_ = -1;
   if (rc != 0) {
@@ -186,11 +187,11 @@ void AtomicFile::commit() {
     ::unlink(partial_.c_str());
     io_fail(final_, "cannot rename the finished file into place", error);
   }
-  fsync_directory(final_.parent_path());
+  if (durable_) fsync_directory(final_.parent_path());
 }
 
-void write_file_atomically(const fs::path& path, std::string_view contents) {
-  AtomicFile file(path);
+void write_file_atomically(const fs::path& path, std::string_view contents, bool durable) {
+  AtomicFile file(path, durable);
   file.write_at(0, contents.data(), contents.size());
   file.commit();
 }
@@ -198,8 +199,8 @@ void write_file_atomically(const fs::path& path, std::string_view contents) {
 // ------------------------------------------------------------------------------ Writer
 
 Writer::Writer(const fs::path& path, std::vector<TensorInfo> tensors,
-               const std::map<std::string, std::string>& metadata)
-    : file_(path), tensors_(std::move(tensors)), written_(tensors_.size(), false) {
+               const std::map<std::string, std::string>& metadata, bool durable)
+    : file_(path, durable), tensors_(std::move(tensors)), written_(tensors_.size(), false) {
   const std::string header = serialize_header(tensors_, metadata);
   data_start_ = header.size();
   file_.write_at(0, header.data(), header.size());

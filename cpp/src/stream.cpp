@@ -9,7 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include <ATen/ops/count_nonzero.h>
-#include <ATen/ops/empty_like.h>
+#include <ATen/ops/empty.h>
 
 #include <fcntl.h>
 #include <sys/file.h>
@@ -68,25 +68,50 @@ bool row_local(ScoreMethod m) {
          m == ScoreMethod::OWanda;
 }
 
-// Per-row and N:M masks of row-local scores, and DSnoT, treat rows independently: pruning a
-// large weight a few million elements at a time gives the same result with fp32 temporaries
-// of a few MB instead of several times the weight.
-at::Tensor prune_weight(const at::Tensor& weight, const StreamOptions& o, const detail::WeightStats& stats) {
+// Prunes `weight` into `out`. Per-row and N:M masks of row-local scores, and DSnoT, treat
+// rows independently: pruning a large weight a few million elements at a time gives the same
+// result with fp32 temporaries of a few MB instead of several times the weight.
+void prune_weight(const at::Tensor& weight, const StreamOptions& o, const detail::WeightStats& stats, at::Tensor& out) {
   constexpr int64_t kChunkElements = int64_t{1} << 22;
   const int64_t rows = weight.size(0), cols = std::max<int64_t>(weight.size(1), 1);
   const int64_t chunk = std::max<int64_t>(1, kChunkElements / cols);
-  const bool one_pass = o.method == ScoreMethod::Magnitude && !o.refine && !o.nm && weight.element_size() == 2;
-  if (one_pass || !row_local(o.method) || (!o.nm && o.group != MaskGroup::Row) || rows <= chunk)
-    return prune_rows(weight, o, stats);  // one_pass: magnitude_prune makes no temporaries
-  auto out = at::empty_like(weight);
-  for (int64_t begin = 0; begin < rows; begin += chunk) {
-    const int64_t end = std::min(rows, begin + chunk);
-    detail::WeightStats part = stats;
-    if (part.out_norm.defined()) part.out_norm = part.out_norm.slice(0, begin, end);
-    out.slice(0, begin, end).copy_(prune_rows(weight.slice(0, begin, end), o, part));
+  if (o.method == ScoreMethod::Magnitude && !o.refine && !o.nm) {
+    magnitude_prune_out(weight, *o.sparsity, o.group, out);  // 16-bit: one pass, no temporaries
+  } else if (!row_local(o.method) || (!o.nm && o.group != MaskGroup::Row) || rows <= chunk) {
+    out.copy_(prune_rows(weight, o, stats));
+  } else {
+    for (int64_t begin = 0; begin < rows; begin += chunk) {
+      const int64_t end = std::min(rows, begin + chunk);
+      detail::WeightStats part = stats;
+      if (part.out_norm.defined()) part.out_norm = part.out_norm.slice(0, begin, end);
+      out.slice(0, begin, end).copy_(prune_rows(weight.slice(0, begin, end), o, part));
+    }
   }
-  return out;
 }
+
+// Two buffers for pruned weights, each the size of the largest: the calling thread fills one
+// while the writer writes the other. Reusing them, rather than allocating every pruned weight,
+// saves the page faults of fresh memory (a third of the time of 16-bit magnitude pruning on
+// the benchmark machine) and bounds the pruned copies in memory at two.
+class OutputBuffers {
+ public:
+  explicit OutputBuffers(uint64_t bytes) : free_(kCount) {
+    for (std::size_t i = 0; i < kCount; ++i) free_.push(at::empty({static_cast<int64_t>(bytes)}, at::kByte));
+  }
+  // Waits for a free buffer; nullopt once closed by a failure.
+  std::optional<at::Tensor> acquire() { return free_.pop(); }
+  void give_back(at::Tensor buffer) { free_.push(std::move(buffer)); }
+  void close() { free_.close(); }
+
+  // The first bytes of `buffer` as a tensor shaped like `weight`.
+  static at::Tensor shaped_like(const at::Tensor& buffer, const at::Tensor& weight) {
+    return buffer.narrow(0, 0, static_cast<int64_t>(weight.nbytes())).view(weight.scalar_type()).view(weight.sizes());
+  }
+
+ private:
+  static constexpr std::size_t kCount = 2;
+  detail::BoundedQueue<at::Tensor> free_;
+};
 
 // Zeros (+0 or -0) of a contiguous floating-point CPU tensor, from the bits: one vectorised
 // pass, where count_nonzero of a bf16 tensor converts every element.
@@ -188,11 +213,11 @@ bool finished_earlier(const fs::path& path, const safetensors::Reader& input) {
   }
 }
 
-void copy_file_atomically(const fs::path& from, const fs::path& to) {
+void copy_file_atomically(const fs::path& from, const fs::path& to, bool durable) {
   const int fd = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw IoError(from.string() + ": cannot open");
   try {
-    safetensors::AtomicFile out(to);
+    safetensors::AtomicFile out(to, durable);
     out.copy_at(0, fd, 0, fs::file_size(from), from);
     out.commit();
   } catch (...) {
@@ -203,31 +228,31 @@ void copy_file_atomically(const fs::path& from, const fs::path& to) {
 }
 
 // config.json, tokenizer files, chat templates...: every plain file but weights and state.
-void copy_other_files(const fs::path& model_dir, const fs::path& out_dir) {
+void copy_other_files(const fs::path& model_dir, const fs::path& out_dir, bool durable) {
   for (const auto& entry : fs::directory_iterator(model_dir)) {
     const auto name = entry.path().filename().string();
     if (!entry.is_regular_file() || name.starts_with(".") || name == safetensors::kIndexName ||
         kSkippedExtensions.count(entry.path().extension().string()))
       continue;
-    copy_file_atomically(entry.path(), out_dir / name);
+    copy_file_atomically(entry.path(), out_dir / name, durable);
   }
 }
 
 struct Written {
   std::size_t job;
-  at::Tensor data;  // pruned weight; undefined for a copied tensor
+  at::Tensor buffer;  // holds the pruned weight; undefined for a copied tensor
 };
 
 class ShardStreamer {
  public:
-  ShardStreamer(const StreamOptions& options, ShardPlan& shard, const fs::path& out_path, StreamReport& report,
-                StreamProgress& progress)
-      : o_(options), shard_(shard), out_path_(out_path), report_(report), progress_(progress) {}
+  ShardStreamer(const StreamOptions& options, ShardPlan& shard, const fs::path& out_path, OutputBuffers& buffers,
+                StreamReport& report, StreamProgress& progress)
+      : o_(options), shard_(shard), out_path_(out_path), buffers_(buffers), report_(report), progress_(progress) {}
 
   // Streams the shard into its .partial file; the caller commits the returned writer.
   std::unique_ptr<safetensors::Writer> run() {
     const auto& header = shard_.reader.header();
-    auto writer = std::make_unique<safetensors::Writer>(out_path_, header.tensors, header.metadata);
+    auto writer = std::make_unique<safetensors::Writer>(out_path_, header.tensors, header.metadata, o_.durable);
     std::thread loader([&] { guarded([&] { load_ahead(); }); });
     std::thread writer_thread([&] { guarded([&] { write_all(*writer); }); });
     guarded([&] { compute_all(); });
@@ -252,6 +277,7 @@ class ShardStreamer {
       if (!error_) error_ = std::current_exception();
       loaded_.close();
       written_.close();
+      buffers_.close();
     }
   }
 
@@ -272,14 +298,20 @@ class ShardStreamer {
       Written item{j, {}};
       if (job.prune) {
         if (!loaded_.pop()) return;
+        auto buffer = buffers_.acquire();
+        if (!buffer) return;
+        const auto weight = tensor_view(shard_.reader, info(j));
+        auto pruned = OutputBuffers::shaped_like(*buffer, weight);
         const std::string where = shard_.reader.path().string() + ": tensor '" + info(j).name + "': ";
-        item.data = as_format_error(where, [&] {
-          return prune_weight(tensor_view(shard_.reader, info(j)), o_, job.stats);
+        as_format_error(where, [&] {
+          prune_weight(weight, o_, job.stats, pruned);
+          return 0;
         });
         shard_.reader.release(info(j));  // the writer only needs the pruned copy
         report_.tensors_pruned += 1;
-        report_.pruned_numel += item.data.numel();
-        report_.pruned_zeros += count_zeros(item.data);
+        report_.pruned_numel += pruned.numel();
+        report_.pruned_zeros += count_zeros(pruned);
+        item.buffer = std::move(*buffer);
       } else {
         report_.tensors_copied += 1;
       }
@@ -295,8 +327,9 @@ class ShardStreamer {
     while (auto item = written_.pop()) {
       const auto& tensor = info(item->job);
       const std::size_t index = shard_.jobs[item->job].tensor;
-      if (item->data.defined()) {
-        writer.write(index, {static_cast<const std::byte*>(item->data.const_data_ptr()), tensor.nbytes()});
+      if (item->buffer.defined()) {
+        writer.write(index, {static_cast<const std::byte*>(item->buffer.const_data_ptr()), tensor.nbytes()});
+        buffers_.give_back(std::move(item->buffer));
       } else {
         writer.copy(index, shard_.reader, tensor);
       }
@@ -306,6 +339,7 @@ class ShardStreamer {
   const StreamOptions& o_;
   ShardPlan& shard_;
   fs::path out_path_;
+  OutputBuffers& buffers_;
   StreamReport& report_;
   StreamProgress& progress_;
   detail::BoundedQueue<std::size_t> loaded_{1};
@@ -341,7 +375,8 @@ StreamReport StreamingPruner::run(const fs::path& model_dir, const fs::path& out
   const bool resuming = prepare_output(model_dir, out_dir, options_, plan.job);
   const FolderLock lock(out_dir);
   remove_partials(out_dir);
-  safetensors::write_file_atomically(out_dir / kJobFile, job_file_text(plan.job, false));
+  safetensors::write_file_atomically(out_dir / kJobFile, job_file_text(plan.job, false), options_.durable);
+  OutputBuffers buffers(plan.largest_pruned_bytes);
 
   StreamReport report;
   StreamProgress progress;
@@ -359,7 +394,7 @@ StreamReport StreamingPruner::run(const fs::path& model_dir, const fs::path& out
         if (options_.on_progress) options_.on_progress(progress);
         continue;
       }
-      auto writer = ShardStreamer(options_, shard, out_path, report, progress).run();
+      auto writer = ShardStreamer(options_, shard, out_path, buffers, report, progress).run();
       if (committing.valid()) committing.get();
       committing = std::async(std::launch::async, [w = std::move(writer)] { w->commit(); });
     }
@@ -369,9 +404,10 @@ StreamReport StreamingPruner::run(const fs::path& model_dir, const fs::path& out
     throw;
   }
   report.bytes = plan.bytes_total;
-  if (plan.index_json) safetensors::write_file_atomically(out_dir / safetensors::kIndexName, *plan.index_json);
-  copy_other_files(model_dir, out_dir);
-  safetensors::write_file_atomically(out_dir / kJobFile, job_file_text(plan.job, true));
+  if (plan.index_json)
+    safetensors::write_file_atomically(out_dir / safetensors::kIndexName, *plan.index_json, options_.durable);
+  copy_other_files(model_dir, out_dir, options_.durable);
+  safetensors::write_file_atomically(out_dir / kJobFile, job_file_text(plan.job, true), options_.durable);
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return report;
 }

@@ -165,6 +165,7 @@ StreamPlan plan_stream(const StreamOptions& options, const fs::path& model_dir) 
         }
         if (needs_out) require(job.stats.out_norm, info.name, "out_norm", rows, options.stats);
         ++pruned;
+        plan.largest_pruned_bytes = std::max(plan.largest_pruned_bytes, info.nbytes());
       }
       shard.jobs.push_back(std::move(job));
     }

@@ -35,6 +35,7 @@ struct StreamPlan {
   std::vector<ShardPlan> shards;
   std::optional<std::string> index_json;
   uint64_t bytes_total = 0;
+  uint64_t largest_pruned_bytes = 0;
   std::string job;  // JSON describing the job, to recognise its own output when resuming
 };
 

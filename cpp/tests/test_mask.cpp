@@ -66,3 +66,20 @@ TEST(Mask, ClearErrors) {
   EXPECT_THROW(nm_mask(score, {2, 3}), c10::ValueError);
   EXPECT_THROW(nm_mask(score.flatten(), {2, 4}), c10::ValueError);
 }
+
+TEST(Mask, MagnitudePruneOutFillsTheGivenBuffer) {
+  for (auto dtype : {at::kHalf, at::kBFloat16, at::kFloat}) {
+    auto weight = ties(9, 24, dtype) - 0.5;
+    auto expected = magnitude_prune(weight, 0.5, MaskGroup::Row);
+    auto out = at::full(weight.sizes(), 7, weight.options());
+    EXPECT_EQ(&magnitude_prune_out(weight, 0.5, MaskGroup::Row, out), &out);
+    EXPECT_TRUE(at::equal(out, expected));
+    EXPECT_TRUE(at::equal(out, weight.masked_fill(sorted_mask(weight.abs(), 12).logical_not(), 0)));
+  }
+  auto weight = ties(4, 8, at::kBFloat16);
+  auto wrong_shape = at::empty({8, 4}, weight.options());
+  auto wrong_dtype = at::empty({4, 8}, at::kHalf);
+  EXPECT_THROW(magnitude_prune_out(weight, 0.5, MaskGroup::Row, wrong_shape), c10::ValueError);
+  EXPECT_THROW(magnitude_prune_out(weight, 0.5, MaskGroup::Row, wrong_dtype), c10::ValueError);
+  EXPECT_THROW(magnitude_prune_out(weight, 0.5, MaskGroup::Row, weight), c10::Error);  // in place
+}

@@ -67,7 +67,7 @@ def cmd_apply(args: argparse.Namespace) -> None:
         refine_options=parse_options(args.refine_option, "--refine-option"),
         score_options=parse_options(args.score_option, "--score-option"),
         stats=stats, include=args.include, resume=args.resume, overwrite=args.overwrite,
-        progress=not args.quiet,
+        durable=not args.no_fsync, progress=not args.quiet,
     )
     _print_apply_report(report)
     print(f"wrote {args.out_dir}")
@@ -118,5 +118,8 @@ def add_stream_commands(sub: Any) -> None:
                    help="without --stats: weights to prune (default: 2-D weights of the decoder blocks)")
     a.add_argument("--resume", action="store_true", help="continue an interrupted run of the same job")
     a.add_argument("--overwrite", action="store_true", help="allow a non-empty OUT_DIR")
+    a.add_argument("--no-fsync", action="store_true",
+                   help="do not wait for each file to reach the disk: faster where fsync is slow; files "
+                   "still appear only when complete if symprune dies, but not after a power loss")
     add_common(a)
     a.set_defaults(func=cmd_apply)

@@ -30,6 +30,7 @@ def prune_checkpoint(
     include: str | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    durable: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Write a pruned copy of the checkpoint in ``model_dir`` to ``out_dir``.
@@ -38,7 +39,9 @@ def prune_checkpoint(
     statistics (data-free methods only) every 2-D weight whose name matches ``include`` (default:
     the decoder blocks' weights). Other tensors are copied byte for byte, and so are the
     folder's other files (config, tokenizer). ``resume`` keeps the finished shards of an
-    interrupted run of the same job. Returns the engine's report.
+    interrupted run of the same job. ``durable=False`` skips fsync: faster where fsync is slow,
+    and files still appear only when complete if the process dies, but not if the machine
+    does (after a power loss, start over rather than resume). Returns the engine's report.
     """
     settings = PruneSettings.create(method, sparsity, nm, group, False, refine, refine_options, score_options)
     options = dict(settings.refine_options)
@@ -58,7 +61,7 @@ def prune_checkpoint(
             str(model_dir), str(out_dir), method=settings.method, sparsity=settings.sparsity,
             nm=settings.nm, group=settings.group, refine=options if settings.refine else None,
             stats=None if stats is None else str(stats), include=include, resume=resume,
-            overwrite=overwrite, progress=report, **settings.score_options,
+            overwrite=overwrite, durable=durable, progress=report, **settings.score_options,
         )
     finally:
         if bar is not None:

@@ -41,6 +41,9 @@ at::Tensor magnitude_unstructured_mask(const at::Tensor& weight, double sparsity
 at::Tensor magnitude_nm_mask(const at::Tensor& weight, NM nm);
 // apply_mask(weight, magnitude_unstructured_mask(...)) in one pass over 16-bit weights.
 at::Tensor magnitude_prune(const at::Tensor& weight, double sparsity, MaskGroup group);
+// The same into `out` (contiguous, the weight's shape, dtype and device, not overlapping it),
+// so that a caller pruning many weights can reuse one buffer.
+at::Tensor& magnitude_prune_out(const at::Tensor& weight, double sparsity, MaskGroup group, at::Tensor& out);
 
 // A copy of `weight` with every entry not kept set to +0, what masked_fill(~keep, 0) gives.
 at::Tensor apply_mask(const at::Tensor& weight, const at::Tensor& keep);

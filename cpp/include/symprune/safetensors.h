@@ -115,9 +115,13 @@ class Reader {
 // A file that appears under its final name only when complete: data goes to
 // `<name>.partial`, and commit() fsyncs it, renames it over the final name and fsyncs the
 // directory. Destroying an uncommitted file removes the partial one.
+//
+// `durable = false` skips every fsync and early writeback: the rename still keeps a crash of
+// the process from leaving a partial file under the final name, but after a crash of the
+// machine (power loss) a renamed file may be incomplete.
 class AtomicFile {
  public:
-  explicit AtomicFile(std::filesystem::path final_path);
+  explicit AtomicFile(std::filesystem::path final_path, bool durable = true);
   ~AtomicFile();
   AtomicFile(const AtomicFile&) = delete;
   AtomicFile& operator=(const AtomicFile&) = delete;
@@ -137,6 +141,7 @@ class AtomicFile {
   std::filesystem::path final_;
   std::filesystem::path partial_;
   int fd_ = -1;
+  bool durable_;
 };
 
 // Writes a safetensors file through an AtomicFile: the header first, then every tensor's
@@ -144,7 +149,7 @@ class AtomicFile {
 class Writer {
  public:
   Writer(const std::filesystem::path& path, std::vector<TensorInfo> tensors,
-         const std::map<std::string, std::string>& metadata);
+         const std::map<std::string, std::string>& metadata, bool durable = true);
 
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
   void write(std::size_t index, std::span<const std::byte> data);
@@ -163,8 +168,8 @@ class Writer {
 // The whole of a small text file (index, job file); FormatError above `limit` bytes.
 std::string read_small_file(const std::filesystem::path& path, uint64_t limit = kMaxHeaderBytes);
 
-// Writes `contents` to `path` atomically (temporary file, fsync, rename).
-void write_file_atomically(const std::filesystem::path& path, std::string_view contents);
+// Writes `contents` to `path` atomically (temporary file, fsync unless !durable, rename).
+void write_file_atomically(const std::filesystem::path& path, std::string_view contents, bool durable = true);
 
 // The shards of a checkpoint folder: those named by model.safetensors.index.json (which must
 // be plain file names inside the folder), else the folder's *.safetensors files, sorted.

@@ -46,6 +46,10 @@ struct StreamOptions {
   std::string include = kDefaultInclude;
   bool resume = false;     // keep the finished shards of an interrupted run of the same job
   bool overwrite = false;  // allow a non-empty output folder
+  // fsync every output file before renaming it into place. false is faster where fsync is
+  // slow; files still appear only when complete if the process dies, but not if the machine
+  // does (power loss): after a machine crash, start over instead of resuming.
+  bool durable = true;
   std::function<void(const StreamProgress&)> on_progress;
 };
 
