@@ -3,6 +3,8 @@
 
 #include <c10/util/Exception.h>
 
+#include <ATen/ops/empty.h>
+
 #include "symprune/symprune.h"
 
 #include "convert.h"
@@ -43,6 +45,17 @@ at::Tensor magnitude_mask_binding(const at::Tensor& weight, std::optional<double
 
 at::Tensor magnitude_prune_binding(const at::Tensor& weight, double sparsity, const std::string& group) {
   return magnitude_prune(weight, sparsity, parse_group(group));
+}
+
+at::Tensor prune_row_local_binding(const at::Tensor& weight, const std::string& method, std::optional<double> sparsity,
+                                   const std::optional<std::tuple<int64_t, int64_t>>& nm,
+                                   std::optional<at::Tensor> in_norm, std::optional<at::Tensor> out_norm) {
+  TORCH_CHECK_VALUE(sparsity.has_value() != nm.has_value(),
+                    "give exactly one of sparsity (unstructured, per row) and nm=(n, m) (semi-structured)");
+  const ScoreOptions options{std::move(in_norm), std::move(out_norm)};
+  auto out = at::empty(weight.sizes(), weight.options());
+  if (sparsity) return prune_row_local_out(weight, parse_score_method(method), options, *sparsity, out);
+  return prune_row_local_nm_out(weight, parse_score_method(method), options, *to_nm(nm), out);
 }
 
 at::Tensor score_binding(const at::Tensor& weight, const std::string& method,
@@ -125,6 +138,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("magnitude_prune", &magnitude_prune_binding, py::arg("weight"), py::arg("sparsity"), py::kw_only(),
         py::arg("group") = "row", py::call_guard<py::gil_scoped_release>(),
         "apply_mask(weight, magnitude_mask(weight, sparsity)) in one pass for fp16/bf16 weights.");
+  m.def("prune_row_local", &prune_row_local_binding, py::arg("weight"), py::arg("method"),
+        py::arg("sparsity") = py::none(), py::kw_only(), py::arg("nm") = py::none(), py::arg("in_norm") = py::none(),
+        py::arg("out_norm") = py::none(), py::call_guard<py::gil_scoped_release>(),
+        "apply_mask(weight, mask(score(weight, method, ...), sparsity or nm)) for a row-local method "
+        "(magnitude, wanda, symwanda, owanda), one row at a time with no score matrix; CPU weights.");
   m.def("apply_mask", &apply_mask, py::arg("weight"), py::arg("keep_mask"),
         py::call_guard<py::gil_scoped_release>(), "A copy of weight with the entries not kept set to +0.");
   m.def("channel_permutation", &channel_permutation, py::arg("score"), py::arg("m"),

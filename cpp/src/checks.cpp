@@ -5,6 +5,7 @@
 #include <ATen/TensorOperators.h>
 
 #include <ATen/Dispatch.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/all.h>
 #include <ATen/ops/isfinite.h>
@@ -36,6 +37,13 @@ void check_finite(const at::Tensor& t, const char* name) {
                           ? all_finite_cpu(t)
                           : at::isfinite(t).all().item<bool>();
   TORCH_CHECK_VALUE(finite, name, " contains NaN or Inf");
+}
+
+void check_out(const at::Tensor& out, const at::Tensor& like) {
+  TORCH_CHECK_VALUE(out.sizes() == like.sizes() && out.scalar_type() == like.scalar_type() &&
+                        out.device() == like.device() && out.is_contiguous(),
+                    "out must be a contiguous tensor of the weight's shape, dtype and device");
+  at::assert_no_overlap(out, like);
 }
 
 void check_matrix(const at::Tensor& t, const char* name, bool check_values) {

@@ -16,5 +16,8 @@ void check_vector(const at::Tensor& t, int64_t size, const char* name);
 // Same shape and device as `like`, dtype bool.
 void check_mask(const at::Tensor& mask, const at::Tensor& like, const char* name);
 void check_finite(const at::Tensor& t, const char* name);
+// `out` of an *_out function: contiguous, the shape, dtype and device of `like`, not
+// overlapping it.
+void check_out(const at::Tensor& out, const at::Tensor& like);
 
 }  // namespace symprune::detail

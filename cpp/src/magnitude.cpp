@@ -8,7 +8,6 @@
 
 #include <c10/util/Exception.h>
 
-#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -163,10 +162,7 @@ at::Tensor magnitude_prune(const at::Tensor& weight, double sparsity, MaskGroup 
 }
 
 at::Tensor& magnitude_prune_out(const at::Tensor& weight_in, double sparsity, MaskGroup group, at::Tensor& out) {
-  TORCH_CHECK_VALUE(out.sizes() == weight_in.sizes() && out.scalar_type() == weight_in.scalar_type() &&
-                        out.device() == weight_in.device() && out.is_contiguous(),
-                    "out must be a contiguous tensor of the weight's shape, dtype and device");
-  at::assert_no_overlap(out, weight_in);  // the selection reads the weight after writing out
+  detail::check_out(out, weight_in);  // no overlap: the selection reads the weight after writing out
   if (!takes_fast_path(weight_in) || group != MaskGroup::Row)
     return out.copy_(apply_mask(weight_in, magnitude_unstructured_mask(weight_in, sparsity, group)));
   const int64_t k = pruned_per_row(weight_in, sparsity);

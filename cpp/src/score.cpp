@@ -1,6 +1,7 @@
 #include "symprune/score.h"
 
 #include "checks.h"
+#include "score_inputs.h"
 
 #include <c10/util/Exception.h>
 
@@ -75,6 +76,10 @@ std::pair<at::Tensor, at::Tensor> sampled_l1_norms(const at::Tensor& abs_w, doub
   return {safe_norm(cols), safe_norm(rows)};
 }
 
+}  // namespace
+
+namespace detail {
+
 at::Tensor require_stat(const std::optional<at::Tensor>& stat, int64_t size, ScoreMethod method,
                         const char* name, const at::Tensor& weight) {
   TORCH_CHECK_VALUE(stat.has_value() && stat->defined(), "score method '",
@@ -85,7 +90,7 @@ at::Tensor require_stat(const std::optional<at::Tensor>& stat, int64_t size, Sco
   return stat->to(weight.device(), at::kFloat);
 }
 
-}  // namespace
+}  // namespace detail
 
 ScoreMethod parse_score_method(std::string_view name) {
   for (const auto& [key, method] : kMethods)
@@ -123,8 +128,8 @@ at::Tensor score(const at::Tensor& weight, ScoreMethod method, const ScoreOption
   detail::check_matrix(weight, "weight");
   const int64_t out = weight.size(0), in = weight.size(1);
   at::Tensor in_norm, out_norm;
-  if (needs_input_stats(method)) in_norm = require_stat(options.in_norm, in, method, "in_norm", weight);
-  if (needs_output_stats(method)) out_norm = require_stat(options.out_norm, out, method, "out_norm", weight);
+  if (needs_input_stats(method)) in_norm = detail::require_stat(options.in_norm, in, method, "in_norm", weight);
+  if (needs_output_stats(method)) out_norm = detail::require_stat(options.out_norm, out, method, "out_norm", weight);
   auto abs_w = at::abs(weight.to(at::kFloat));
 
   switch (method) {

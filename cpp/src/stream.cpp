@@ -2,6 +2,8 @@
 
 #include "symprune/stream.h"
 
+#include "symprune/prune.h"
+
 #include "bounded_queue.h"
 #include "stream_plan.h"
 
@@ -44,13 +46,16 @@ auto as_format_error(const std::string& where, F&& f) {
   }
 }
 
-at::Tensor prune_rows(const at::Tensor& weight, const StreamOptions& o, const detail::WeightStats& stats) {
-  if (o.method == ScoreMethod::Magnitude && !o.refine)
-    return o.nm ? apply_mask(weight, magnitude_nm_mask(weight, *o.nm)) : magnitude_prune(weight, *o.sparsity, o.group);
-  ScoreOptions score_options = o.score;
-  if (stats.in_norm.defined()) score_options.in_norm = stats.in_norm;
-  if (stats.out_norm.defined()) score_options.out_norm = stats.out_norm;
-  const auto scores = score(weight, o.method, score_options);
+ScoreOptions score_options(const StreamOptions& o, const detail::WeightStats& stats) {
+  ScoreOptions options = o.score;
+  if (stats.in_norm.defined()) options.in_norm = stats.in_norm;
+  if (stats.out_norm.defined()) options.out_norm = stats.out_norm;
+  return options;
+}
+
+// The general way: score, mask and DSnoT over the whole of `weight`.
+at::Tensor prune_whole(const at::Tensor& weight, const StreamOptions& o, const detail::WeightStats& stats) {
+  const auto scores = score(weight, o.method, score_options(o, stats));
   auto keep = o.nm ? nm_mask(scores, *o.nm) : unstructured_mask(scores, *o.sparsity, o.group);
   if (o.refine) {
     DsnotOptions refine = *o.refine;
@@ -62,29 +67,28 @@ at::Tensor prune_rows(const at::Tensor& weight, const StreamOptions& o, const de
   return apply_mask(weight, keep);
 }
 
-// Scores whose rows depend only on that row and per-column statistics (no column norms of W).
-bool row_local(ScoreMethod m) {
-  return m == ScoreMethod::Magnitude || m == ScoreMethod::Wanda || m == ScoreMethod::SymWanda ||
-         m == ScoreMethod::OWanda;
-}
-
-// Prunes `weight` into `out`. Per-row and N:M masks of row-local scores, and DSnoT, treat
-// rows independently: pruning a large weight a few million elements at a time gives the same
-// result with fp32 temporaries of a few MB instead of several times the weight.
+// Prunes `weight` into `out`. Per-row and N:M masks of row-local scores treat rows
+// independently: without DSnoT they are pruned a row at a time in one pass (prune.h); with
+// DSnoT, which is per row too, a few million elements at a time, so that fp32 temporaries
+// stay at a few MB instead of several times the weight.
 void prune_weight(const at::Tensor& weight, const StreamOptions& o, const detail::WeightStats& stats, at::Tensor& out) {
   constexpr int64_t kChunkElements = int64_t{1} << 22;
   const int64_t rows = weight.size(0), cols = std::max<int64_t>(weight.size(1), 1);
   const int64_t chunk = std::max<int64_t>(1, kChunkElements / cols);
-  if (o.method == ScoreMethod::Magnitude && !o.refine && !o.nm) {
-    magnitude_prune_out(weight, *o.sparsity, o.group, out);  // 16-bit: one pass, no temporaries
-  } else if (!row_local(o.method) || (!o.nm && o.group != MaskGroup::Row) || rows <= chunk) {
-    out.copy_(prune_rows(weight, o, stats));
+  const bool rows_independent = is_row_local(o.method) && (o.nm || o.group == MaskGroup::Row);
+  if (rows_independent && !o.refine) {
+    if (o.nm)
+      prune_row_local_nm_out(weight, o.method, score_options(o, stats), *o.nm, out);
+    else
+      prune_row_local_out(weight, o.method, score_options(o, stats), *o.sparsity, out);
+  } else if (!rows_independent || rows <= chunk) {
+    out.copy_(prune_whole(weight, o, stats));
   } else {
     for (int64_t begin = 0; begin < rows; begin += chunk) {
       const int64_t end = std::min(rows, begin + chunk);
       detail::WeightStats part = stats;
       if (part.out_norm.defined()) part.out_norm = part.out_norm.slice(0, begin, end);
-      out.slice(0, begin, end).copy_(prune_rows(weight.slice(0, begin, end), o, part));
+      out.slice(0, begin, end).copy_(prune_whole(weight.slice(0, begin, end), o, part));
     }
   }
 }

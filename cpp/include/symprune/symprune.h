@@ -3,6 +3,7 @@
 
 #include "symprune/dsnot.h"
 #include "symprune/mask.h"
+#include "symprune/prune.h"
 #include "symprune/safetensors.h"
 #include "symprune/score.h"
 #include "symprune/stats.h"
