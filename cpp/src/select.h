@@ -103,18 +103,27 @@ void keep_all_but_lowest(const scalar_t* values, int64_t n, int64_t k, bool* kee
 inline int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1)); }
 
 // Same contract for one small N:M group: an element is pruned when fewer than k elements
-// rank before it. Quadratic but branch-free; M is a template argument for the common
-// sizes so that the compiler unrolls it.
+// rank before it. Each pair is compared once (m(m-1)/2 comparisons, branch-free): of a < b,
+// b ranks first if its value is lower, else a (ties go to the lower index). Values must not
+// be NaN (callers check). M is a template argument for the common sizes so that the compiler
+// unrolls it.
 template <int64_t M, typename scalar_t>
 inline void keep_all_but_lowest_small(const scalar_t* values, int64_t m, int64_t k, bool* keep) {
   const int64_t size = M > 0 ? M : m;
   wide_t<scalar_t> v[32];
-  for (int64_t j = 0; j < size; ++j) v[j] = static_cast<wide_t<scalar_t>>(values[j]);
-  for (int64_t a = 0; a < size; ++a) {
-    int64_t rank = 0;
-    for (int64_t b = 0; b < size; ++b) rank += (v[b] < v[a]) | ((v[b] == v[a]) & (b < a));
-    keep[a] = rank >= k;
+  int32_t rank[32];
+  for (int64_t j = 0; j < size; ++j) {
+    v[j] = static_cast<wide_t<scalar_t>>(values[j]);
+    rank[j] = 0;
   }
+  for (int64_t a = 0; a < size; ++a) {
+    for (int64_t b = a + 1; b < size; ++b) {
+      const bool b_first = v[b] < v[a];
+      rank[a] += b_first;
+      rank[b] += !b_first;
+    }
+  }
+  for (int64_t j = 0; j < size; ++j) keep[j] = rank[j] >= k;
 }
 
 }  // namespace symprune::detail
