@@ -54,7 +54,7 @@ EXPECTATIONS = [
 def findings(rows: list[dict[str, Any]]) -> list[str]:
     """Each expectation checked against the measured rows, pattern by pattern."""
     ppl = {(label(r["config"]), pattern_of(r["config"])): r["perplexity"] for r in rows if r["config"]["method"] != "dense"}
-    patterns = sorted({p for _, p in ppl}, key=PATTERN_ORDER.index)
+    patterns = sorted({p for _, p in ppl}, key=lambda p: (PATTERN_ORDER + [p]).index(p))  # others last
     lines = ["## Against the literature", "",
              "Each expectation, checked at every pattern measured (perplexities, lower is better):", ""]
     for claim, better, worse in EXPECTATIONS:

@@ -82,6 +82,14 @@ def test_equals_the_general_path_on_a_large_bf16_weight() -> None:
                                symprune.apply_mask(w, keep)), (method, pattern)
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_non_contiguous_weight(method: str) -> None:
+    w = make_weight((24, 16), "quantised", torch.bfloat16).t()  # a (16, 24) view, column-major
+    norms = _norms(method, (16, 24), ("strided",))
+    keep = oracle_nm_mask(oracle_score(w, method, **norms), 2, 4)
+    assert torch.equal(symprune.prune_row_local(w, method, nm=(2, 4), **norms), _expected(w, keep))
+
+
 def test_errors_are_those_of_score_and_mask() -> None:
     w = make_weight((4, 8), "randn")
     with pytest.raises(ValueError, match="not row-local"):

@@ -239,10 +239,33 @@ def test_no_fsync_writes_the_same_folder(sharded_model_dir: Path, tmp_path: Path
     kwargs: dict = {"method": "magnitude", "sparsity": 0.5, "progress": False}
     symprune.prune_checkpoint(sharded_model_dir, tmp_path / "durable", **kwargs)
     symprune.prune_checkpoint(sharded_model_dir, tmp_path / "fast", durable=False, **kwargs)
-    assert folder_bytes(tmp_path / "fast") == folder_bytes(tmp_path / "durable")
     assert main(["apply", str(sharded_model_dir), str(tmp_path / "cli"), "--method", "magnitude",
                  "--sparsity", "0.5", "--no-fsync", "--quiet"]) == 0
-    assert folder_bytes(tmp_path / "cli") == folder_bytes(tmp_path / "durable")
+
+    def written(folder: Path) -> dict[str, bytes]:  # the job file records how it was written
+        return {name: data for name, data in folder_bytes(folder).items() if name != ".symprune-apply.json"}
+
+    assert written(tmp_path / "fast") == written(tmp_path / "cli") == written(tmp_path / "durable")
+    assert json.loads((tmp_path / "cli" / ".symprune-apply.json").read_text())["durable"] is False
+
+
+def test_no_fsync_run_resumes_only_within_the_same_boot(sharded_model_dir: Path, tmp_path: Path) -> None:
+    """Without fsync, finished shards are safe only while the page cache lives: after a restart
+    of the machine (another boot id) resume must refuse them."""
+    kwargs: dict = {"method": "magnitude", "sparsity": 0.5, "progress": False, "durable": False}
+    out, reference = tmp_path / "out", tmp_path / "reference"
+    symprune.prune_checkpoint(sharded_model_dir, reference, **kwargs)
+    symprune.prune_checkpoint(sharded_model_dir, out, **kwargs)
+    job_path = out / ".symprune-apply.json"
+    job = json.loads(job_path.read_text())
+    assert job["durable"] is False and job["boot_id"] == Path("/proc/sys/kernel/random/boot_id").read_text()
+    max(out.glob("*.safetensors")).unlink()
+    job_path.write_text(json.dumps({**job, "boot_id": "another boot\n"}))
+    with pytest.raises(ValueError, match="before the machine restarted"):
+        symprune.prune_checkpoint(sharded_model_dir, out, resume=True, **kwargs)
+    job_path.write_text(json.dumps(job))
+    assert symprune.prune_checkpoint(sharded_model_dir, out, resume=True, **kwargs)["shards_resumed"] >= 1
+    assert folder_bytes(out) == folder_bytes(reference)
 
 
 @pytest.mark.parametrize(("method", "pattern"), [("magnitude", {"sparsity": 0.5}), ("wanda", {"nm": (2, 4)})])
@@ -392,8 +415,9 @@ def test_calibrate_cli_refuses_bad_requests(
 def test_apply_prunes_large_weights_in_row_chunks_exactly(
     method: str, pattern: dict, refine: str | None, tmp_path: Path
 ) -> None:
-    """600 x 8192 is over the engine's 4M-element chunk: the row-chunked result must equal the
-    whole-matrix one (out_norm sliced per chunk, DSnoT per row)."""
+    """600 x 8192 is over the engine's 4M-element chunk: with DSnoT the row-chunked result must
+    equal the whole-matrix one (out_norm sliced per chunk, DSnoT per row); without, the
+    row-at-a-time path must."""
     g = torch.Generator().manual_seed(0)
     name = "model.layers.0.mlp.down_proj.weight"
     w = (torch.randn(600, 8192, generator=g) * 0.02).to(torch.bfloat16)

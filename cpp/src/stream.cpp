@@ -137,8 +137,18 @@ int64_t count_zeros(const at::Tensor& t) {
   }
 }
 
-std::string job_file_text(const std::string& job, bool complete) {
-  return nlohmann::json{{"job", nlohmann::json::parse(job)}, {"complete", complete}}.dump(2) + "\n";
+// Identifies this boot of the machine: a run without fsync can only be resumed while the page
+// cache that holds its shards survives, i.e. within the same boot.
+std::string boot_id() {
+  std::error_code ec;
+  const fs::path path = "/proc/sys/kernel/random/boot_id";
+  return fs::exists(path, ec) ? safetensors::read_small_file(path) : std::string();
+}
+
+std::string job_file_text(const std::string& job, bool complete, bool durable) {
+  nlohmann::json text{{"job", nlohmann::json::parse(job)}, {"complete", complete}, {"durable", durable}};
+  if (!durable) text["boot_id"] = boot_id();
+  return text.dump(2) + "\n";
 }
 
 // Holds an exclusive lock on the output folder so that two runs never write it at once.
@@ -173,15 +183,17 @@ bool prepare_output(const fs::path& model_dir, const fs::path& out_dir, const St
   }
   const fs::path job_path = out_dir / kJobFile;
   if (o.resume && fs::exists(job_path, ec)) {
-    std::string previous;
     try {
-      previous = nlohmann::json::parse(safetensors::read_small_file(job_path))["job"].dump();
+      const auto previous = nlohmann::json::parse(safetensors::read_small_file(job_path));
+      if (previous["job"].dump() != nlohmann::json::parse(job).dump())
+        throw FormatError(out_dir.string() + ": holds a run with other options, statistics or input; "
+                                             "use --overwrite to start over");
+      if (previous.value("durable", true) == false && previous.value("boot_id", "") != boot_id())
+        throw FormatError(out_dir.string() + ": holds a run made without fsync before the machine restarted; "
+                                             "its shards may be incomplete: use --overwrite to start over");
     } catch (const nlohmann::json::exception&) {
       throw FormatError(job_path.string() + ": unreadable; use --overwrite to start over");
     }
-    if (previous != nlohmann::json::parse(job).dump())
-      throw FormatError(out_dir.string() + ": holds a run with other options, statistics or input; "
-                                           "use --overwrite to start over");
     return true;
   }
   bool empty = true;
@@ -379,7 +391,7 @@ StreamReport StreamingPruner::run(const fs::path& model_dir, const fs::path& out
   const bool resuming = prepare_output(model_dir, out_dir, options_, plan.job);
   const FolderLock lock(out_dir);
   remove_partials(out_dir);
-  safetensors::write_file_atomically(out_dir / kJobFile, job_file_text(plan.job, false), options_.durable);
+  safetensors::write_file_atomically(out_dir / kJobFile, job_file_text(plan.job, false, options_.durable), options_.durable);
   OutputBuffers buffers(plan.largest_pruned_bytes);
 
   StreamReport report;
@@ -411,7 +423,7 @@ StreamReport StreamingPruner::run(const fs::path& model_dir, const fs::path& out
   if (plan.index_json)
     safetensors::write_file_atomically(out_dir / safetensors::kIndexName, *plan.index_json, options_.durable);
   copy_other_files(model_dir, out_dir, options_.durable);
-  safetensors::write_file_atomically(out_dir / kJobFile, job_file_text(plan.job, true), options_.durable);
+  safetensors::write_file_atomically(out_dir / kJobFile, job_file_text(plan.job, true, options_.durable), options_.durable);
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return report;
 }

@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 
 #include "symprune/mask.h"
+#include "symprune/prune.h"
+#include "symprune/score.h"
 
 using namespace symprune;
 
@@ -82,4 +84,23 @@ TEST(Mask, MagnitudePruneOutFillsTheGivenBuffer) {
   EXPECT_THROW(magnitude_prune_out(weight, 0.5, MaskGroup::Row, wrong_shape), c10::ValueError);
   EXPECT_THROW(magnitude_prune_out(weight, 0.5, MaskGroup::Row, wrong_dtype), c10::ValueError);
   EXPECT_THROW(magnitude_prune_out(weight, 0.5, MaskGroup::Row, weight), c10::Error);  // in place
+}
+
+TEST(Mask, RowLocalPruneOutMatchesScoreMaskApplyAndChecksOut) {
+  const auto weight = ties(6, 16, at::kBFloat16) - 0.5;
+  ScoreOptions options;
+  options.in_norm = at::linspace(0.5, 2.0, 16);
+  auto out = at::empty(weight.sizes(), weight.options());
+  prune_row_local_nm_out(weight, ScoreMethod::Wanda, options, {2, 4}, out);
+  EXPECT_TRUE(at::equal(out, apply_mask(weight, nm_mask(score(weight, ScoreMethod::Wanda, options), {2, 4}))));
+  prune_row_local_out(weight, ScoreMethod::Wanda, options, 0.5, out);
+  EXPECT_TRUE(at::equal(
+      out, apply_mask(weight, unstructured_mask(score(weight, ScoreMethod::Wanda, options), 0.5, MaskGroup::Row))));
+  auto wrong_shape = at::empty({16, 6}, weight.options());
+  auto strided = at::empty({16, 6}, weight.options()).t();
+  EXPECT_THROW(prune_row_local_out(weight, ScoreMethod::Wanda, options, 0.5, wrong_shape), c10::ValueError);
+  EXPECT_THROW(prune_row_local_out(weight, ScoreMethod::Wanda, options, 0.5, strided), c10::ValueError);
+  auto in_place = weight.clone();
+  EXPECT_THROW(prune_row_local_out(in_place, ScoreMethod::Wanda, options, 0.5, in_place), c10::Error);
+  EXPECT_THROW(prune_row_local_out(weight, ScoreMethod::Ria, options, 0.5, out), c10::ValueError);
 }
