@@ -84,7 +84,9 @@ def write_report(rows: list[dict[str, Any]], grid_size: int, out_md: Path, out_p
         "of one dense forward of the calibration set through all blocks."),
         "",
         (f"{len(rows)} of the grid's {grid_size} configurations (dense; 7 scorers and 4 refined variants "
-        "at 50 %, 60 % and 2:4) are measured; rerunning the command resumes the rest. Times depend on "
+        "at 50 %, 60 % and 2:4) are measured"
+        + ("; rerunning the command resumes the rest" if len(rows) < grid_size else "")
+        + ". Times depend on "
         "what else ran on the machine: runs shared it with test suites, builds, benchmarks and a "
         "fuzzer, and some were paused (SIGSTOP) while streaming benchmarks ran (ria 2:4, stochria "
         "50 %, maybe others of that session), so their seconds are inflated; the ratio to a dense "
