@@ -160,7 +160,7 @@ def main() -> None:
         run_all(configs, results)
     done = load_results(results)
     rows = [done[run_key(c)] for c in configs if run_key(c) in done]
-    write_report(rows, len(configs), args.model, ROOT / "docs" / f"{stem}.md", ROOT / "docs" / f"{stem}.png")
+    write_report(rows, 1 + len(PATTERNS) * (len(SCORERS) + len(REFINED)), args.model, ROOT / "docs" / f"{stem}.md", ROOT / "docs" / f"{stem}.png")
     print((ROOT / "docs" / "quality.md").read_text())
 
 
