@@ -146,17 +146,8 @@ at::Tensor nm_mask(const at::Tensor& score_in, NM nm) {
     bool* keep = mask.mutable_data_ptr<bool>();
     at::parallel_for(0, groups, detail::row_grain(nm.m), [&](int64_t begin, int64_t end) {
       detail::SelectScratch<detail::key_t<scalar_t>> scratch;
-      for (int64_t g = begin; g < end; ++g) {
-        const int64_t offset = g * nm.m;
-        if (nm.m == 4)
-          detail::keep_all_but_lowest_small<4>(s + offset, nm.m, prune, keep + offset);
-        else if (nm.m == 8)
-          detail::keep_all_but_lowest_small<8>(s + offset, nm.m, prune, keep + offset);
-        else if (nm.m <= 32)
-          detail::keep_all_but_lowest_small<0>(s + offset, nm.m, prune, keep + offset);
-        else
-          detail::keep_all_but_lowest(s + offset, nm.m, prune, keep + offset, scratch);
-      }
+      for (int64_t g = begin; g < end; ++g)
+        detail::keep_all_but_lowest_in_group(s + g * nm.m, nm.m, prune, keep + g * nm.m, scratch);
     });
   });
   return mask.to(score_in.device());

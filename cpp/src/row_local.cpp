@@ -146,16 +146,8 @@ at::Tensor& prune_row_local_nm_out(const at::Tensor& weight_in, ScoreMethod meth
   check_nm(nm, weight.size(1));
   const int64_t cols = weight.size(1), prune = nm.m - nm.n;
   prune_rows(weight, factors, out, [&](const float* s, bool* keep, detail::SelectScratch<uint32_t>& scratch) {
-    for (int64_t g = 0; g < cols; g += nm.m) {  // the same selection as nm_mask
-      if (nm.m == 4)
-        detail::keep_all_but_lowest_small<4>(s + g, nm.m, prune, keep + g);
-      else if (nm.m == 8)
-        detail::keep_all_but_lowest_small<8>(s + g, nm.m, prune, keep + g);
-      else if (nm.m <= 32)
-        detail::keep_all_but_lowest_small<0>(s + g, nm.m, prune, keep + g);
-      else
-        detail::keep_all_but_lowest(s + g, nm.m, prune, keep + g, scratch);
-    }
+    for (int64_t g = 0; g < cols; g += nm.m)  // the same selection as nm_mask
+      detail::keep_all_but_lowest_in_group(s + g, nm.m, prune, keep + g, scratch);
   });
   return out;
 }

@@ -126,4 +126,19 @@ inline void keep_all_but_lowest_small(const scalar_t* values, int64_t m, int64_t
   for (int64_t j = 0; j < size; ++j) keep[j] = rank[j] >= k;
 }
 
+// One N:M group of m values: the pairwise ranking above for the group sizes of practice
+// (unrolled for 4 and 8), the bucketed selection beyond 32.
+template <typename scalar_t>
+inline void keep_all_but_lowest_in_group(const scalar_t* values, int64_t m, int64_t k, bool* keep,
+                                         SelectScratch<key_t<scalar_t>>& scratch) {
+  if (m == 4)
+    keep_all_but_lowest_small<4>(values, m, k, keep);
+  else if (m == 8)
+    keep_all_but_lowest_small<8>(values, m, k, keep);
+  else if (m <= 32)
+    keep_all_but_lowest_small<0>(values, m, k, keep);
+  else
+    keep_all_but_lowest(values, m, k, keep, scratch);
+}
+
 }  // namespace symprune::detail
