@@ -95,8 +95,8 @@ void prune_weight(const at::Tensor& weight, const StreamOptions& o, const detail
 
 // Two buffers for pruned weights, each the size of the largest: the calling thread fills one
 // while the writer writes the other. Reusing them, rather than allocating every pruned weight,
-// saves the page faults of fresh memory (a third of the time of 16-bit magnitude pruning on
-// the benchmark machine) and bounds the pruned copies in memory at two.
+// saves the page faults of fresh memory for every weight and bounds the pruned copies in
+// memory at two.
 class OutputBuffers {
  public:
   explicit OutputBuffers(uint64_t bytes) : free_(kCount) {
