@@ -1,6 +1,7 @@
 #include "symprune/mask.h"
 
 #include "checks.h"
+#include "mask_by_sort.h"
 #include "select.h"
 
 #include <c10/util/Exception.h>
@@ -15,9 +16,6 @@
 
 namespace symprune {
 namespace {
-
-// Masks are computed on CPU; a score on another device is copied over and the mask back.
-at::Tensor cpu_contiguous(const at::Tensor& score) { return score.to(at::kCPU).contiguous(); }
 
 at::Tensor new_mask(const at::Tensor& score) {
   return at::empty(score.sizes(), at::TensorOptions().dtype(at::kBool));
@@ -127,18 +125,20 @@ void check_nm(NM nm, int64_t in_features) {
 at::Tensor unstructured_mask(const at::Tensor& score_in, double sparsity, MaskGroup group) {
   check_score(score_in);
   check_sparsity(sparsity);
-  const auto score = cpu_contiguous(score_in);
-  const auto count = group == MaskGroup::Row ? score.size(1) : score.numel();
+  const auto count = group == MaskGroup::Row ? score_in.size(1) : score_in.numel();
   // floor(count * s) exactly as Python's int(count * s) computes it.
   const auto k = static_cast<int64_t>(static_cast<double>(count) * sparsity);
-  auto mask = group == MaskGroup::Row ? row_mask(score, k) : layer_mask(score, k);
-  return mask.to(score_in.device());
+  if (!score_in.device().is_cpu())
+    return group == MaskGroup::Row ? detail::row_mask_by_sort(score_in, k) : detail::layer_mask_by_sort(score_in, k);
+  const auto score = score_in.contiguous();
+  return group == MaskGroup::Row ? row_mask(score, k) : layer_mask(score, k);
 }
 
 at::Tensor nm_mask(const at::Tensor& score_in, NM nm) {
   check_score(score_in);
   check_nm(nm, score_in.size(1));
-  const auto score = cpu_contiguous(score_in);
+  if (!score_in.device().is_cpu()) return detail::nm_mask_by_sort(score_in, nm);
+  const auto score = score_in.contiguous();
   auto mask = new_mask(score);
   const int64_t groups = score.numel() / nm.m, prune = nm.m - nm.n;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, score.scalar_type(), "nm_mask", [&] {
@@ -150,7 +150,7 @@ at::Tensor nm_mask(const at::Tensor& score_in, NM nm) {
         detail::keep_all_but_lowest_in_group(s + g * nm.m, nm.m, prune, keep + g * nm.m, scratch);
     });
   });
-  return mask.to(score_in.device());
+  return mask;
 }
 
 }  // namespace symprune

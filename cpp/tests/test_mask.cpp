@@ -6,6 +6,8 @@
 #include "symprune/prune.h"
 #include "symprune/score.h"
 
+#include "mask_by_sort.h"
+
 using namespace symprune;
 
 namespace {
@@ -50,6 +52,29 @@ TEST(Mask, NMKeepsNOfEveryM) {
     auto mask = nm_mask(score, {n, m});
     auto grouped = score.reshape({5 * 40 / m, m});
     EXPECT_TRUE(at::equal(mask.reshape({-1, m}), sorted_mask(grouped, m - n)));
+  }
+}
+
+// The accelerator path (a stable sort where the scores are) runs on CPU tensors too: it must
+// equal the CPU selection element for element, ties, signed zeros and odd shapes included.
+TEST(Mask, SortPathForAcceleratorsEqualsTheCpuSelection) {
+  for (auto dtype : {at::kFloat, at::kHalf, at::kBFloat16, at::kDouble}) {
+    for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1, 8}, {7, 40}, {13, 24}, {3, 120}}) {
+      auto score = ties(rows, cols, dtype) - 0.5;  // values in {-0.5, -0.25, 0, 0.25}
+      score.select(0, 0).fill_(-0.0);              // a row of -0 ties with +0 elsewhere
+      for (double s : {0.0, 0.3, 0.5, 0.9}) {
+        const auto k = static_cast<int64_t>(static_cast<double>(cols) * s);
+        EXPECT_TRUE(at::equal(symprune::detail::row_mask_by_sort(score, k), unstructured_mask(score, s, MaskGroup::Row)));
+        const auto layer_k = static_cast<int64_t>(static_cast<double>(rows * cols) * s);
+        EXPECT_TRUE(
+            at::equal(symprune::detail::layer_mask_by_sort(score, layer_k), unstructured_mask(score, s, MaskGroup::Layer)));
+      }
+      for (auto [n, m] : {std::pair<int64_t, int64_t>{1, 4}, {2, 4}, {3, 4}, {4, 8}, {2, 8}}) {
+        EXPECT_TRUE(at::equal(symprune::detail::nm_mask_by_sort(score, {n, m}), nm_mask(score, {n, m})));
+        const auto strided = score.t().contiguous().t();  // column-major layout, same values
+        EXPECT_TRUE(at::equal(symprune::detail::nm_mask_by_sort(strided, {n, m}), nm_mask(score, {n, m})));
+      }
+    }
   }
 }
 
