@@ -76,12 +76,20 @@ DsnotOptions parse_refine(const py::dict& options) {
   return o;
 }
 
+c10::Device parse_device(const std::string& name) {
+  try {
+    return c10::Device(name);
+  } catch (const c10::Error&) {
+    throw FormatError("device must be cpu or cuda (e.g. cuda:1), got '" + name + "'");
+  }
+}
+
 py::dict stream_prune(const std::string& model_dir, const std::string& out_dir, const std::string& method,
                       std::optional<double> sparsity, const std::optional<std::tuple<int64_t, int64_t>>& nm,
                       const std::string& group, double a, double p, double beta, uint64_t seed,
                       const std::optional<py::dict>& refine, const std::optional<std::string>& stats,
                       const std::optional<std::string>& include, bool resume, bool overwrite,
-                      bool durable, const py::object& progress) {
+                      bool durable, const std::string& device, const py::object& progress) {
   StreamOptions options;
   options.method = parse_score_method(method);
   options.sparsity = sparsity;
@@ -97,6 +105,7 @@ py::dict stream_prune(const std::string& model_dir, const std::string& out_dir, 
   options.resume = resume;
   options.overwrite = overwrite;
   options.durable = durable;
+  options.device = parse_device(device);
   if (!progress.is_none()) {
     options.on_progress = [progress](const StreamProgress& state) {
       py::gil_scoped_acquire gil;
@@ -135,7 +144,8 @@ void bind_io(py::module_& m) {
         py::arg("sparsity") = py::none(), py::arg("nm") = py::none(), py::arg("group") = "row", py::arg("a") = 0.5,
         py::arg("p") = 1.0, py::arg("beta") = 0.1, py::arg("seed") = 0, py::arg("refine") = py::none(),
         py::arg("stats") = py::none(), py::arg("include") = py::none(), py::arg("resume") = false,
-        py::arg("overwrite") = false, py::arg("durable") = true, py::arg("progress") = py::none(),
+        py::arg("overwrite") = false, py::arg("durable") = true, py::arg("device") = "cpu",
+        py::arg("progress") = py::none(),
         "Prunes a safetensors checkpoint folder tensor by tensor into out_dir (see symprune::StreamingPruner).");
 }
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import json
+from pathlib import Path
 
+import pytest
 import symprune
+import torch
+from conftest import folder_bytes
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -46,3 +49,101 @@ def test_dsnot_on_gpu_matches_cpu_rows(nm: tuple[int, int] | None) -> None:
     assert gpu.is_cuda
     assert not torch.equal(cpu, keep)
     assert torch.equal(gpu.cpu(), cpu)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_masks_on_gpu_equal_cpu_masks_with_ties(dtype: torch.dtype) -> None:
+    """Masks of GPU scores are computed on the GPU (a stable sort); ties, -0 and odd shapes
+    must fall exactly as on the CPU."""
+    g = torch.Generator().manual_seed(1)
+    score = (torch.randint(0, 4, (37, 24), generator=g).float() / 4 - 0.5).to(dtype)
+    score[3] = -0.0
+    for kwargs in ({"sparsity": 0.3}, {"sparsity": 0.5, "group": "layer"}, {"nm": (2, 4)}, {"nm": (3, 8)}):
+        gpu = symprune.mask(score.cuda(), **kwargs)
+        assert gpu.is_cuda
+        assert torch.equal(gpu.cpu(), symprune.mask(score, **kwargs)), kwargs
+
+
+def _weights_and_stats(path: Path) -> Path:
+    """A checkpoint of two shards (index included) with bf16, fp16 and fp32 weights of growing
+    and shrinking sizes, one over 4M elements, and statistics for every weight."""
+    g = torch.Generator().manual_seed(2)
+    shapes = [(64, 96), (600, 8192), (8, 16), (130, 200), (3, 8)]
+    dtypes = [torch.bfloat16, torch.float16, torch.float32]
+    weights = {f"model.layers.{i}.mlp.up_proj.weight": (torch.randn(s, generator=g) * 0.02).to(dtypes[i % 3])
+               for i, s in enumerate(shapes)}
+    stats = {}
+    for name, w in weights.items():
+        stats[f"{name}.in_norm"] = torch.rand(w.shape[1], generator=g) + 0.1
+        stats[f"{name}.in_mean"] = torch.randn(w.shape[1], generator=g)
+        stats[f"{name}.in_var"] = torch.rand(w.shape[1], generator=g) + 0.1
+        stats[f"{name}.out_norm"] = torch.rand(w.shape[0], generator=g) + 0.1
+    model = path / "model"
+    model.mkdir()
+    names = list(weights)
+    shards = {"model-00001-of-00002.safetensors": names[:2], "model-00002-of-00002.safetensors": names[2:]}
+    for shard, members in shards.items():
+        symprune.save_safetensors(str(model / shard), {n: weights[n] for n in members} | {
+            f"{members[0]}.bias": torch.zeros(3)})  # a tensor that is copied, not pruned
+    index = {"metadata": {}, "weight_map": {n: s for s, members in shards.items() for n in members}}
+    for shard, members in shards.items():
+        index["weight_map"][f"{members[0]}.bias"] = shard
+    (model / "model.safetensors.index.json").write_text(json.dumps(index))
+    symprune.save_safetensors(str(path / "stats.safetensors"), stats, {"format": "symprune-stats"})
+    return model
+
+
+@pytest.mark.parametrize(("method", "pattern", "refine"), [
+    ("magnitude", {"sparsity": 0.5}, None), ("magnitude", {"sparsity": 0.6, "group": "layer"}, None),
+    ("wanda", {"nm": (2, 4)}, None), ("wanda", {"sparsity": 0.5}, "dsnot"),
+    ("symwanda", {"sparsity": 0.5}, None), ("owanda", {"nm": (2, 4)}, None),
+])
+def test_streaming_on_gpu_writes_the_cpu_bytes(method: str, pattern: dict, refine: str | None, tmp_path: Path) -> None:
+    """Element-wise scores give the same bits on both devices, so a GPU run must write exactly
+    the files of a CPU run, through every shard, dtype and size of the pinned buffers."""
+    model = _weights_and_stats(tmp_path)
+    stats = tmp_path / "stats.safetensors"
+    common = {"method": method, "refine": refine, "stats": stats, "progress": False, **pattern}
+    cpu = symprune.prune_checkpoint(model, tmp_path / "cpu", **common)
+    gpu = symprune.prune_checkpoint(model, tmp_path / "gpu", device="cuda", **common)
+    assert gpu["tensors_pruned"] == cpu["tensors_pruned"] == 5
+    assert gpu["pruned_zeros"] == cpu["pruned_zeros"] > 0
+    cpu_files, gpu_files = folder_bytes(tmp_path / "cpu"), folder_bytes(tmp_path / "gpu")
+    job = json.loads(gpu_files.pop(".symprune-apply.json"))
+    assert job["job"]["device"] == "cuda" and "device" not in json.loads(cpu_files.pop(".symprune-apply.json"))["job"]
+    assert gpu_files == cpu_files
+
+
+def test_streaming_on_gpu_with_sums_in_the_score_agrees_but_for_rounding(tmp_path: Path) -> None:
+    """RIA and R²-DSnoT sum over rows and columns, which a GPU adds in another order: the
+    result keeps the pattern exactly and differs from the CPU's at near-ties only."""
+    model = _weights_and_stats(tmp_path)
+    common = {"method": "ria", "nm": (2, 4), "refine": "r2dsnot", "stats": tmp_path / "stats.safetensors",
+              "progress": False}
+    symprune.prune_checkpoint(model, tmp_path / "cpu", **common)
+    symprune.prune_checkpoint(model, tmp_path / "gpu", device="cuda", **common)
+    for shard in model.glob("*.safetensors"):
+        cpu = symprune.load_safetensors(str(tmp_path / "cpu" / shard.name))
+        gpu = symprune.load_safetensors(str(tmp_path / "gpu" / shard.name))
+        for name, w in gpu.items():
+            if w.dim() != 2:
+                continue
+            assert torch.equal((w != 0).reshape(-1, 4).sum(1), (cpu[name] != 0).reshape(-1, 4).sum(1)), name
+            assert (w != cpu[name]).float().mean() < 1e-3, name
+
+
+def test_streaming_on_gpu_fails_cleanly(tmp_path: Path) -> None:
+    model = _weights_and_stats(tmp_path)
+    shard = model / "model-00002-of-00002.safetensors"
+    tensors = symprune.load_safetensors(str(shard))
+    tensors["model.layers.3.mlp.up_proj.weight"][1, 2] = float("nan")
+    symprune.save_safetensors(str(shard), tensors)
+    common = {"method": "wanda", "nm": (2, 4), "stats": tmp_path / "stats.safetensors", "progress": False}
+    with pytest.raises(ValueError, match=r"model.layers.3.mlp.up_proj.weight.*NaN or Inf"):
+        symprune.prune_checkpoint(model, tmp_path / "out", device="cuda", **common)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".symprune-apply.json",
+                                                                     "model-00001-of-00002.safetensors"]
+    with pytest.raises(ValueError, match="other options"):  # a GPU run resumes on the GPU only
+        symprune.prune_checkpoint(model, tmp_path / "out", resume=True, **common)
+    with pytest.raises(ValueError, match="only .* CUDA GPU"):
+        symprune.prune_checkpoint(model, tmp_path / "other", device=f"cuda:{torch.cuda.device_count()}", **common)

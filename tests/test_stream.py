@@ -338,6 +338,18 @@ def test_apply_refuses_bad_requests(sharded_model_dir: Path, tiny_model_dir: Pat
     assert not any((tmp_path / name).exists() and any((tmp_path / name).iterdir()) for name in "abcd")
 
 
+def test_apply_refuses_devices_it_cannot_use(sharded_model_dir: Path, tmp_path: Path) -> None:
+    common = {"method": "magnitude", "sparsity": 0.5, "progress": False}
+    with pytest.raises(ValueError, match="device must be cpu or cuda"):
+        symprune.prune_checkpoint(sharded_model_dir, tmp_path / "a", device="gpu0", **common)
+    with pytest.raises(ValueError, match="device must be cpu or cuda, got meta"):
+        symprune.prune_checkpoint(sharded_model_dir, tmp_path / "a", device="meta", **common)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="built without CUDA|sees no CUDA GPU"):
+            symprune.prune_checkpoint(sharded_model_dir, tmp_path / "a", device="cuda", **common)
+    assert not (tmp_path / "a").exists()
+
+
 def _stats_file(path: Path, tensors: dict[str, torch.Tensor], fmt: str = "symprune-stats") -> Path:
     symprune.save_safetensors(str(path), tensors, {"format": fmt})
     return path
@@ -373,6 +385,10 @@ def test_apply_cli_errors_are_one_line(
     err = capsys.readouterr().err.strip()
     assert status == 1 and "\n" not in err and "is not empty" in err
     assert (tmp_path / "busy" / "keep.txt").read_text() == "precious"
+    status = main(["apply", str(sharded_model_dir), str(tmp_path / "new"), "--method", "magnitude",
+                   "--sparsity", "0.5", "--device", "tpu", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert status == 1 and "\n" not in err and "device must be cpu or cuda" in err
 
 
 def test_apply_on_full_disk_loses_nothing(sharded_model_dir: Path, tmp_path: Path) -> None:

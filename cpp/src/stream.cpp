@@ -2,16 +2,14 @@
 
 #include "symprune/stream.h"
 
-#include "symprune/prune.h"
-
 #include "bounded_queue.h"
+#include "stream_buffers.h"
+#include "stream_device.h"
 #include "stream_plan.h"
+#include "stream_prune.h"
 
 #include <c10/util/Exception.h>
 #include <nlohmann/json.hpp>
-
-#include <ATen/ops/count_nonzero.h>
-#include <ATen/ops/empty.h>
 
 #include <fcntl.h>
 #include <sys/file.h>
@@ -26,6 +24,8 @@
 
 namespace symprune {
 namespace fs = std::filesystem;
+using detail::HostBuffer;
+using detail::HostBufferPool;
 using detail::ShardPlan;
 using detail::StreamPlan;
 
@@ -43,97 +43,6 @@ auto as_format_error(const std::string& where, F&& f) {
     return f();
   } catch (const c10::Error& e) {
     throw FormatError(where + e.what_without_backtrace());
-  }
-}
-
-ScoreOptions score_options(const StreamOptions& o, const detail::WeightStats& stats) {
-  ScoreOptions options = o.score;
-  if (stats.in_norm.defined()) options.in_norm = stats.in_norm;
-  if (stats.out_norm.defined()) options.out_norm = stats.out_norm;
-  return options;
-}
-
-// The general way: score, mask and DSnoT over the whole of `weight`.
-at::Tensor prune_whole(const at::Tensor& weight, const StreamOptions& o, const detail::WeightStats& stats) {
-  const auto scores = score(weight, o.method, score_options(o, stats));
-  auto keep = o.nm ? nm_mask(scores, *o.nm) : unstructured_mask(scores, *o.sparsity, o.group);
-  if (o.refine) {
-    DsnotOptions refine = *o.refine;
-    refine.nm = o.nm;
-    std::optional<at::Tensor> initial;
-    if (o.nm) initial = scores;  // DSnoT's N:M branch prunes by the score that built the mask
-    keep = dsnot({weight, keep, stats.in_norm, stats.in_mean, stats.in_var, initial}, refine);
-  }
-  return apply_mask(weight, keep);
-}
-
-// Prunes `weight` into `out`. Per-row and N:M masks of row-local scores treat rows
-// independently: without DSnoT they are pruned a row at a time in one pass (prune.h); with
-// DSnoT, which is per row too, a few million elements at a time, so that fp32 temporaries
-// stay at a few MB instead of several times the weight.
-void prune_weight(const at::Tensor& weight, const StreamOptions& o, const detail::WeightStats& stats, at::Tensor& out) {
-  constexpr int64_t kChunkElements = int64_t{1} << 22;
-  const int64_t rows = weight.size(0), cols = std::max<int64_t>(weight.size(1), 1);
-  const int64_t chunk = std::max<int64_t>(1, kChunkElements / cols);
-  const bool rows_independent = is_row_local(o.method) && (o.nm || o.group == MaskGroup::Row);
-  if (rows_independent && !o.refine) {
-    if (o.nm)
-      prune_row_local_nm_out(weight, o.method, score_options(o, stats), *o.nm, out);
-    else
-      prune_row_local_out(weight, o.method, score_options(o, stats), *o.sparsity, out);
-  } else if (!rows_independent || rows <= chunk) {
-    out.copy_(prune_whole(weight, o, stats));
-  } else {
-    for (int64_t begin = 0; begin < rows; begin += chunk) {
-      const int64_t end = std::min(rows, begin + chunk);
-      detail::WeightStats part = stats;
-      if (part.out_norm.defined()) part.out_norm = part.out_norm.slice(0, begin, end);
-      out.slice(0, begin, end).copy_(prune_whole(weight.slice(0, begin, end), o, part));
-    }
-  }
-}
-
-// Two buffers for pruned weights, each the size of the largest: the calling thread fills one
-// while the writer writes the other. Reusing them, rather than allocating every pruned weight,
-// saves the page faults of fresh memory for every weight and bounds the pruned copies in
-// memory at two.
-class OutputBuffers {
- public:
-  explicit OutputBuffers(uint64_t bytes) : free_(kCount) {
-    for (std::size_t i = 0; i < kCount; ++i) free_.push(at::empty({static_cast<int64_t>(bytes)}, at::kByte));
-  }
-  // Waits for a free buffer; nullopt once closed by a failure.
-  std::optional<at::Tensor> acquire() { return free_.pop(); }
-  void give_back(at::Tensor buffer) { free_.push(std::move(buffer)); }
-  void close() { free_.close(); }
-
-  // The first bytes of `buffer` as a tensor shaped like `weight`.
-  static at::Tensor shaped_like(const at::Tensor& buffer, const at::Tensor& weight) {
-    return buffer.narrow(0, 0, static_cast<int64_t>(weight.nbytes())).view(weight.scalar_type()).view(weight.sizes());
-  }
-
- private:
-  static constexpr std::size_t kCount = 2;
-  detail::BoundedQueue<at::Tensor> free_;
-};
-
-// Zeros (+0 or -0) of a contiguous floating-point CPU tensor, from the bits: one vectorised
-// pass, where count_nonzero of a bf16 tensor converts every element.
-template <typename Bits>
-int64_t count_zero_bits(const at::Tensor& t) {
-  constexpr Bits kMagnitude = static_cast<Bits>(~Bits{0}) >> 1;
-  const Bits* bits = static_cast<const Bits*>(t.const_data_ptr());
-  int64_t zeros = 0;
-  for (int64_t i = 0, n = t.numel(); i < n; ++i) zeros += (bits[i] & kMagnitude) == 0;
-  return zeros;
-}
-
-int64_t count_zeros(const at::Tensor& t) {
-  switch (t.element_size()) {
-    case 2: return count_zero_bits<uint16_t>(t);
-    case 4: return count_zero_bits<uint32_t>(t);
-    case 8: return count_zero_bits<uint64_t>(t);
-    default: return t.numel() - at::count_nonzero(t).item<int64_t>();
   }
 }
 
@@ -254,16 +163,40 @@ void copy_other_files(const fs::path& model_dir, const fs::path& out_dir, bool d
   }
 }
 
+// Where pruned weights are computed, and the host buffers that carry them between stages.
+struct Compute {
+  HostBufferPool outputs;                 // pruned weights on their way to the writer
+  std::optional<HostBufferPool> inputs;   // pinned copies of the weights, for a device
+  std::optional<detail::DevicePruner> device;
+
+  Compute(const StreamOptions& o, uint64_t largest_pruned_bytes)
+      : outputs(2, largest_pruned_bytes, /*pinned=*/!o.device.is_cpu()) {
+    if (o.device.is_cpu()) return;
+    inputs.emplace(2, largest_pruned_bytes, /*pinned=*/true);
+    device.emplace(o.device);  // declared last, so destroyed first: waits for the device
+  }
+  void close() {
+    outputs.close();
+    if (inputs) inputs->close();
+  }
+};
+
+struct Loaded {
+  std::size_t job;
+  std::optional<HostBuffer> staged;  // the weight's bytes, for a device
+};
+
 struct Written {
   std::size_t job;
-  at::Tensor buffer;  // holds the pruned weight; undefined for a copied tensor
+  std::optional<HostBuffer> buffer;  // holds the pruned weight; none for a copied tensor
+  at::Tensor pruned;                 // the pruned weight, a view of `buffer`
 };
 
 class ShardStreamer {
  public:
-  ShardStreamer(const StreamOptions& options, ShardPlan& shard, const fs::path& out_path, OutputBuffers& buffers,
+  ShardStreamer(const StreamOptions& options, ShardPlan& shard, const fs::path& out_path, Compute& compute,
                 StreamReport& report, StreamProgress& progress)
-      : o_(options), shard_(shard), out_path_(out_path), buffers_(buffers), report_(report), progress_(progress) {}
+      : o_(options), shard_(shard), out_path_(out_path), compute_(compute), report_(report), progress_(progress) {}
 
   // Streams the shard into its .partial file; the caller commits the returned writer.
   std::unique_ptr<safetensors::Writer> run() {
@@ -293,41 +226,55 @@ class ShardStreamer {
       if (!error_) error_ = std::current_exception();
       loaded_.close();
       written_.close();
-      buffers_.close();
+      compute_.close();
     }
   }
 
-  // Stage 1: page in the next weight to prune while the current one is computed.
+  // Stage 1: page in the next weight to prune while the current one is computed; for a
+  // device, copy it into a pinned buffer whose previous upload is done.
   void load_ahead() {
     for (std::size_t j = 0; j < shard_.jobs.size(); ++j) {
       if (!shard_.jobs[j].prune) continue;
-      shard_.reader.load(info(j));
-      if (!loaded_.push(j)) return;
+      Loaded item{j, {}};
+      if (compute_.inputs) {
+        item.staged = compute_.inputs->acquire();
+        if (!item.staged) return;
+        item.staged->wait();
+        const auto weight = tensor_view(shard_.reader, info(j));
+        item.staged->shaped_like(weight).copy_(weight);
+        shard_.reader.release(info(j));
+      } else {
+        shard_.reader.load(info(j));
+      }
+      if (!loaded_.push(std::move(item))) return;
     }
     loaded_.close();
   }
 
-  // Stage 2 (the calling thread): prune, drop the input's pages, and report progress.
+  // Stage 2 (the calling thread): prune into an output buffer and report progress.
   void compute_all() {
     for (std::size_t j = 0; j < shard_.jobs.size(); ++j) {
       const auto& job = shard_.jobs[j];
-      Written item{j, {}};
+      Written item{j, {}, {}};
       if (job.prune) {
-        if (!loaded_.pop()) return;
-        auto buffer = buffers_.acquire();
-        if (!buffer) return;
+        auto loaded = loaded_.pop();
+        if (!loaded) return;
+        item.buffer = compute_.outputs.acquire();
+        if (!item.buffer) return;
         const auto weight = tensor_view(shard_.reader, info(j));
-        auto pruned = OutputBuffers::shaped_like(*buffer, weight);
+        item.pruned = item.buffer->shaped_like(weight);
         const std::string where = shard_.reader.path().string() + ": tensor '" + info(j).name + "': ";
         as_format_error(where, [&] {
-          prune_weight(weight, o_, job.stats, pruned);
+          if (compute_.device) {
+            compute_.device->prune(*loaded->staged, *item.buffer, weight, o_, job.stats);
+          } else {
+            detail::prune_weight_into(weight, o_, job.stats, item.pruned);
+            shard_.reader.release(info(j));  // the writer only needs the pruned copy
+          }
           return 0;
         });
-        shard_.reader.release(info(j));  // the writer only needs the pruned copy
+        if (loaded->staged) compute_.inputs->give_back(std::move(*loaded->staged));
         report_.tensors_pruned += 1;
-        report_.pruned_numel += pruned.numel();
-        report_.pruned_zeros += count_zeros(pruned);
-        item.buffer = std::move(*buffer);
       } else {
         report_.tensors_copied += 1;
       }
@@ -338,14 +285,17 @@ class ShardStreamer {
     }
   }
 
-  // Stage 3: write pruned weights and copy the rest in the kernel.
+  // Stage 3: count and write pruned weights once they are in; copy the rest in the kernel.
   void write_all(safetensors::Writer& writer) {
     while (auto item = written_.pop()) {
       const auto& tensor = info(item->job);
       const std::size_t index = shard_.jobs[item->job].tensor;
-      if (item->buffer.defined()) {
-        writer.write(index, {static_cast<const std::byte*>(item->buffer.const_data_ptr()), tensor.nbytes()});
-        buffers_.give_back(std::move(item->buffer));
+      if (item->buffer) {
+        item->buffer->wait();
+        report_.pruned_numel += item->pruned.numel();
+        report_.pruned_zeros += detail::count_zeros(item->pruned);
+        writer.write(index, {static_cast<const std::byte*>(item->pruned.const_data_ptr()), tensor.nbytes()});
+        compute_.outputs.give_back(std::move(*item->buffer));
       } else {
         writer.copy(index, shard_.reader, tensor);
       }
@@ -355,10 +305,10 @@ class ShardStreamer {
   const StreamOptions& o_;
   ShardPlan& shard_;
   fs::path out_path_;
-  OutputBuffers& buffers_;
+  Compute& compute_;
   StreamReport& report_;
   StreamProgress& progress_;
-  detail::BoundedQueue<std::size_t> loaded_{1};
+  detail::BoundedQueue<Loaded> loaded_{1};
   detail::BoundedQueue<Written> written_{1};
   std::mutex error_mutex_;
   std::exception_ptr error_;
@@ -367,6 +317,7 @@ class ShardStreamer {
 }  // namespace
 
 StreamingPruner::StreamingPruner(StreamOptions options) : options_(std::move(options)) {
+  options_.device = detail::resolve_stream_device(options_.device);
   const auto& o = options_;
   if (o.sparsity.has_value() == o.nm.has_value())
     throw FormatError("give exactly one of sparsity (e.g. 0.5) and nm (e.g. 2:4)");
@@ -392,7 +343,7 @@ StreamReport StreamingPruner::run(const fs::path& model_dir, const fs::path& out
   const FolderLock lock(out_dir);
   remove_partials(out_dir);
   safetensors::write_file_atomically(out_dir / kJobFile, job_file_text(plan.job, false, options_.durable), options_.durable);
-  OutputBuffers buffers(plan.largest_pruned_bytes);
+  Compute compute(options_, plan.largest_pruned_bytes);
 
   StreamReport report;
   StreamProgress progress;
@@ -410,7 +361,7 @@ StreamReport StreamingPruner::run(const fs::path& model_dir, const fs::path& out
         if (options_.on_progress) options_.on_progress(progress);
         continue;
       }
-      auto writer = ShardStreamer(options_, shard, out_path, buffers, report, progress).run();
+      auto writer = ShardStreamer(options_, shard, out_path, compute, report, progress).run();
       if (committing.valid()) committing.get();
       committing = std::async(std::launch::async, [w = std::move(writer)] { w->commit(); });
     }

@@ -106,6 +106,9 @@ std::string describe_job(const StreamOptions& o, const std::vector<ShardPlan>& s
     job["include"] = o.include;
   else
     job["stats"] = file_identity(o.stats);
+  // Scores with sums (RIA, symmetric) may round differently on a GPU: a resumed run stays on
+  // the kind of device it started on. CPU jobs keep the text they had before devices existed.
+  if (!o.device.is_cpu()) job["device"] = c10::DeviceTypeName(o.device.type(), /*lower_case=*/true);
   for (const auto& shard : shards) job["shards"].push_back(file_identity(shard.reader.path()));
   return job.dump();
 }

@@ -67,7 +67,7 @@ def cmd_apply(args: argparse.Namespace) -> None:
         refine_options=parse_options(args.refine_option, "--refine-option"),
         score_options=parse_options(args.score_option, "--score-option"),
         stats=stats, include=args.include, resume=args.resume, overwrite=args.overwrite,
-        durable=not args.no_fsync, progress=not args.quiet,
+        durable=not args.no_fsync, device=args.device, progress=not args.quiet,
     )
     _print_apply_report(report)
     print(f"wrote {args.out_dir}")
@@ -121,5 +121,8 @@ def add_stream_commands(sub: Any) -> None:
     a.add_argument("--no-fsync", action="store_true",
                    help="do not wait for each file to reach the disk: faster where fsync is slow; files "
                    "still appear only when complete if symprune dies, but not after a power loss")
+    a.add_argument("--device", default="cpu", metavar="DEVICE",
+                   help="where weights are pruned: cpu (default) or cuda[:N], through pinned buffers "
+                   "and separate streams for copies and pruning; files are read and written by the CPU")
     add_common(a)
     a.set_defaults(func=cmd_apply)

@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from ._C import stream_prune
@@ -31,6 +32,7 @@ def prune_checkpoint(
     resume: bool = False,
     overwrite: bool = False,
     durable: bool = True,
+    device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Write a pruned copy of the checkpoint in ``model_dir`` to ``out_dir``.
@@ -41,7 +43,9 @@ def prune_checkpoint(
     folder's other files (config, tokenizer). ``resume`` keeps the finished shards of an
     interrupted run of the same job. ``durable=False`` skips fsync: faster where fsync is slow,
     and files still appear only when complete if the process dies, but not if the machine
-    does (after a power loss, start over rather than resume). Returns the engine's report.
+    does (after a power loss, start over rather than resume). ``device="cuda"`` prunes on the GPU
+    (pinned host buffers, separate streams for the copies and the pruning); files are still read
+    and written by the CPU. Returns the engine's report.
     """
     settings = PruneSettings.create(method, sparsity, nm, group, False, refine, refine_options, score_options)
     options = dict(settings.refine_options)
@@ -61,7 +65,7 @@ def prune_checkpoint(
             str(model_dir), str(out_dir), method=settings.method, sparsity=settings.sparsity,
             nm=settings.nm, group=settings.group, refine=options if settings.refine else None,
             stats=None if stats is None else str(stats), include=include, resume=resume,
-            overwrite=overwrite, durable=durable, progress=report, **settings.score_options,
+            overwrite=overwrite, durable=durable, device=str(device), progress=report, **settings.score_options,
         )
     finally:
         if bar is not None:

@@ -3,11 +3,12 @@
 // so that memory stays at a few tensors whatever the size of the model.
 //
 // While one tensor is pruned, a reader thread pages in the next one and a writer thread writes
-// the previous one; tensors that are not pruned are copied file to file in the kernel. Every
+// the previous one (on a GPU, copies to and from the device overlap the pruning too); tensors that are not pruned are copied file to file in the kernel. Every
 // output file appears under its final name only once complete, so an interrupted run can be
 // resumed: finished shards are kept, the rest are redone, and the result is byte-identical.
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 
 #include "symprune/dsnot.h"
 #include "symprune/mask.h"
@@ -50,6 +51,9 @@ struct StreamOptions {
   // slow; files still appear only when complete if the process dies, but not if the machine
   // does (power loss): after a machine crash, start over instead of resuming.
   bool durable = true;
+  // Where weights are pruned. "cuda": through pinned host buffers, with separate streams for
+  // the copies to and from the GPU and for the pruning; the file I/O stays on the CPU.
+  c10::Device device = c10::kCPU;
   std::function<void(const StreamProgress&)> on_progress;
 };
 

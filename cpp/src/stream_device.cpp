@@ -1,0 +1,86 @@
+#include "stream_device.h"
+
+#include "stream_prune.h"
+
+#include "symprune/safetensors.h"
+
+#include <c10/core/StreamGuard.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
+
+#include <ATen/ops/empty.h>
+
+#include <string>
+
+namespace symprune::detail {
+namespace {
+
+// Written against c10's device-generic streams and events, so that this file builds with a
+// CPU-only torch too; only CUDA is accepted because only CUDA is tested.
+c10::Stream pool_stream(c10::Device device) {
+  return c10::impl::VirtualGuardImpl(device.type()).getStreamFromGlobalPool(device);
+}
+
+c10::Event record(const c10::Stream& stream) {
+  c10::Event event(stream.device_type());
+  event.record(stream);
+  return event;
+}
+
+}  // namespace
+
+c10::Device resolve_stream_device(c10::Device device) {
+  if (device.is_cpu()) return device;
+  const std::string name = device.str();
+  if (!device.is_cuda()) throw FormatError("device must be cpu or cuda, got " + name);
+  if (!c10::impl::hasDeviceGuardImpl(device.type()))
+    throw FormatError("device " + name + ": this torch is built without CUDA; use device cpu");
+  const auto count = c10::impl::VirtualGuardImpl(device.type()).deviceCount();
+  if (count == 0) throw FormatError("device " + name + ": torch sees no CUDA GPU; use device cpu");
+  const auto index = device.has_index() ? device.index() : c10::DeviceIndex{0};
+  if (index >= count)
+    throw FormatError("device " + name + ": there are only " + std::to_string(count) + " CUDA GPUs");
+  return {device.type(), index};
+}
+
+DevicePruner::DevicePruner(c10::Device device)
+    : device_(device), upload_(pool_stream(device)), compute_(pool_stream(device)), download_(pool_stream(device)) {}
+
+DevicePruner::~DevicePruner() {
+  try {
+    for (const auto& stream : {upload_, compute_, download_}) stream.synchronize();
+  } catch (...) {  // a failed device has no copy left to wait for; the run reports the first error
+  }
+}
+
+WeightStats DevicePruner::to_device(const WeightStats& stats) const {
+  const auto move = [&](const at::Tensor& t) { return t.defined() ? t.to(device_) : t; };
+  return {move(stats.in_norm), move(stats.in_mean), move(stats.in_var), move(stats.out_norm)};
+}
+
+void DevicePruner::prune(HostBuffer& input, HostBuffer& output, const at::Tensor& like, const StreamOptions& o,
+                         const WeightStats& stats) {
+  at::Tensor weight;
+  {
+    const c10::StreamGuard on(upload_);
+    weight = at::empty(like.sizes(), like.options().device(device_));
+    weight.copy_(input.shaped_like(like), /*non_blocking=*/true);
+  }
+  input.in_use = record(upload_);
+  input.in_use->block(compute_);
+  at::Tensor pruned;
+  {
+    const c10::StreamGuard on(compute_);
+    weight.record_stream(compute_);  // allocated for the upload stream, freed after the pruning
+    pruned = prune_whole(weight, o, to_device(stats));
+  }
+  record(compute_).block(download_);
+  {
+    const c10::StreamGuard on(download_);
+    output.shaped_like(like).copy_(pruned, /*non_blocking=*/true);
+    pruned.record_stream(download_);
+  }
+  output.in_use = record(download_);
+}
+
+}  // namespace symprune::detail

@@ -1,0 +1,81 @@
+#include "stream_prune.h"
+
+#include "symprune/prune.h"
+
+#include <ATen/ops/count_nonzero.h>
+
+#include <algorithm>
+#include <optional>
+
+namespace symprune::detail {
+namespace {
+
+ScoreOptions score_options(const StreamOptions& o, const WeightStats& stats) {
+  ScoreOptions options = o.score;
+  if (stats.in_norm.defined()) options.in_norm = stats.in_norm;
+  if (stats.out_norm.defined()) options.out_norm = stats.out_norm;
+  return options;
+}
+
+// Zeros from the bits: one vectorised pass, where count_nonzero of a bf16 tensor converts
+// every element.
+template <typename Bits>
+int64_t count_zero_bits(const at::Tensor& t) {
+  constexpr Bits kMagnitude = static_cast<Bits>(~Bits{0}) >> 1;
+  const Bits* bits = static_cast<const Bits*>(t.const_data_ptr());
+  int64_t zeros = 0;
+  for (int64_t i = 0, n = t.numel(); i < n; ++i) zeros += (bits[i] & kMagnitude) == 0;
+  return zeros;
+}
+
+}  // namespace
+
+at::Tensor prune_whole(const at::Tensor& weight, const StreamOptions& o, const WeightStats& stats) {
+  const auto scores = score(weight, o.method, score_options(o, stats));
+  auto keep = o.nm ? nm_mask(scores, *o.nm) : unstructured_mask(scores, *o.sparsity, o.group);
+  if (o.refine) {
+    DsnotOptions refine = *o.refine;
+    refine.nm = o.nm;
+    std::optional<at::Tensor> initial;
+    if (o.nm) initial = scores;  // DSnoT's N:M branch prunes by the score that built the mask
+    keep = dsnot({weight, keep, stats.in_norm, stats.in_mean, stats.in_var, initial}, refine);
+  }
+  return apply_mask(weight, keep);
+}
+
+// Per-row and N:M masks of row-local scores treat rows independently: without DSnoT they are
+// pruned a row at a time in one pass (prune.h); with DSnoT, which is per row too, a few
+// million elements at a time, so that fp32 temporaries stay at a few MB instead of several
+// times the weight.
+void prune_weight_into(const at::Tensor& weight, const StreamOptions& o, const WeightStats& stats, at::Tensor& out) {
+  constexpr int64_t kChunkElements = int64_t{1} << 22;
+  const int64_t rows = weight.size(0), cols = std::max<int64_t>(weight.size(1), 1);
+  const int64_t chunk = std::max<int64_t>(1, kChunkElements / cols);
+  const bool rows_independent = is_row_local(o.method) && (o.nm || o.group == MaskGroup::Row);
+  if (rows_independent && !o.refine) {
+    if (o.nm)
+      prune_row_local_nm_out(weight, o.method, score_options(o, stats), *o.nm, out);
+    else
+      prune_row_local_out(weight, o.method, score_options(o, stats), *o.sparsity, out);
+  } else if (!rows_independent || rows <= chunk) {
+    out.copy_(prune_whole(weight, o, stats));
+  } else {
+    for (int64_t begin = 0; begin < rows; begin += chunk) {
+      const int64_t end = std::min(rows, begin + chunk);
+      WeightStats part = stats;
+      if (part.out_norm.defined()) part.out_norm = part.out_norm.slice(0, begin, end);
+      out.slice(0, begin, end).copy_(prune_whole(weight.slice(0, begin, end), o, part));
+    }
+  }
+}
+
+int64_t count_zeros(const at::Tensor& t) {
+  switch (t.element_size()) {
+    case 2: return count_zero_bits<uint16_t>(t);
+    case 4: return count_zero_bits<uint32_t>(t);
+    case 8: return count_zero_bits<uint64_t>(t);
+    default: return t.numel() - at::count_nonzero(t).item<int64_t>();
+  }
+}
+
+}  // namespace symprune::detail
