@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import symprune
+import torch
 from conftest import folder_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,3 +56,7 @@ def test_stream_prune_example_matches_python(examples: Path, sharded_model_dir: 
     bad = subprocess.run([str(examples / "stream_prune"), str(sharded_model_dir), str(out), "wanda", "0.5"],
                          capture_output=True, text=True, check=False)
     assert bad.returncode == 1 and "needs activation statistics" in bad.stderr
+    if not torch.cuda.is_available():
+        no_gpu = subprocess.run([str(examples / "stream_prune"), str(sharded_model_dir), str(tmp_path / "gpu"),
+                                 "magnitude", "2:4", "--device", "cuda"], capture_output=True, text=True, check=False)
+        assert no_gpu.returncode == 1 and re.search("built without CUDA|sees no CUDA GPU", no_gpu.stderr)

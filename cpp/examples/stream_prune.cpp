@@ -1,6 +1,6 @@
 // Prunes a safetensors checkpoint folder with the streaming engine, as a C++ service would:
-//   stream_prune MODEL_DIR OUT_DIR METHOD (SPARSITY | N:M) [--stats FILE] [--resume]
-// e.g. stream_prune llama/ llama-2of4/ magnitude 2:4
+//   stream_prune MODEL_DIR OUT_DIR METHOD (SPARSITY | N:M) [--stats FILE] [--resume] [--device DEVICE]
+// e.g. stream_prune llama/ llama-2of4/ magnitude 2:4 --device cuda
 #include <symprune/symprune.h>
 
 #include <cstdlib>
@@ -10,7 +10,8 @@
 namespace {
 
 int usage() {
-  std::cerr << "usage: stream_prune MODEL_DIR OUT_DIR METHOD (SPARSITY | N:M) [--stats FILE] [--resume]\n";
+  std::cerr << "usage: stream_prune MODEL_DIR OUT_DIR METHOD (SPARSITY | N:M) [--stats FILE] [--resume] "
+               "[--device DEVICE]\n";
   return 2;
 }
 
@@ -30,6 +31,7 @@ int main(int argc, char** argv) {
       const std::string arg = argv[i];
       if (arg == "--resume") options.resume = true;
       else if (arg == "--stats" && i + 1 < argc) options.stats = argv[++i];
+      else if (arg == "--device" && i + 1 < argc) options.device = c10::Device(argv[++i]);
       else return usage();
     }
     int last_percent = -1;
