@@ -100,7 +100,9 @@ def _weights_and_stats(path: Path) -> Path:
 ])
 def test_streaming_on_gpu_writes_the_cpu_bytes(method: str, pattern: dict, refine: str | None, tmp_path: Path) -> None:
     """Element-wise scores give the same bits on both devices, so a GPU run must write exactly
-    the files of a CPU run, through every shard, dtype and size of the pinned buffers."""
+    the files of a CPU run, through every shard, dtype and size of the pinned buffers. (DSnoT
+    sums its error in double in another order on the GPU: exact for these float terms unless
+    their exponents span ~29 bits, which the fixed data here does not.)"""
     model = _weights_and_stats(tmp_path)
     stats = tmp_path / "stats.safetensors"
     common = {"method": method, "refine": refine, "stats": stats, "progress": False, **pattern}
@@ -114,6 +116,29 @@ def test_streaming_on_gpu_writes_the_cpu_bytes(method: str, pattern: dict, refin
     assert gpu_files == cpu_files
 
 
+@pytest.mark.parametrize(("method", "pattern", "refine"), [
+    ("magnitude", {"nm": (2, 4)}, None), ("wanda", {"sparsity": 0.5}, "dsnot"),
+])
+def test_streaming_on_gpu_prunes_large_weights_in_row_blocks(
+    method: str, pattern: dict, refine: str | None, tmp_path: Path
+) -> None:
+    """4097 x 8192 is one row over the GPU's 32M-element block: the blocked result (a last block
+    of one row) must be the CPU's, byte for byte."""
+    g = torch.Generator().manual_seed(3)
+    name = "model.layers.0.mlp.down_proj.weight"
+    (tmp_path / "model").mkdir()
+    symprune.save_safetensors(str(tmp_path / "model" / "model.safetensors"),
+                              {name: (torch.randn(4097, 8192, generator=g) * 0.02).to(torch.bfloat16)})
+    stats = {f"{name}.in_norm": torch.rand(8192, generator=g) + 0.1, f"{name}.in_mean": torch.randn(8192, generator=g),
+             f"{name}.in_var": torch.rand(8192, generator=g) + 0.1}
+    symprune.save_safetensors(str(tmp_path / "stats.safetensors"), stats, {"format": "symprune-stats"})
+    common = {"method": method, "refine": refine, "stats": tmp_path / "stats.safetensors", "progress": False,
+              **pattern}
+    symprune.prune_checkpoint(tmp_path / "model", tmp_path / "cpu", **common)
+    symprune.prune_checkpoint(tmp_path / "model", tmp_path / "gpu", device="cuda", **common)
+    assert (tmp_path / "gpu" / "model.safetensors").read_bytes() == (tmp_path / "cpu" / "model.safetensors").read_bytes()
+
+
 def test_streaming_on_gpu_with_sums_in_the_score_agrees_but_for_rounding(tmp_path: Path) -> None:
     """RIA and R²-DSnoT sum over rows and columns, which a GPU adds in another order: the
     result keeps the pattern exactly and differs from the CPU's at near-ties only."""
@@ -122,6 +147,7 @@ def test_streaming_on_gpu_with_sums_in_the_score_agrees_but_for_rounding(tmp_pat
               "progress": False}
     symprune.prune_checkpoint(model, tmp_path / "cpu", **common)
     symprune.prune_checkpoint(model, tmp_path / "gpu", device="cuda", **common)
+    differ = total = 0
     for shard in model.glob("*.safetensors"):
         cpu = symprune.load_safetensors(str(tmp_path / "cpu" / shard.name))
         gpu = symprune.load_safetensors(str(tmp_path / "gpu" / shard.name))
@@ -129,7 +155,9 @@ def test_streaming_on_gpu_with_sums_in_the_score_agrees_but_for_rounding(tmp_pat
             if w.dim() != 2:
                 continue
             assert torch.equal((w != 0).reshape(-1, 4).sum(1), (cpu[name] != 0).reshape(-1, 4).sum(1)), name
-            assert (w != cpu[name]).float().mean() < 1e-3, name
+            differ += int((w != cpu[name]).sum())
+            total += w.numel()
+    assert differ <= 1e-3 * total, (differ, total)
 
 
 def test_streaming_on_gpu_fails_cleanly(tmp_path: Path) -> None:

@@ -27,7 +27,8 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 at::Tensor first_candidates(const at::Tensor& key, const at::Tensor& valid, int64_t k, bool later_wins) {
   const auto masked = at::where(valid, key, kInf);
   const int64_t cols = key.size(1);
-  if (!later_wins) return std::get<1>(at::sort(masked, /*stable=*/true, 1, false)).narrow(1, 0, k);
+  // contiguous: a view would keep the whole (rows, cols) index tensor alive
+  if (!later_wins) return std::get<1>(at::sort(masked, /*stable=*/true, 1, false)).narrow(1, 0, k).contiguous();
   const auto order = std::get<1>(at::sort(masked.flip({1}), /*stable=*/true, 1, false)).narrow(1, 0, k);
   return (cols - 1) - order;
 }

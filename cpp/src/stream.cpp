@@ -8,6 +8,7 @@
 #include "stream_plan.h"
 #include "stream_prune.h"
 
+#include <ATen/core/CachingHostAllocator.h>
 #include <c10/util/Exception.h>
 #include <nlohmann/json.hpp>
 
@@ -36,13 +37,16 @@ constexpr const char* kJobFile = ".symprune-apply.json";
 const std::set<std::string> kSkippedExtensions{".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf",
                                                ".h5", ".msgpack", ".onnx", ".partial"};
 
-// Runs a core call on validated options; turns its c10::ValueError into a FormatError.
+// Runs a core call, prefixing its errors with `where`: c10::ValueError (bad input) becomes a
+// FormatError; any other c10 error (out of GPU memory, say) a runtime_error.
 template <typename F>
-auto as_format_error(const std::string& where, F&& f) {
+auto naming_errors(const std::string& where, F&& f) {
   try {
     return f();
-  } catch (const c10::Error& e) {
+  } catch (const c10::ValueError& e) {
     throw FormatError(where + e.what_without_backtrace());
+  } catch (const c10::Error& e) {
+    throw std::runtime_error(where + e.what_without_backtrace());
   }
 }
 
@@ -164,26 +168,41 @@ void copy_other_files(const fs::path& model_dir, const fs::path& out_dir, bool d
 }
 
 // Where pruned weights are computed, and the host buffers that carry them between stages.
-struct Compute {
-  HostBufferPool outputs;                 // pruned weights on their way to the writer
+class Compute {
+ public:
+  Compute(const StreamOptions& o, uint64_t largest_pruned_bytes) : device_type_(o.device.type()) {
+    const bool on_device = !o.device.is_cpu();
+    outputs.emplace(2, largest_pruned_bytes, /*pinned=*/on_device);
+    if (!on_device) return;
+    inputs.emplace(2, largest_pruned_bytes, /*pinned=*/true);
+    device.emplace(o.device);
+  }
+  ~Compute() {
+    device.reset();  // waits for the device: no copy uses a host buffer after this
+    inputs.reset();
+    outputs.reset();
+    // The caching host allocator would keep the freed buffers page-locked for the process's life.
+    if (device_type_ != c10::DeviceType::CPU) at::getHostAllocator(device_type_)->empty_cache();
+  }
+  Compute(const Compute&) = delete;
+  Compute& operator=(const Compute&) = delete;
+
+  void close() {
+    outputs->close();
+    if (inputs) inputs->close();
+  }
+
+  std::optional<HostBufferPool> outputs;  // pruned weights on their way to the writer
   std::optional<HostBufferPool> inputs;   // pinned copies of the weights, for a device
   std::optional<detail::DevicePruner> device;
 
-  Compute(const StreamOptions& o, uint64_t largest_pruned_bytes)
-      : outputs(2, largest_pruned_bytes, /*pinned=*/!o.device.is_cpu()) {
-    if (o.device.is_cpu()) return;
-    inputs.emplace(2, largest_pruned_bytes, /*pinned=*/true);
-    device.emplace(o.device);  // declared last, so destroyed first: waits for the device
-  }
-  void close() {
-    outputs.close();
-    if (inputs) inputs->close();
-  }
+ private:
+  c10::DeviceType device_type_;
 };
 
 struct Loaded {
   std::size_t job;
-  std::optional<HostBuffer> staged;  // the weight's bytes, for a device
+  std::optional<detail::DeviceWeight> uploaded;  // for a device
 };
 
 struct Written {
@@ -216,6 +235,9 @@ class ShardStreamer {
   const safetensors::TensorInfo& info(std::size_t job) const {
     return shard_.reader.header().tensors[shard_.jobs[job].tensor];
   }
+  std::string where(std::size_t job) const {
+    return shard_.reader.path().string() + ": tensor '" + info(job).name + "': ";
+  }
 
   template <typename F>
   void guarded(F&& f) {
@@ -231,18 +253,21 @@ class ShardStreamer {
   }
 
   // Stage 1: page in the next weight to prune while the current one is computed; for a
-  // device, copy it into a pinned buffer whose previous upload is done.
+  // device, copy it into a pinned buffer whose previous upload is done and upload it.
   void load_ahead() {
     for (std::size_t j = 0; j < shard_.jobs.size(); ++j) {
       if (!shard_.jobs[j].prune) continue;
       Loaded item{j, {}};
-      if (compute_.inputs) {
-        item.staged = compute_.inputs->acquire();
-        if (!item.staged) return;
-        item.staged->wait();
+      if (compute_.device) {
+        auto staged = compute_.inputs->acquire();
+        if (!staged) return;
+        staged->wait();
         const auto weight = tensor_view(shard_.reader, info(j));
-        item.staged->shaped_like(weight).copy_(weight);
+        staged->shaped_like(weight).copy_(weight);
         shard_.reader.release(info(j));
+        const auto& stats = shard_.jobs[j].stats;
+        item.uploaded = naming_errors(where(j), [&] { return compute_.device->upload(*staged, weight, stats); });
+        compute_.inputs->give_back(std::move(*staged));
       } else {
         shard_.reader.load(info(j));
       }
@@ -259,21 +284,19 @@ class ShardStreamer {
       if (job.prune) {
         auto loaded = loaded_.pop();
         if (!loaded) return;
-        item.buffer = compute_.outputs.acquire();
+        item.buffer = compute_.outputs->acquire();
         if (!item.buffer) return;
         const auto weight = tensor_view(shard_.reader, info(j));
         item.pruned = item.buffer->shaped_like(weight);
-        const std::string where = shard_.reader.path().string() + ": tensor '" + info(j).name + "': ";
-        as_format_error(where, [&] {
+        naming_errors(where(j), [&] {
           if (compute_.device) {
-            compute_.device->prune(*loaded->staged, *item.buffer, weight, o_, job.stats);
+            compute_.device->prune(std::move(*loaded->uploaded), *item.buffer, o_);
           } else {
             detail::prune_weight_into(weight, o_, job.stats, item.pruned);
             shard_.reader.release(info(j));  // the writer only needs the pruned copy
           }
           return 0;
         });
-        if (loaded->staged) compute_.inputs->give_back(std::move(*loaded->staged));
         report_.tensors_pruned += 1;
       } else {
         report_.tensors_copied += 1;
@@ -295,7 +318,7 @@ class ShardStreamer {
         report_.pruned_numel += item->pruned.numel();
         report_.pruned_zeros += detail::count_zeros(item->pruned);
         writer.write(index, {static_cast<const std::byte*>(item->pruned.const_data_ptr()), tensor.nbytes()});
-        compute_.outputs.give_back(std::move(*item->buffer));
+        compute_.outputs->give_back(std::move(*item->buffer));
       } else {
         writer.copy(index, shard_.reader, tensor);
       }
@@ -321,7 +344,7 @@ StreamingPruner::StreamingPruner(StreamOptions options) : options_(std::move(opt
   const auto& o = options_;
   if (o.sparsity.has_value() == o.nm.has_value())
     throw FormatError("give exactly one of sparsity (e.g. 0.5) and nm (e.g. 2:4)");
-  as_format_error("", [&] {
+  naming_errors("", [&] {
     if (o.sparsity) check_sparsity(*o.sparsity);
     if (o.nm) check_nm(*o.nm, o.nm->m);
     return 0;

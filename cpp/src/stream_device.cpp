@@ -9,6 +9,7 @@
 #include <c10/core/impl/VirtualGuardImpl.h>
 
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 
 #include <string>
 
@@ -53,33 +54,37 @@ DevicePruner::~DevicePruner() {
   }
 }
 
-WeightStats DevicePruner::to_device(const WeightStats& stats) const {
-  const auto move = [&](const at::Tensor& t) { return t.defined() ? t.to(device_) : t; };
-  return {move(stats.in_norm), move(stats.in_mean), move(stats.in_var), move(stats.out_norm)};
+DeviceWeight DevicePruner::upload(HostBuffer& input, const at::Tensor& like, const WeightStats& stats) {
+  const c10::StreamGuard on(upload_);
+  // Device tensors made here are used on the compute stream: record_stream keeps the caching
+  // allocator from reusing them before the pruning is done. The statistics are small and stay
+  // in the run's plan, so a non-blocking copy from pageable memory is safe and needs no wait.
+  const auto move = [&](const at::Tensor& t) {
+    if (!t.defined()) return t;
+    auto on_device = t.to(device_, /*non_blocking=*/true);
+    on_device.record_stream(compute_);
+    return on_device;
+  };
+  auto weight = at::empty(like.sizes(), like.options().device(device_));
+  weight.copy_(input.shaped_like(like), /*non_blocking=*/true);
+  weight.record_stream(compute_);
+  input.in_use = record(upload_);
+  WeightStats on_device{move(stats.in_norm), move(stats.in_mean), move(stats.in_var), move(stats.out_norm)};
+  return {std::move(weight), std::move(on_device), record(upload_)};
 }
 
-void DevicePruner::prune(HostBuffer& input, HostBuffer& output, const at::Tensor& like, const StreamOptions& o,
-                         const WeightStats& stats) {
-  at::Tensor weight;
-  {
-    const c10::StreamGuard on(upload_);
-    weight = at::empty(like.sizes(), like.options().device(device_));
-    weight.copy_(input.shaped_like(like), /*non_blocking=*/true);
-  }
-  input.in_use = record(upload_);
-  input.in_use->block(compute_);
+void DevicePruner::prune(DeviceWeight uploaded, HostBuffer& output, const StreamOptions& o) {
+  uploaded.uploaded.block(compute_);
   at::Tensor pruned;
   {
     const c10::StreamGuard on(compute_);
-    weight.record_stream(compute_);  // allocated for the upload stream, freed after the pruning
-    pruned = prune_whole(weight, o, to_device(stats));
+    pruned = at::empty_like(uploaded.weight);
+    prune_weight_into(uploaded.weight, o, uploaded.stats, pruned);
   }
   record(compute_).block(download_);
-  {
-    const c10::StreamGuard on(download_);
-    output.shaped_like(like).copy_(pruned, /*non_blocking=*/true);
-    pruned.record_stream(download_);
-  }
+  const c10::StreamGuard on(download_);
+  output.shaped_like(pruned).copy_(pruned, /*non_blocking=*/true);
+  pruned.record_stream(download_);
   output.in_use = record(download_);
 }
 

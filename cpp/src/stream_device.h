@@ -1,8 +1,9 @@
 #pragma once
-// The streaming engine's accelerator stage. A weight goes up from a pinned host buffer on an
-// upload stream, is pruned on a compute stream and comes back into a pinned host buffer on a
-// download stream, so that the copies of one weight overlap the pruning of its neighbours;
-// events order the three, and the host waits only where the pruning reads a result back.
+// The streaming engine's accelerator stage. The loader thread uploads each weight from a pinned
+// host buffer on an upload stream; the compute thread prunes it on a compute stream and
+// downloads the result into a pinned host buffer on a download stream. Events order the three,
+// so the upload of the next weight and the download of the previous one overlap the pruning of
+// the current one; the host waits only where the pruning reads a value back.
 
 #include "stream_buffers.h"
 #include "stream_plan.h"
@@ -11,6 +12,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
+#include <c10/core/Event.h>
 #include <c10/core/Stream.h>
 
 namespace symprune::detail {
@@ -18,22 +20,30 @@ namespace symprune::detail {
 // The device a run may prune on (index resolved), or FormatError saying why not.
 c10::Device resolve_stream_device(c10::Device device);
 
+// A weight and its statistics on their way to the device.
+struct DeviceWeight {
+  at::Tensor weight;
+  WeightStats stats;
+  c10::Event uploaded;  // recorded on the upload stream after the last copy
+};
+
 class DevicePruner {
  public:
   explicit DevicePruner(c10::Device device);
-  // Waits for the device: no copy may still use a host buffer once this returns.
+  // Waits for the device, so that no copy uses a host buffer once this returns.
   ~DevicePruner();
   DevicePruner(const DevicePruner&) = delete;
   DevicePruner& operator=(const DevicePruner&) = delete;
 
-  // Queues the pruning of the weight held in `input` (shaped like `like`) into `output`, and
-  // sets input.in_use (until the upload is done) and output.in_use (until the result is in).
-  void prune(HostBuffer& input, HostBuffer& output, const at::Tensor& like, const StreamOptions& o,
-             const WeightStats& stats);
+  // Loader thread: queues the upload of the weight held in `input` (shaped like `like`) and of
+  // its statistics; sets input.in_use until the weight's copy is done.
+  DeviceWeight upload(HostBuffer& input, const at::Tensor& like, const WeightStats& stats);
+
+  // Compute thread: queues the pruning of `uploaded` and the download of the result into
+  // `output`; sets output.in_use until the result is there.
+  void prune(DeviceWeight uploaded, HostBuffer& output, const StreamOptions& o);
 
  private:
-  WeightStats to_device(const WeightStats& stats) const;
-
   c10::Device device_;
   c10::Stream upload_, compute_, download_;
 };

@@ -43,16 +43,16 @@ at::Tensor prune_whole(const at::Tensor& weight, const StreamOptions& o, const W
   return apply_mask(weight, keep);
 }
 
-// Per-row and N:M masks of row-local scores treat rows independently: without DSnoT they are
-// pruned a row at a time in one pass (prune.h); with DSnoT, which is per row too, a few
-// million elements at a time, so that fp32 temporaries stay at a few MB instead of several
-// times the weight.
+// Per-row and N:M masks of row-local scores treat rows independently: without DSnoT, CPU
+// weights are pruned a row at a time in one pass (prune.h); otherwise a block of rows at a
+// time, so that temporaries (fp32 scores, and on a GPU the int64 indices of its sorts) stay at
+// a few MB on the CPU and a few hundred MB on a GPU instead of several times the weight.
 void prune_weight_into(const at::Tensor& weight, const StreamOptions& o, const WeightStats& stats, at::Tensor& out) {
-  constexpr int64_t kChunkElements = int64_t{1} << 22;
+  const int64_t chunk_elements = weight.is_cpu() ? int64_t{1} << 22 : int64_t{1} << 25;
   const int64_t rows = weight.size(0), cols = std::max<int64_t>(weight.size(1), 1);
-  const int64_t chunk = std::max<int64_t>(1, kChunkElements / cols);
+  const int64_t chunk = std::max<int64_t>(1, chunk_elements / cols);
   const bool rows_independent = is_row_local(o.method) && (o.nm || o.group == MaskGroup::Row);
-  if (rows_independent && !o.refine) {
+  if (rows_independent && !o.refine && weight.is_cpu()) {
     if (o.nm)
       prune_row_local_nm_out(weight, o.method, score_options(o, stats), *o.nm, out);
     else

@@ -15,8 +15,8 @@ namespace symprune::detail {
 // Score, mask and DSnoT over the whole of `weight`, on its device; returns the pruned copy.
 at::Tensor prune_whole(const at::Tensor& weight, const StreamOptions& o, const WeightStats& stats);
 
-// Prunes the CPU tensor `weight` into `out` (contiguous, same shape and dtype) with
-// temporaries of a few MB where rows are independent, however large the weight.
+// Prunes `weight` into `out` (contiguous, same shape, dtype and device) with bounded
+// temporaries where rows are independent, however large the weight.
 void prune_weight_into(const at::Tensor& weight, const StreamOptions& o, const WeightStats& stats, at::Tensor& out);
 
 // Zeros (+0 or -0) of a contiguous floating-point CPU tensor.
