@@ -182,7 +182,10 @@ class Compute {
     inputs.reset();
     outputs.reset();
     // The caching host allocator would keep the freed buffers page-locked for the process's life.
-    if (device_type_ != c10::DeviceType::CPU) at::getHostAllocator(device_type_)->empty_cache();
+    try {
+      if (device_type_ != c10::DeviceType::CPU) at::getHostAllocator(device_type_)->empty_cache();
+    } catch (...) {  // a failed device: the run reports the first error
+    }
   }
   Compute(const Compute&) = delete;
   Compute& operator=(const Compute&) = delete;
