@@ -9,6 +9,7 @@
 #include "stream_prune.h"
 
 #include <ATen/core/CachingHostAllocator.h>
+#include <c10/core/DeviceGuard.h>
 #include <c10/util/Exception.h>
 #include <nlohmann/json.hpp>
 
@@ -172,10 +173,12 @@ class Compute {
  public:
   Compute(const StreamOptions& o, uint64_t largest_pruned_bytes) : device_type_(o.device.type()) {
     const bool on_device = !o.device.is_cpu();
+    // Pinned memory belongs to the current device's context: make it the run's device (not
+    // GPU 0, which would get a context of its own).
+    const c10::OptionalDeviceGuard current(on_device ? std::optional<c10::Device>(o.device) : std::nullopt);
+    if (on_device) device.emplace(o.device);
     outputs.emplace(2, largest_pruned_bytes, /*pinned=*/on_device);
-    if (!on_device) return;
-    inputs.emplace(2, largest_pruned_bytes, /*pinned=*/true);
-    device.emplace(o.device);
+    if (on_device) inputs.emplace(2, largest_pruned_bytes, /*pinned=*/true);
   }
   ~Compute() {
     device.reset();  // waits for the device: no copy uses a host buffer after this

@@ -9,7 +9,6 @@
 #include <c10/core/impl/VirtualGuardImpl.h>
 
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 
 #include <string>
 
@@ -58,18 +57,19 @@ DeviceWeight DevicePruner::upload(HostBuffer& input, const at::Tensor& like, con
   const c10::StreamGuard on(upload_);
   // Device tensors made here are used on the compute stream: record_stream keeps the caching
   // allocator from reusing them before the pruning is done. The statistics are small and stay
-  // in the run's plan, so a non-blocking copy from pageable memory is safe and needs no wait.
-  const auto move = [&](const at::Tensor& t) {
+  // in the run's plan, so a non-blocking copy from pageable memory is safe; copied first, in
+  // case staging them waits for the stream.
+  const auto copy = [&](const at::Tensor& t) {
     if (!t.defined()) return t;
-    auto on_device = t.to(device_, /*non_blocking=*/true);
+    auto on_device = t.to(t.options().device(device_), /*non_blocking=*/true, /*copy=*/true);
     on_device.record_stream(compute_);
     return on_device;
   };
+  WeightStats on_device{copy(stats.in_norm), copy(stats.in_mean), copy(stats.in_var), copy(stats.out_norm)};
   auto weight = at::empty(like.sizes(), like.options().device(device_));
   weight.copy_(input.shaped_like(like), /*non_blocking=*/true);
   weight.record_stream(compute_);
   input.in_use = record(upload_);
-  WeightStats on_device{move(stats.in_norm), move(stats.in_mean), move(stats.in_var), move(stats.out_norm)};
   return {std::move(weight), std::move(on_device), record(upload_)};
 }
 
@@ -78,8 +78,7 @@ void DevicePruner::prune(DeviceWeight uploaded, HostBuffer& output, const Stream
   at::Tensor pruned;
   {
     const c10::StreamGuard on(compute_);
-    pruned = at::empty_like(uploaded.weight);
-    prune_weight_into(uploaded.weight, o, uploaded.stats, pruned);
+    pruned = prune_weight(uploaded.weight, o, uploaded.stats);
   }
   record(compute_).block(download_);
   const c10::StreamGuard on(download_);

@@ -3,6 +3,7 @@
 #include "symprune/prune.h"
 
 #include <ATen/ops/count_nonzero.h>
+#include <ATen/ops/empty_like.h>
 
 #include <algorithm>
 #include <optional>
@@ -28,6 +29,19 @@ int64_t count_zero_bits(const at::Tensor& t) {
   return zeros;
 }
 
+bool rows_independent(const StreamOptions& o) {
+  return is_row_local(o.method) && (o.nm || o.group == MaskGroup::Row);
+}
+
+// How many rows are pruned together: all of them, unless rows are independent and the weight
+// is over 4 M elements (CPU) or 32 M (GPU).
+int64_t block_rows(const at::Tensor& weight, const StreamOptions& o) {
+  const int64_t rows = std::max<int64_t>(weight.size(0), 1), cols = std::max<int64_t>(weight.size(1), 1);
+  if (!rows_independent(o)) return rows;
+  const int64_t elements = weight.is_cpu() ? int64_t{1} << 22 : int64_t{1} << 25;
+  return std::clamp<int64_t>(elements / cols, 1, rows);
+}
+
 }  // namespace
 
 at::Tensor prune_whole(const at::Tensor& weight, const StreamOptions& o, const WeightStats& stats) {
@@ -48,25 +62,27 @@ at::Tensor prune_whole(const at::Tensor& weight, const StreamOptions& o, const W
 // time, so that temporaries (fp32 scores, and on a GPU the int64 indices of its sorts) stay at
 // a few MB on the CPU and a few hundred MB on a GPU instead of several times the weight.
 void prune_weight_into(const at::Tensor& weight, const StreamOptions& o, const WeightStats& stats, at::Tensor& out) {
-  const int64_t chunk_elements = weight.is_cpu() ? int64_t{1} << 22 : int64_t{1} << 25;
-  const int64_t rows = weight.size(0), cols = std::max<int64_t>(weight.size(1), 1);
-  const int64_t chunk = std::max<int64_t>(1, chunk_elements / cols);
-  const bool rows_independent = is_row_local(o.method) && (o.nm || o.group == MaskGroup::Row);
-  if (rows_independent && !o.refine && weight.is_cpu()) {
+  if (rows_independent(o) && !o.refine && weight.is_cpu()) {
     if (o.nm)
       prune_row_local_nm_out(weight, o.method, score_options(o, stats), *o.nm, out);
     else
       prune_row_local_out(weight, o.method, score_options(o, stats), *o.sparsity, out);
-  } else if (!rows_independent || rows <= chunk) {
-    out.copy_(prune_whole(weight, o, stats));
-  } else {
-    for (int64_t begin = 0; begin < rows; begin += chunk) {
-      const int64_t end = std::min(rows, begin + chunk);
-      WeightStats part = stats;
-      if (part.out_norm.defined()) part.out_norm = part.out_norm.slice(0, begin, end);
-      out.slice(0, begin, end).copy_(prune_whole(weight.slice(0, begin, end), o, part));
-    }
+    return;
   }
+  const int64_t rows = weight.size(0), block = block_rows(weight, o);
+  for (int64_t begin = 0; begin < rows; begin += block) {
+    const int64_t end = std::min(rows, begin + block);
+    WeightStats part = stats;
+    if (part.out_norm.defined()) part.out_norm = part.out_norm.slice(0, begin, end);
+    out.slice(0, begin, end).copy_(prune_whole(weight.slice(0, begin, end), o, part));
+  }
+}
+
+at::Tensor prune_weight(const at::Tensor& weight, const StreamOptions& o, const WeightStats& stats) {
+  if (block_rows(weight, o) >= weight.size(0)) return prune_whole(weight, o, stats);
+  auto out = at::empty_like(weight);
+  prune_weight_into(weight, o, stats, out);
+  return out;
 }
 
 int64_t count_zeros(const at::Tensor& t) {
