@@ -105,7 +105,7 @@ def _same(a: Any, b: Any) -> bool:
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     try:
         return bool(a == b)
-    except Exception:  # objects without a usable == (e.g. ambiguous truth values)
+    except Exception:  # noqa: BLE001 - objects without a usable == (e.g. ambiguous truth values)
         return False
 
 

@@ -11,7 +11,7 @@ import os
 import random
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 
@@ -20,7 +20,7 @@ CALIBRATION_FILE = "lee_background.cor"  # SPEC.md §8 calibration text (news)
 EVALUATION_FILE = "enwiki_excerpt.txt"  # SPEC.md §8 evaluation text (Wikipedia)
 
 # A token stream: a 1-D tensor (or a (1, n) tensor as tokenizers return) or a list of ids.
-Tokens = Union[torch.Tensor, Sequence[int]]
+Tokens = torch.Tensor | Sequence[int]
 
 
 def default_data_dir() -> Path:

