@@ -127,6 +127,8 @@ def test_missing_inputs_are_one_line(
         ["--sparsity", "0.5", "--nm", "2:4"],
         [],  # neither --sparsity nor --nm
         ["--sparsity", "0.5", "--nsamples", "0"],
+        ["--sparsity", "0.5", "--device", "tpu"],
+        ["--sparsity", "0.5", "--device", "cuda:99"],  # no GPU here, or not that many
     ],
 )
 def test_usage_errors_exit_2(
@@ -145,6 +147,7 @@ def test_eval_prints_perplexity(
     assert main(args) == 0
     assert capsys.readouterr().out.startswith("perplexity ")
     assert main([*args, "--bos"]) == 0  # the byte tokenizer has a BOS token
+    assert main([*args, "--device", "cpu"]) == 0
     assert main(["eval", str(tiny_model_dir), "--text", str(text_files[1]), "--nwindows",
                  "1000", "--quiet"]) == 1
     _one_line_error(capsys, "evaluation text too short")

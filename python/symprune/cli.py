@@ -17,6 +17,7 @@ from symprune.cli_common import (
     add_bos,
     add_calibration_options,
     add_common,
+    add_device,
     add_pruning_options,
     existing_file,
     fraction,
@@ -78,7 +79,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
                          args.refine, refine_options, score_options)
 
     tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir)
+    model = load_model(model_dir, device=args.device)
     windows = load_calib_windows(calib, tokenizer, args.nsamples, args.seqlen, args.seed, args.bos)
     eval_windows = (
         load_eval_windows(eval_text, tokenizer, args.nwindows, args.eval_seqlen, args.bos)
@@ -105,7 +106,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     text = existing_file(args.text, "evaluation text")
     tokenizer = load_tokenizer(model_dir)
     windows = load_eval_windows(text, tokenizer, args.nwindows, args.seqlen, args.bos)
-    model = load_model(model_dir)
+    model = load_model(model_dir, device=args.device)
     start = time.perf_counter()
     ppl = perplexity(model, windows, progress=not args.quiet)
     print(f"perplexity {ppl:.4f} on {args.nwindows}x{args.seqlen} tokens of {text.name} "
@@ -121,7 +122,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print("preparing SmolLM2-135M-Instruct (converted from GGUF on first use, ~1 min)")
     model_dir = ensure_smollm2()
     tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir)
+    model = load_model(model_dir, device=args.device)
     windows = load_calib_windows(calib, tokenizer, args.nsamples, args.seqlen, 0, False)
     eval_windows = load_eval_windows(text, tokenizer, args.nwindows, args.eval_seqlen, False)
     quiet = args.quiet
@@ -170,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens per evaluation window (512)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
     add_bos(p)
+    add_device(p)
     add_common(p)
     p.set_defaults(func=cmd_prune)
 
@@ -183,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--nwindows", type=positive, default=32, help="windows (32)")
     e.add_argument("--seqlen", type=positive, default=512, help="tokens per window (512)")
     add_bos(e)
+    add_device(e)
     add_common(e)
     e.set_defaults(func=cmd_eval)
 
@@ -204,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--eval-seqlen", type=positive, default=512, help="evaluation window length (512)")
     d.add_argument("--calib", metavar="FILE", help="calibration text (shared/data/lee_background.cor)")
     d.add_argument("--text", metavar="FILE", help="evaluation text (shared/data/enwiki_excerpt.txt)")
+    add_device(d)
     add_common(d)
     d.set_defaults(func=cmd_demo)
     add_stream_commands(sub)

@@ -123,6 +123,28 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def device_type(text: str) -> torch.device:
+    """--device: cpu or cuda[:N], refused up front when this torch cannot use it."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"not a device: {text!r} (cpu or cuda[:N])") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise argparse.ArgumentTypeError(f"device must be cpu or cuda, got {text}")
+    if not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: torch sees no CUDA GPU (this torch: {torch.__version__})")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text}: there are only {torch.cuda.device_count()} CUDA GPUs")
+    return device
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", type=device_type, default=torch.device("cpu"), metavar="DEVICE",
+                   help="where the model runs and is pruned: cpu (default) or cuda[:N]")
+
+
 def add_bos(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bos", action="store_true",
                    help="prepend the BOS token to every window (Gemma-3 needs it)")

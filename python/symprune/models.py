@@ -136,15 +136,15 @@ def _check_model_dir(path: str | os.PathLike[str]) -> Path:
 
 
 def load_model(
-    path: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32
+    path: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ) -> torch.nn.Module:
-    """Load a causal LM from a Hugging Face folder, on CPU, in eval mode."""
+    """Load a causal LM from a Hugging Face folder, in eval mode, on ``device``."""
     from transformers import AutoModelForCausalLM
 
     # use_safetensors: never fall back to a pickled pytorch_model.bin from an untrusted folder.
     model = AutoModelForCausalLM.from_pretrained(_check_model_dir(path), dtype=dtype, use_safetensors=True)
     model.eval()
-    return model
+    return model.to(device)
 
 
 def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
