@@ -43,9 +43,11 @@ def prune_checkpoint(
     folder's other files (config, tokenizer). ``resume`` keeps the finished shards of an
     interrupted run of the same job. ``durable=False`` skips fsync: faster where fsync is slow,
     and files still appear only when complete if the process dies, but not if the machine
-    does (after a power loss, start over rather than resume). ``device="cuda"`` prunes on the GPU
-    (pinned host buffers, separate streams for the copies and the pruning); files are still read
-    and written by the CPU. Returns the engine's report.
+    does (after a power loss, start over rather than resume). ``device="cuda"`` (or ``"cuda:N"``,
+    or a ``torch.device``) prunes on the GPU (pinned host buffers, separate streams for the copies
+    and the pruning); files are still read and written by the CPU, and a GPU run resumes only on
+    a GPU. Other devices, or cuda where torch has none, raise ValueError before anything is
+    written. Returns the engine's report.
     """
     settings = PruneSettings.create(method, sparsity, nm, group, False, refine, refine_options, score_options)
     options = dict(settings.refine_options)

@@ -14,7 +14,8 @@ namespace symprune {
 
 enum class Relative { None, Prune, Grow };
 
-// Rows: a per-row walk on the CPU, parallel over rows (CPU tensors are copied there).
+// Rows: a per-row walk on the CPU, parallel over rows (tensors on other devices are copied
+// there and the result back).
 // Batched: all rows advanced together with tensor ops on the weight's device (CUDA).
 // Auto: Rows for CPU tensors, Batched otherwise. Both give the same masks.
 enum class DsnotBackend { Auto, Rows, Batched };

@@ -51,8 +51,10 @@ struct StreamOptions {
   // slow; files still appear only when complete if the process dies, but not if the machine
   // does (power loss): after a machine crash, start over instead of resuming.
   bool durable = true;
-  // Where weights are pruned. "cuda": through pinned host buffers, with separate streams for
-  // the copies to and from the GPU and for the pruning; the file I/O stays on the CPU.
+  // Where weights are pruned: cpu or cuda[:N] (FormatError otherwise, or where torch has no
+  // GPU). cuda: through pinned host buffers, with separate streams for the copies to and from
+  // the GPU and for the pruning; the file I/O stays on the CPU. The device type is part of the
+  // job: `resume` continues on the kind of device a run started on.
   c10::Device device = c10::kCPU;
   std::function<void(const StreamProgress&)> on_progress;
 };
