@@ -9,6 +9,9 @@
 # The machine lacks nlohmann-json; copy it from this one first (into the ignored .devdeps/,
 # which the device tool must carry):
 #   bash scripts/gpu-check.sh --prepare
+# then, with the project's device tool: run(command="bash scripts/gpu-check.sh",
+# carry=[".devdeps"], timeout_s=600). The build takes a few minutes on 16 cores, the tests and
+# the benchmark a few more.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
