@@ -215,6 +215,9 @@ struct Written {
   std::size_t job;
   std::optional<HostBuffer> buffer;  // holds the pruned weight; none for a copied tensor
   at::Tensor pruned;                 // the pruned weight, a view of `buffer`
+  // Zeros, counted by the compute thread on the CPU path so that the writer, which a durable run
+  // waits on, stays free; a device's result is counted by the writer once it is in.
+  std::optional<int64_t> zeros;
 };
 
 class ShardStreamer {
@@ -286,7 +289,7 @@ class ShardStreamer {
   void compute_all() {
     for (std::size_t j = 0; j < shard_.jobs.size(); ++j) {
       const auto& job = shard_.jobs[j];
-      Written item{j, {}, {}};
+      Written item{j, {}, {}, {}};
       if (job.prune) {
         auto loaded = loaded_.pop();
         if (!loaded) return;
@@ -300,6 +303,7 @@ class ShardStreamer {
           } else {
             detail::prune_weight_into(weight, o_, job.stats, item.pruned);
             shard_.reader.release(info(j));  // the writer only needs the pruned copy
+            item.zeros = detail::count_zeros(item.pruned);
           }
           return 0;
         });
@@ -314,15 +318,16 @@ class ShardStreamer {
     }
   }
 
-  // Stage 3: count and write pruned weights once they are in; copy the rest in the kernel.
+  // Stage 3: write pruned weights once they are in (counting a device's zeros); copy the rest
+  // in the kernel.
   void write_all(safetensors::Writer& writer) {
     while (auto item = written_.pop()) {
       const auto& tensor = info(item->job);
       const std::size_t index = shard_.jobs[item->job].tensor;
       if (item->buffer) {
-        item->buffer->wait();
+        item->buffer->wait();  // a device's result is in
         report_.pruned_numel += item->pruned.numel();
-        report_.pruned_zeros += detail::count_zeros(item->pruned);
+        report_.pruned_zeros += item->zeros ? *item->zeros : detail::count_zeros(item->pruned);
         writer.write(index, {static_cast<const std::byte*>(item->pruned.const_data_ptr()), tensor.nbytes()});
         compute_.outputs->give_back(std::move(*item->buffer));
       } else {
