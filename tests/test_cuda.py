@@ -83,13 +83,12 @@ def _weights_and_stats(path: Path) -> Path:
     model.mkdir()
     names = list(weights)
     shards = {"model-00001-of-00002.safetensors": names[:2], "model-00002-of-00002.safetensors": names[2:]}
+    weight_map = {}
     for shard, members in shards.items():
-        symprune.save_safetensors(str(model / shard), {n: weights[n] for n in members} | {
-            f"{members[0]}.bias": torch.zeros(3)})  # a tensor that is copied, not pruned
-    index = {"metadata": {}, "weight_map": {n: s for s, members in shards.items() for n in members}}
-    for shard, members in shards.items():
-        index["weight_map"][f"{members[0]}.bias"] = shard
-    (model / "model.safetensors.index.json").write_text(json.dumps(index))
+        tensors = {n: weights[n] for n in members} | {f"{members[0]}.bias": torch.zeros(3)}  # copied, not pruned
+        symprune.save_safetensors(str(model / shard), tensors)
+        weight_map |= dict.fromkeys(tensors, shard)
+    (model / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     symprune.save_safetensors(str(path / "stats.safetensors"), stats, {"format": "symprune-stats"})
     return model
 

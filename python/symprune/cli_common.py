@@ -140,9 +140,9 @@ def device_type(text: str) -> torch.device:
     return device
 
 
-def add_device(p: argparse.ArgumentParser) -> None:
+def add_device(p: argparse.ArgumentParser, what: str = "the model runs and is pruned") -> None:
     p.add_argument("--device", type=device_type, default=torch.device("cpu"), metavar="DEVICE",
-                   help="where the model runs and is pruned: cpu (default) or cuda[:N]")
+                   help=f"where {what}: cpu (default) or cuda[:N]")
 
 
 def add_bos(p: argparse.ArgumentParser) -> None:

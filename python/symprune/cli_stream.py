@@ -7,15 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from symprune.cli_common import (
     CliError,
     add_bos,
     add_calibration_options,
     add_common,
+    add_device,
     add_pruning_options,
-    device_type,
     existing_file,
     load_calib_windows,
     parse_options,
@@ -124,8 +122,7 @@ def add_stream_commands(sub: Any) -> None:
     a.add_argument("--no-fsync", action="store_true",
                    help="do not wait for each file to reach the disk: faster where fsync is slow; files "
                    "still appear only when complete if symprune dies, but not after a power loss")
-    a.add_argument("--device", type=device_type, default=torch.device("cpu"), metavar="DEVICE",
-                   help="where weights are pruned: cpu (default) or cuda[:N], through pinned buffers "
-                   "and separate streams for copies and pruning; files are read and written by the CPU")
+    add_device(a, "weights are pruned (on a GPU through pinned buffers and separate streams for copies "
+               "and pruning; files are read and written by the CPU)")
     add_common(a)
     a.set_defaults(func=cmd_apply)
