@@ -1,8 +1,9 @@
-"""Chooses R²-DSnoT's defaults on calibration data only (SPEC.md section 5).
+"""Chooses R²-DSnoT's defaults on calibration data only (docs/r2dsnot.md).
 
 Prunes the real SmolLM2-135M with Wanda at each pattern, refines with DSnoT and with each
 R²-DSnoT component on its own and combined, and measures perplexity on held-out windows of
-the *calibration* file (the evaluation text is never read). Results go to
+the *calibration* file (the evaluation text is never read). The options are defined in
+docs/semantics.md#r2-dsnot, the model and texts in docs/protocol.md. Results go to
 docs/ablation_r2dsnot.jsonl (resumable) and a table on stdout.
 
     .venv/bin/python bench/ablation_r2dsnot.py                 # 32 x 512 calibration windows

@@ -23,7 +23,8 @@ compared element for element with a plain PyTorch reference (sort-based), every 
 is byte-identical.
 
 Peak RSS of `calibrate` + `apply` on the real SmolLM2 against `symprune prune`, which loads
-the whole model (wanda 50%, 64 x 512 calibration windows of lee_background.cor, as SPEC.md §8),
+the whole model (wanda 50%, 64 x 512 calibration windows of lee_background.cor, as in
+docs/protocol.md),
 with a check that both write the same weights:
 
     .venv/bin/python bench/bench_stream.py                 # ~6.1 GB, needs ~20 GB free disk

@@ -1,6 +1,6 @@
 """Vectorised plain-PyTorch DSnoT, the baseline for bench_dsnot.py.
 
-Written from SPEC.md section 4 and docs/semantics.md (not copied from any other project), in
+Written from docs/semantics.md#dsnot (not copied from any other project), in
 the style of DSnoT's public code: every row advances together, one swap per row per cycle,
 with full stable sorts of every row up front and per-row pointers into the sorted lists.
 It implements the project's exhaustion rule (a row stops when the side it needs has no

@@ -1,4 +1,4 @@
-"""Evaluation protocol v1 (SPEC.md section 8) for the quality benchmarks.
+"""Evaluation protocol v1 (docs/protocol.md) for the quality benchmarks.
 
 Each configuration runs in a fresh subprocess (`python bench/protocol.py RUN_JSON`) so that
 its peak RSS is its own; results are appended to a JSON-lines file so that a long sweep

@@ -1,4 +1,4 @@
-"""Perplexity of every method on the real model under evaluation protocol v1 (SPEC.md section 8).
+"""Perplexity of every method on the real model under evaluation protocol v1 (docs/protocol.md).
 
 SmolLM2-135M-Instruct (fp32), 64 x 512 calibration windows of lee_background.cor (seed 0),
 the first 32 x 512 windows of enwiki_excerpt.txt. Each configuration runs in its own process;
@@ -94,7 +94,7 @@ def write_report(rows: list[dict[str, Any]], grid_size: int, model: str, out_md:
     lines = [
         "# Quality on the real model (evaluation protocol v1)",
         "",
-        (f"Written by `.venv/bin/python bench/quality.py --model {model}` (SPEC.md §8: {name} fp32"
+        (f"Written by `.venv/bin/python bench/quality.py --model {model}` ([protocol.md](protocol.md): {name} fp32"
         + (", BOS first in every window, " if bos else ", ")
         + "64×512 calibration windows of lee_background.cor, first 32×512 windows of enwiki_excerpt.txt, "
         "2-core CPU). `prune s` is the whole sequential pipeline; `× dense fwd` divides it by the time "

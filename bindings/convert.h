@@ -1,42 +1,37 @@
 #pragma once
-// Conversions from Python arguments to core options, shared by the binding files.
+// Conversions from Python arguments to core types, shared by the binding files.
 #include <torch/csrc/utils/pybind.h>
 
-#include <c10/util/Exception.h>
+#include <pybind11/stl.h>
 
 #include "symprune/symprune.h"
 
 #include <optional>
 #include <string>
 #include <tuple>
+#include <variant>
 
 namespace symprune::bindings {
 
-inline std::optional<NM> to_nm(const std::optional<std::tuple<int64_t, int64_t>>& nm) {
+// nm as Python gives it: "2:4" or (2, 4).
+using PyNM = std::variant<std::string, std::tuple<int64_t, int64_t>>;
+
+inline std::optional<NM> to_nm(const std::optional<PyNM>& nm) {
   if (!nm) return std::nullopt;
-  return NM{std::get<0>(*nm), std::get<1>(*nm)};
-}
-
-inline MaskGroup parse_group(const std::string& group) {
-  if (group == "row") return MaskGroup::Row;
-  if (group == "layer") return MaskGroup::Layer;
-  TORCH_CHECK_VALUE(false, "group must be 'row' or 'layer', got '", group, "'");
-}
-
-inline Relative parse_relative(const std::optional<std::string>& relative) {
-  if (!relative) return Relative::None;
-  if (*relative == "prune") return Relative::Prune;
-  if (*relative == "grow") return Relative::Grow;
-  TORCH_CHECK_VALUE(false, "relative must be None, 'prune' or 'grow', got '", *relative, "'");
+  if (const auto* text = std::get_if<std::string>(&*nm)) return parse_nm(*text);
+  const auto& [n, m] = std::get<std::tuple<int64_t, int64_t>>(*nm);
+  return NM{n, m};
 }
 
 inline DsnotBackend parse_backend(const std::string& backend) {
   if (backend == "auto") return DsnotBackend::Auto;
   if (backend == "rows") return DsnotBackend::Rows;
   if (backend == "batched") return DsnotBackend::Batched;
-  TORCH_CHECK_VALUE(false, "backend must be 'auto', 'rows' or 'batched', got '", backend, "'");
+  throw ValueError("backend must be 'auto', 'rows' or 'batched', got '" + backend + "'");
 }
 
+// Registers the recipe and the composed pruning entry point (recipe.cpp).
+void bind_recipe(pybind11::module_& m);
 // Registers the safetensors and streaming functions (io.cpp).
 void bind_io(pybind11::module_& m);
 

@@ -1,7 +1,6 @@
 // The Python face of the core: argument parsing and conversions only, no algorithms.
+#include <torch/csrc/Exceptions.h>
 #include <torch/csrc/utils/pybind.h>
-
-#include <c10/util/Exception.h>
 
 #include <ATen/ops/empty.h>
 
@@ -20,27 +19,31 @@ using namespace symprune::bindings;
 
 namespace {
 
-py::object mask(const at::Tensor& score, std::optional<double> sparsity,
-                const std::optional<std::tuple<int64_t, int64_t>>& nm, const std::string& group,
-                bool permute) {
-  TORCH_CHECK_VALUE(sparsity.has_value() != nm.has_value(),
-                    "give exactly one of sparsity (unstructured) and nm=(n, m) (semi-structured)");
-  if (sparsity) {
-    TORCH_CHECK_VALUE(!permute, "permute=True applies to N:M masks only");
-    return py::cast(unstructured_mask(score, *sparsity, parse_group(group)));
-  }
-  TORCH_CHECK_VALUE(group == "row", "group applies to unstructured masks only; N:M groups are fixed");
-  if (permute) return py::cast(permuted_nm_mask(score, *to_nm(nm)));
-  return py::cast(nm_mask(score, *to_nm(nm)));
+// The pattern of a mask call, checked as a Recipe checks it.
+Recipe pattern(std::optional<double> sparsity, const std::optional<PyNM>& nm, const std::string& group,
+               bool permute) {
+  Recipe recipe;
+  recipe.sparsity = sparsity;
+  recipe.nm = to_nm(nm);
+  recipe.group = parse_group(group);
+  recipe.permute = permute;
+  recipe.validate();
+  return recipe;
+}
+
+py::object mask(const at::Tensor& score, std::optional<double> sparsity, const std::optional<PyNM>& nm,
+                const std::string& group, bool permute) {
+  const auto p = pattern(sparsity, nm, group, permute);
+  if (p.sparsity) return py::cast(unstructured_mask(score, *p.sparsity, p.group));
+  if (p.permute) return py::cast(permuted_nm_mask(score, *p.nm));
+  return py::cast(nm_mask(score, *p.nm));
 }
 
 at::Tensor magnitude_mask_binding(const at::Tensor& weight, std::optional<double> sparsity,
-                                  const std::optional<std::tuple<int64_t, int64_t>>& nm, const std::string& group) {
-  TORCH_CHECK_VALUE(sparsity.has_value() != nm.has_value(),
-                    "give exactly one of sparsity (unstructured) and nm=(n, m) (semi-structured)");
-  if (sparsity) return magnitude_unstructured_mask(weight, *sparsity, parse_group(group));
-  TORCH_CHECK_VALUE(group == "row", "group applies to unstructured masks only; N:M groups are fixed");
-  return magnitude_nm_mask(weight, *to_nm(nm));
+                                  const std::optional<PyNM>& nm, const std::string& group) {
+  const auto p = pattern(sparsity, nm, group, false);
+  if (p.sparsity) return magnitude_unstructured_mask(weight, *p.sparsity, p.group);
+  return magnitude_nm_mask(weight, *p.nm);
 }
 
 at::Tensor magnitude_prune_binding(const at::Tensor& weight, double sparsity, const std::string& group) {
@@ -48,14 +51,13 @@ at::Tensor magnitude_prune_binding(const at::Tensor& weight, double sparsity, co
 }
 
 at::Tensor prune_row_local_binding(const at::Tensor& weight, const std::string& method, std::optional<double> sparsity,
-                                   const std::optional<std::tuple<int64_t, int64_t>>& nm,
-                                   std::optional<at::Tensor> in_norm, std::optional<at::Tensor> out_norm) {
-  TORCH_CHECK_VALUE(sparsity.has_value() != nm.has_value(),
-                    "give exactly one of sparsity (unstructured, per row) and nm=(n, m) (semi-structured)");
+                                   const std::optional<PyNM>& nm, std::optional<at::Tensor> in_norm,
+                                   std::optional<at::Tensor> out_norm) {
+  const auto p = pattern(sparsity, nm, "row", false);
   const ScoreOptions options{std::move(in_norm), std::move(out_norm)};
   auto out = at::empty(weight.sizes(), weight.options());
-  if (sparsity) return prune_row_local_out(weight, parse_score_method(method), options, *sparsity, out);
-  return prune_row_local_nm_out(weight, parse_score_method(method), options, *to_nm(nm), out);
+  if (p.sparsity) return prune_row_local_out(weight, parse_score_method(method), options, *p.sparsity, out);
+  return prune_row_local_nm_out(weight, parse_score_method(method), options, *p.nm, out);
 }
 
 at::Tensor score_binding(const at::Tensor& weight, const std::string& method,
@@ -67,7 +69,7 @@ at::Tensor score_binding(const at::Tensor& weight, const std::string& method,
 
 at::Tensor dsnot_binding(const at::Tensor& weight, const at::Tensor& keep_mask, const at::Tensor& in_norm,
                          const at::Tensor& in_mean, const at::Tensor& in_var,
-                         const std::optional<std::tuple<int64_t, int64_t>>& nm, int64_t max_cycles,
+                         const std::optional<PyNM>& nm, int64_t max_cycles,
                          double threshold, double var_power, std::optional<at::Tensor> initial_score,
                          const std::optional<std::string>& relative, double a, std::optional<double> gamma1,
                          std::optional<double> gamma2, double q, const std::string& backend) {
@@ -77,7 +79,7 @@ at::Tensor dsnot_binding(const at::Tensor& weight, const at::Tensor& keep_mask, 
   options.max_cycles = max_cycles;
   options.threshold = threshold;
   options.var_power = var_power;
-  options.relative = parse_relative(relative);
+  options.relative = relative ? parse_relative(*relative) : Relative::None;
   options.a = a;
   options.gamma1 = gamma1;
   options.gamma2 = gamma2;
@@ -97,18 +99,20 @@ void set_error(PyObject* type, const char* message) {
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "symprune's libtorch core";
+  bind_recipe(m);
   bind_io(m);
 
-  // Clean one-line messages: c10 errors carry a C++ backtrace users should not see.
+  // The core's errors (symprune/errors.h) as ValueError / OSError; torch's own errors as torch
+  // raises them (torch.OutOfMemoryError and so on).
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
-    } catch (const c10::ValueError& e) {
-      PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
-    } catch (const FormatError& e) {
+    } catch (const ValueError& e) {
       set_error(PyExc_ValueError, e.what());
     } catch (const IoError& e) {
       set_error(PyExc_OSError, e.what());
+    } catch (const c10::Error&) {
+      torch::translate_exception_to_python(std::current_exception());
     }
   });
 
@@ -118,10 +122,10 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("features", &ActivationStats::features)
       .def_property_readonly("tokens", &ActivationStats::tokens)
       .def_property_readonly("sequences", &ActivationStats::sequences)
-      .def_property_readonly("in_sq", &ActivationStats::sum_sq)
-      .def_property_readonly("in_norm", &ActivationStats::norm)
-      .def_property_readonly("in_mean", &ActivationStats::mean)
-      .def_property_readonly("in_var", &ActivationStats::var);
+      .def_property_readonly("in_sq", &ActivationStats::in_sq)
+      .def_property_readonly("in_norm", &ActivationStats::in_norm)
+      .def_property_readonly("in_mean", &ActivationStats::in_mean)
+      .def_property_readonly("in_var", &ActivationStats::in_var);
 
   m.def("score", &score_binding, py::arg("weight"), py::arg("method"), py::kw_only(),
         py::arg("in_norm") = py::none(), py::arg("out_norm") = py::none(), py::arg("a") = 0.5,

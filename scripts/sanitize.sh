@@ -16,7 +16,7 @@ OUT="$ROOT/build/sanitize"
 mkdir -p "$OUT/corpus"
 FLAGS=(-std=c++20 -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
        -I"$ROOT/cpp/include" -DSYMPRUNE_FUZZ_DIR="\"$ROOT/tests/fuzz\"")
-SOURCES=(cpp/src/safetensors_header.cpp cpp/src/safetensors_io.cpp)
+SOURCES=(cpp/src/io/safetensors_header.cpp cpp/src/io/safetensors_io.cpp)
 
 echo "==> safetensors tests under ASan/UBSan ($CXX)"
 "$CXX" "${FLAGS[@]}" cpp/tests/test_safetensors.cpp "${SOURCES[@]}" -lgtest_main -lgtest -pthread \
@@ -24,7 +24,7 @@ echo "==> safetensors tests under ASan/UBSan ($CXX)"
 "$OUT/safetensors_tests" --gtest_brief=1
 
 echo "==> fuzz target: replaying tests/fuzz/corpus and tests/fuzz/regressions"
-"$CXX" "${FLAGS[@]}" -fsanitize=fuzzer tests/fuzz/fuzz_header.cpp cpp/src/safetensors_header.cpp \
+"$CXX" "${FLAGS[@]}" -fsanitize=fuzzer tests/fuzz/fuzz_header.cpp cpp/src/io/safetensors_header.cpp \
   -o "$OUT/fuzz_header"
 "$OUT/fuzz_header" -runs=0 tests/fuzz/corpus tests/fuzz/regressions
 

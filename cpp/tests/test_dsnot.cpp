@@ -73,11 +73,11 @@ TEST(Dsnot, ClearErrors) {
   auto l = make_layer(4, 8, std::nullopt);
   auto in = inputs(l);
   in.keep_mask = l.keep.to(at::kFloat);
-  EXPECT_THROW(dsnot(in), c10::ValueError);
+  EXPECT_THROW(dsnot(in), symprune::ValueError);
   in = inputs(l);
   in.in_var = at::rand({7});
-  EXPECT_THROW(dsnot(in), c10::ValueError);
+  EXPECT_THROW(dsnot(in), symprune::ValueError);
   in = inputs(l);
   in.initial_score = l.w.abs();
-  EXPECT_THROW(dsnot(in), c10::ValueError);  // initial_score without nm
+  EXPECT_THROW(dsnot(in), symprune::ValueError);  // initial_score without nm
 }

@@ -54,14 +54,14 @@ TEST(Score, StochRiaIsSeededAndFullSampleEqualsRia) {
 
 TEST(Score, ClearErrors) {
   auto w = quantised(4, 8);
-  EXPECT_THROW(score(w, ScoreMethod::Wanda), c10::ValueError);
+  EXPECT_THROW(score(w, ScoreMethod::Wanda), symprune::ValueError);
   ScoreOptions opt;
   opt.in_norm = at::rand({7});
-  EXPECT_THROW(score(w, ScoreMethod::Wanda, opt), c10::ValueError);
+  EXPECT_THROW(score(w, ScoreMethod::Wanda, opt), symprune::ValueError);
   auto bad = w.clone();
   bad[0][0] = std::numeric_limits<float>::quiet_NaN();
-  EXPECT_THROW(score(bad, ScoreMethod::Magnitude), c10::ValueError);
-  EXPECT_THROW(score(w.flatten(), ScoreMethod::Magnitude), c10::ValueError);
-  EXPECT_THROW(parse_score_method("sparsegpt"), c10::ValueError);
+  EXPECT_THROW(score(bad, ScoreMethod::Magnitude), symprune::ValueError);
+  EXPECT_THROW(score(w.flatten(), ScoreMethod::Magnitude), symprune::ValueError);
+  EXPECT_THROW(parse_score_method("sparsegpt"), symprune::ValueError);
   EXPECT_EQ(parse_score_method("symwanda"), ScoreMethod::SymWanda);
 }

@@ -3,6 +3,8 @@
 // R2-DSnoT options of the symmetric paper (section 5). Both refine a keep mask without
 // training: every swap regrows one pruned weight and prunes one kept weight of the same row.
 
+#include "symprune/errors.h"
+#include "symprune/export.h"
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
@@ -20,7 +22,7 @@ enum class Relative { None, Prune, Grow };
 // Auto: Rows for CPU tensors, Batched otherwise. Both give the same masks.
 enum class DsnotBackend { Auto, Rows, Batched };
 
-struct DsnotOptions {
+struct SYMPRUNE_API DsnotOptions {
   std::optional<NM> nm;          // N:M branch; the pattern of the keep mask is preserved
   int64_t max_cycles = 50;
   double threshold = 0.1;        // |e| in DSnoT's units (in_mean is L x the per-token mean)
@@ -34,7 +36,7 @@ struct DsnotOptions {
   DsnotBackend backend = DsnotBackend::Auto;
 };
 
-struct DsnotInputs {
+struct SYMPRUNE_API DsnotInputs {
   at::Tensor weight;     // (out, in), any floating dtype
   at::Tensor keep_mask;  // (out, in) bool, true = kept
   at::Tensor in_norm;    // (in)
@@ -46,6 +48,6 @@ struct DsnotInputs {
 };
 
 // Returns the refined keep mask. Kept weights per row (and per N:M group) are unchanged.
-at::Tensor dsnot(const DsnotInputs& inputs, const DsnotOptions& options = {});
+SYMPRUNE_API at::Tensor dsnot(const DsnotInputs& inputs, const DsnotOptions& options = {});
 
 }  // namespace symprune

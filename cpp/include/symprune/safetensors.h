@@ -15,35 +15,25 @@
 #include <map>
 #include <optional>
 #include <span>
-#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
 
+#include "symprune/errors.h"
+#include "symprune/export.h"
+
 namespace symprune {
-
-// The input is malformed: a file, a name, an option.
-class FormatError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
-
-// A system call failed (missing file, permission, full disk, ...).
-class IoError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
 
 namespace safetensors {
 
 enum class Dtype { BOOL, U8, I8, F8_E5M2, F8_E4M3, I16, U16, F16, BF16, I32, U32, F32, I64, U64, F64 };
 
-std::optional<Dtype> parse_dtype(std::string_view name);
-std::string_view dtype_name(Dtype dtype);
-std::size_t dtype_size(Dtype dtype);
+SYMPRUNE_API std::optional<Dtype> parse_dtype(std::string_view name);
+SYMPRUNE_API std::string_view dtype_name(Dtype dtype);
+SYMPRUNE_API std::size_t dtype_size(Dtype dtype);
 
-struct TensorInfo {
+struct SYMPRUNE_API TensorInfo {
   std::string name;
   Dtype dtype = Dtype::F32;
   std::vector<int64_t> shape;
@@ -54,7 +44,7 @@ struct TensorInfo {
   uint64_t numel() const;
 };
 
-struct Header {
+struct SYMPRUNE_API Header {
   std::vector<TensorInfo> tensors;  // in data order
   std::map<std::string, std::string> metadata;
   uint64_t data_start = 0;  // file offset of the data section: 8 + header length
@@ -74,15 +64,15 @@ inline constexpr uint64_t kMaxHeaderBytes = uint64_t{100} << 20;
 // `file_size` bytes): JSON syntax and UTF-8, no duplicate names or keys, known dtypes,
 // non-negative dims whose product does not overflow, dtype size x element count equal to the
 // byte range, and ranges that tile the data section exactly (no gap, overlap or overrun).
-Header parse_header(std::span<const std::byte> prefix, uint64_t file_size, const std::string& label);
+SYMPRUNE_API Header parse_header(std::span<const std::byte> prefix, uint64_t file_size, const std::string& label);
 
 // Renders a header for `tensors` laid out contiguously in the given order; their begin/end
 // are set. The JSON is padded with spaces so that the data starts 8-byte aligned.
-std::string serialize_header(std::vector<TensorInfo>& tensors,
+SYMPRUNE_API std::string serialize_header(std::vector<TensorInfo>& tensors,
                              const std::map<std::string, std::string>& metadata);
 
 // A read-only memory map of a whole safetensors file with its validated header.
-class Reader {
+class SYMPRUNE_API Reader {
  public:
   explicit Reader(const std::filesystem::path& path);
   ~Reader();
@@ -119,7 +109,7 @@ class Reader {
 // `durable = false` skips every fsync and early writeback: the rename still keeps a crash of
 // the process from leaving a partial file under the final name, but after a crash of the
 // machine (power loss) a renamed file may be incomplete.
-class AtomicFile {
+class SYMPRUNE_API AtomicFile {
  public:
   explicit AtomicFile(std::filesystem::path final_path, bool durable = true);
   ~AtomicFile();
@@ -146,7 +136,7 @@ class AtomicFile {
 
 // Writes a safetensors file through an AtomicFile: the header first, then every tensor's
 // bytes at its offset, in any order; commit() checks that all tensors were written.
-class Writer {
+class SYMPRUNE_API Writer {
  public:
   Writer(const std::filesystem::path& path, std::vector<TensorInfo> tensors,
          const std::map<std::string, std::string>& metadata, bool durable = true);
@@ -166,18 +156,18 @@ class Writer {
 };
 
 // The whole of a small text file (index, job file); FormatError above `limit` bytes.
-std::string read_small_file(const std::filesystem::path& path, uint64_t limit = kMaxHeaderBytes);
+SYMPRUNE_API std::string read_small_file(const std::filesystem::path& path, uint64_t limit = kMaxHeaderBytes);
 
 // Writes `contents` to `path` atomically (temporary file, fsync unless !durable, rename).
-void write_file_atomically(const std::filesystem::path& path, std::string_view contents, bool durable = true);
+SYMPRUNE_API void write_file_atomically(const std::filesystem::path& path, std::string_view contents, bool durable = true);
 
 // The shards of a checkpoint folder: those named by model.safetensors.index.json (which must
 // be plain file names inside the folder), else the folder's *.safetensors files, sorted.
-struct Checkpoint {
+struct SYMPRUNE_API Checkpoint {
   std::vector<std::string> shards;                    // file names inside the folder
   std::optional<std::string> index_json;              // the index file's text, if any
 };
-Checkpoint find_checkpoint(const std::filesystem::path& folder);
+SYMPRUNE_API Checkpoint find_checkpoint(const std::filesystem::path& folder);
 
 inline constexpr const char* kIndexName = "model.safetensors.index.json";
 

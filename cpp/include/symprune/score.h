@@ -1,6 +1,8 @@
 #pragma once
 // Importance scores (SPEC.md section 2). Higher = more important = kept.
 
+#include "symprune/errors.h"
+#include "symprune/export.h"
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
@@ -12,12 +14,10 @@ namespace symprune {
 enum class ScoreMethod { Magnitude, Wanda, Ria, StochRia, SymWanda, OWanda, Symmetric };
 
 // Parses "magnitude", "wanda", "ria", "stochria", "symwanda", "owanda", "symmetric".
-ScoreMethod parse_score_method(std::string_view name);
-std::string_view score_method_name(ScoreMethod method);
-bool needs_input_stats(ScoreMethod method);
-bool needs_output_stats(ScoreMethod method);
+SYMPRUNE_API ScoreMethod parse_score_method(std::string_view name);
+SYMPRUNE_API std::string_view score_method_name(ScoreMethod method);
 
-struct ScoreOptions {
+struct SYMPRUNE_API ScoreOptions {
   std::optional<at::Tensor> in_norm;   // (in_features), required by wanda/ria/stochria/symwanda
   std::optional<at::Tensor> out_norm;  // (out_features), required by symwanda/owanda
   double a = 0.5;      // activation power of ria/stochria
@@ -29,10 +29,10 @@ struct ScoreOptions {
 // Scores a weight of shape (out_features, in_features), any floating dtype.
 // Returns an fp32 tensor of the same shape on the weight's device. Row/column norms
 // are accumulated in fp64 and rounded once, so results do not depend on summation order.
-at::Tensor score(const at::Tensor& weight, ScoreMethod method, const ScoreOptions& options = {});
+SYMPRUNE_API at::Tensor score(const at::Tensor& weight, ScoreMethod method, const ScoreOptions& options = {});
 
 // RIA's relative importance |W|/||W_:j||_p + |W|/||W_i:||_p (fp32), the building block of
 // ria, stochria (with sampled norms) and R2-DSnoT.
-at::Tensor relative_importance(const at::Tensor& weight, double p = 1.0);
+SYMPRUNE_API at::Tensor relative_importance(const at::Tensor& weight, double p = 1.0);
 
 }  // namespace symprune

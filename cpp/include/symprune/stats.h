@@ -1,6 +1,8 @@
 #pragma once
 // Activation statistics of one Linear layer (SPEC.md section 1), accumulated in fp64.
 
+#include "symprune/errors.h"
+#include "symprune/export.h"
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
@@ -13,7 +15,7 @@ namespace symprune {
 // average of the per-update population variance, so feed one sequence per call to get
 // its per-sequence definition. A tensor of shape (B, L, F) counts as B sequences,
 // anything of lower rank as one.
-class ActivationStats {
+class SYMPRUNE_API ActivationStats {
  public:
   explicit ActivationStats(int64_t features);
 
@@ -23,10 +25,12 @@ class ActivationStats {
   int64_t tokens() const { return tokens_; }
   int64_t sequences() const { return sequences_; }
 
-  at::Tensor sum_sq() const;  // sum over tokens of x^2                      (fp32)
-  at::Tensor norm() const;    // sqrt(sum_sq / sequences): Wanda's sqrt(scaler_row)
-  at::Tensor mean() const;    // sum over tokens / sequences: L x per-token mean (DSnoT)
-  at::Tensor var() const;     // token-weighted mean of per-update population variance
+  // Named for a layer's inputs, as in LayerStats and Python; the same accumulator serves a
+  // layer's outputs (out_norm = in_norm() of the outputs).
+  at::Tensor in_sq() const;    // sum over tokens of x^2                      (fp32)
+  at::Tensor in_norm() const;  // sqrt(in_sq / sequences): Wanda's sqrt(scaler_row)
+  at::Tensor in_mean() const;  // sum over tokens / sequences: L x per-token mean (DSnoT)
+  at::Tensor in_var() const;   // token-weighted mean of per-update population variance
 
  private:
   void require_data(const char* what) const;

@@ -10,10 +10,10 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 
-#include "symprune/dsnot.h"
-#include "symprune/mask.h"
+#include "symprune/errors.h"
+#include "symprune/export.h"
+#include "symprune/recipe.h"
 #include "symprune/safetensors.h"
-#include "symprune/score.h"
 
 #include <cstdint>
 #include <filesystem>
@@ -26,20 +26,16 @@ namespace symprune {
 // Without statistics, data-free methods prune the 2-D weights of the decoder blocks.
 inline constexpr const char* kDefaultInclude = R"((^|\.)(layers|h|blocks)\.[0-9]+\..*\.weight$)";
 
-struct StreamProgress {
+struct SYMPRUNE_API StreamProgress {
   std::string shard;
   std::string tensor;
   uint64_t bytes_done = 0;  // tensor data finished so far, over all shards
   uint64_t bytes_total = 0;
 };
 
-struct StreamOptions {
-  ScoreMethod method = ScoreMethod::Magnitude;
-  std::optional<double> sparsity;  // exactly one of sparsity and nm
-  std::optional<NM> nm;
-  MaskGroup group = MaskGroup::Row;
-  ScoreOptions score;               // a, p, beta, seed; the norms come from the statistics
-  std::optional<DsnotOptions> refine;
+struct SYMPRUNE_API StreamOptions {
+  // What every pruned weight goes through (symprune::prune); permute is not supported here.
+  Recipe recipe;
   // Statistics written by `symprune calibrate`: tensors "<weight name>.in_norm" etc. When
   // given, exactly the weights that have statistics are pruned.
   std::filesystem::path stats;
@@ -51,7 +47,7 @@ struct StreamOptions {
   // slow; files still appear only when complete if the process dies, but not if the machine
   // does (power loss): after a machine crash, start over instead of resuming.
   bool durable = true;
-  // Where weights are pruned: cpu or cuda[:N] (FormatError otherwise, or where torch has no
+  // Where weights are pruned: cpu or cuda[:N] (ValueError otherwise, or where torch has no
   // GPU). cuda: through pinned host buffers, with separate streams for the copies to and from
   // the GPU and for the pruning; the file I/O stays on the CPU. The device type is part of the
   // job: `resume` continues on the kind of device a run started on.
@@ -59,7 +55,7 @@ struct StreamOptions {
   std::function<void(const StreamProgress&)> on_progress;
 };
 
-struct StreamReport {
+struct SYMPRUNE_API StreamReport {
   int64_t shards = 0;
   int64_t shards_resumed = 0;   // kept from an interrupted run
   int64_t tensors_pruned = 0;
@@ -70,9 +66,9 @@ struct StreamReport {
   double seconds = 0;
 };
 
-class StreamingPruner {
+class SYMPRUNE_API StreamingPruner {
  public:
-  // Validates the options; throws FormatError for bad ones.
+  // Validates the options; throws ValueError for bad ones.
   explicit StreamingPruner(StreamOptions options);
 
   // Prunes the checkpoint in `model_dir` into `out_dir` (which must differ): shards, index,
@@ -82,10 +78,5 @@ class StreamingPruner {
  private:
   StreamOptions options_;
 };
-
-// A tensor over the mapped bytes, without a copy; valid while the reader lives, read-only.
-at::Tensor tensor_view(const safetensors::Reader& reader, const safetensors::TensorInfo& tensor);
-// The safetensors dtype of a torch dtype; FormatError for dtypes safetensors lacks.
-safetensors::Dtype safetensors_dtype(at::ScalarType dtype);
 
 }  // namespace symprune

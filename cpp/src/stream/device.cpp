@@ -1,6 +1,4 @@
-#include "stream_device.h"
-
-#include "stream_prune.h"
+#include "stream/device.h"
 
 #include "symprune/safetensors.h"
 
@@ -32,14 +30,14 @@ c10::Event record(const c10::Stream& stream) {
 c10::Device resolve_stream_device(c10::Device device) {
   if (device.is_cpu()) return device;
   const std::string name = device.str();
-  if (!device.is_cuda()) throw FormatError("device must be cpu or cuda, got " + name);
+  if (!device.is_cuda()) throw ValueError("device must be cpu or cuda, got " + name);
   if (!c10::impl::hasDeviceGuardImpl(device.type()))
-    throw FormatError("device " + name + ": this torch is built without CUDA; use device cpu");
+    throw ValueError("device " + name + ": this torch is built without CUDA; use device cpu");
   const auto count = c10::impl::VirtualGuardImpl(device.type()).deviceCount();
-  if (count == 0) throw FormatError("device " + name + ": torch sees no CUDA GPU; use device cpu");
+  if (count == 0) throw ValueError("device " + name + ": torch sees no CUDA GPU; use device cpu");
   const auto index = device.has_index() ? device.index() : c10::DeviceIndex{0};
   if (index >= count)
-    throw FormatError("device " + name + ": there are only " + std::to_string(count) + " CUDA GPUs");
+    throw ValueError("device " + name + ": there are only " + std::to_string(count) + " CUDA GPUs");
   return {device.type(), index};
 }
 
@@ -53,7 +51,7 @@ DevicePruner::~DevicePruner() {
   }
 }
 
-DeviceWeight DevicePruner::upload(HostBuffer& input, const at::Tensor& like, const WeightStats& stats) {
+DeviceWeight DevicePruner::upload(HostBuffer& input, const at::Tensor& like, const LayerStats& stats) {
   const c10::StreamGuard on(upload_);
   // Device tensors made here are used on the compute stream: record_stream keeps the caching
   // allocator from reusing them before the pruning is done. The statistics are small and stay
@@ -65,7 +63,7 @@ DeviceWeight DevicePruner::upload(HostBuffer& input, const at::Tensor& like, con
     on_device.record_stream(compute_);
     return on_device;
   };
-  WeightStats on_device{copy(stats.in_norm), copy(stats.in_mean), copy(stats.in_var), copy(stats.out_norm)};
+  LayerStats on_device{copy(stats.in_norm), copy(stats.in_mean), copy(stats.in_var), copy(stats.out_norm)};
   auto weight = at::empty(like.sizes(), like.options().device(device_));
   weight.copy_(input.shaped_like(like), /*non_blocking=*/true);
   weight.record_stream(compute_);
@@ -73,12 +71,12 @@ DeviceWeight DevicePruner::upload(HostBuffer& input, const at::Tensor& like, con
   return {std::move(weight), std::move(on_device), record(upload_)};
 }
 
-void DevicePruner::prune(DeviceWeight uploaded, HostBuffer& output, const StreamOptions& o) {
+void DevicePruner::prune(DeviceWeight uploaded, HostBuffer& output, const Recipe& recipe, std::string_view name) {
   uploaded.uploaded.block(compute_);
   at::Tensor pruned;
   {
     const c10::StreamGuard on(compute_);
-    pruned = prune_weight(uploaded.weight, o, uploaded.stats);
+    pruned = prune_weight(uploaded.weight, uploaded.stats, recipe, name);
   }
   record(compute_).block(download_);
   const c10::StreamGuard on(download_);

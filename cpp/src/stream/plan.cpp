@@ -1,4 +1,6 @@
-#include "stream_plan.h"
+#include "stream/plan.h"
+
+#include "io/tensor_view.h"
 
 #include <nlohmann/json.hpp>
 
@@ -25,7 +27,7 @@ bool is_floating(Dtype dtype) {
 
 const std::array<std::string, 4> kStatNames{"in_norm", "in_mean", "in_var", "out_norm"};
 
-at::Tensor& slot(WeightStats& stats, const std::string& stat) {
+at::Tensor& slot(LayerStats& stats, const std::string& stat) {
   if (stat == "in_norm") return stats.in_norm;
   if (stat == "in_mean") return stats.in_mean;
   if (stat == "in_var") return stats.in_var;
@@ -33,13 +35,13 @@ at::Tensor& slot(WeightStats& stats, const std::string& stat) {
 }
 
 // Statistics per weight name from a file written by `symprune calibrate`.
-std::map<std::string, WeightStats> load_stats(const fs::path& path) {
+std::map<std::string, LayerStats> load_stats(const fs::path& path) {
   const safetensors::Reader reader(path);
   const auto& header = reader.header();
   const auto format = header.metadata.find("format");
   if (format == header.metadata.end() || format->second != "symprune-stats")
     fail(path.string() + ": not a symprune statistics file (its metadata lacks format=symprune-stats)");
-  std::map<std::string, WeightStats> stats;
+  std::map<std::string, LayerStats> stats;
   for (const auto& info : header.tensors) {
     const auto dot = info.name.rfind('.');
     const std::string stat = dot == std::string::npos ? "" : info.name.substr(dot + 1);
@@ -48,7 +50,7 @@ std::map<std::string, WeightStats> load_stats(const fs::path& path) {
       fail(path.string() + ": unexpected tensor '" + info.name + "' (names end in .in_norm, .in_mean, ...)");
     if (!is_floating(info.dtype) || info.shape.size() != 1)
       fail(path.string() + ": '" + info.name + "' must be a 1-D floating-point tensor");
-    slot(stats[info.name.substr(0, dot)], stat) = tensor_view(reader, info).to(at::kFloat, false, true);
+    slot(stats[info.name.substr(0, dot)], stat) = detail::tensor_view(reader, info).to(at::kFloat, false, true);
   }
   return stats;
 }
@@ -88,20 +90,7 @@ nlohmann::json file_identity(const fs::path& path) {
 }
 
 std::string describe_job(const StreamOptions& o, const std::vector<ShardPlan>& shards) {
-  nlohmann::json job = {
-      {"method", score_method_name(o.method)},
-      {"group", o.group == MaskGroup::Row ? "row" : "layer"},
-      {"score", {{"a", o.score.a}, {"p", o.score.p}, {"beta", o.score.beta}, {"seed", o.score.seed}}},
-  };
-  if (o.sparsity) job["sparsity"] = *o.sparsity;
-  if (o.nm) job["nm"] = {o.nm->n, o.nm->m};
-  if (o.refine) {
-    const auto& r = *o.refine;
-    job["refine"] = {{"max_cycles", r.max_cycles}, {"threshold", r.threshold}, {"var_power", r.var_power},
-                     {"relative", int(r.relative)}, {"a", r.a}, {"q", r.q},
-                     {"gamma1", r.gamma1 ? nlohmann::json(*r.gamma1) : nlohmann::json()},
-                     {"gamma2", r.gamma2 ? nlohmann::json(*r.gamma2) : nlohmann::json()}};
-  }
+  nlohmann::json job = {{"recipe", nlohmann::json::parse(o.recipe.to_json())}};
   if (o.stats.empty())
     job["include"] = o.include;
   else
@@ -123,15 +112,15 @@ StreamPlan plan_stream(const StreamOptions& options, const fs::path& model_dir) 
     plan.shards.push_back({name, safetensors::Reader(model_dir / name), {}});
   if (plan.index_json) check_index(*plan.index_json, plan.shards, model_dir / safetensors::kIndexName);
 
-  const bool needs_in = needs_input_stats(options.method) || options.refine.has_value();
-  const bool needs_out = needs_output_stats(options.method);
-  std::map<std::string, WeightStats> stats;
+  const Recipe& recipe = options.recipe;
+  const bool needs_in = recipe.needs_input_stats();
+  const bool needs_out = recipe.needs_output_stats();
+  std::map<std::string, LayerStats> stats;
   if (!options.stats.empty()) {
     stats = load_stats(options.stats);
   } else if (needs_in || needs_out) {
-    fail(std::string("method '") + std::string(score_method_name(options.method)) +
-         (options.refine ? "' with refinement" : "'") +
-         " needs activation statistics: run `symprune calibrate` and pass them with --stats");
+    throw ValueError("recipe '" + recipe.describe() +
+                     "' needs activation statistics: run `symprune calibrate` and pass them with --stats");
   }
   std::optional<std::regex> include;
   if (options.stats.empty()) include.emplace(options.include, std::regex::ECMAScript | std::regex::optimize);
@@ -158,11 +147,11 @@ StreamPlan plan_stream(const StreamOptions& options, const fs::path& model_dir) 
       if (job.prune) {
         const int64_t rows = info.shape[0], cols = info.shape[1];
         const std::string where = (model_dir / shard.name).string() + ": tensor '" + info.name + "'";
-        if (options.nm && cols % options.nm->m != 0)
-          fail(where + " has " + std::to_string(cols) + " input columns, not divisible by M=" +
-               std::to_string(options.nm->m));
+        if (recipe.nm && cols % recipe.nm->m != 0)
+          throw ValueError(where + " has " + std::to_string(cols) + " input columns, not divisible by M=" +
+                           std::to_string(recipe.nm->m));
         if (needs_in) require(job.stats.in_norm, info.name, "in_norm", cols, options.stats);
-        if (options.refine) {
+        if (recipe.refines(info.name)) {
           require(job.stats.in_mean, info.name, "in_mean", cols, options.stats);
           require(job.stats.in_var, info.name, "in_var", cols, options.stats);
         }

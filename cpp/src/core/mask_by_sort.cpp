@@ -1,4 +1,4 @@
-#include "mask_by_sort.h"
+#include "core/mask_by_sort.h"
 
 #include <ATen/ops/ones.h>
 #include <ATen/ops/sort.h>

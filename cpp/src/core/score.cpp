@@ -1,7 +1,8 @@
 #include "symprune/score.h"
 
-#include "checks.h"
-#include "score_inputs.h"
+#include "core/checks.h"
+#include "core/score_inputs.h"
+#include "symprune/recipe.h"
 
 #include <c10/util/Exception.h>
 
@@ -82,12 +83,20 @@ namespace detail {
 
 at::Tensor require_stat(const std::optional<at::Tensor>& stat, int64_t size, ScoreMethod method,
                         const char* name, const at::Tensor& weight) {
-  TORCH_CHECK_VALUE(stat.has_value() && stat->defined(), "score method '",
+  SYMPRUNE_CHECK(stat.has_value() && stat->defined(), "score method '",
                     score_method_name(method), "' needs ", name,
                     " (activation statistics from calibration)");
   detail::check_vector(*stat, size, name);
-  TORCH_CHECK_VALUE((*stat >= 0).all().item<bool>(), name, " must be non-negative");
+  SYMPRUNE_CHECK((*stat >= 0).all().item<bool>(), name, " must be non-negative");
   return stat->to(weight.device(), at::kFloat);
+}
+
+void check_score_options(ScoreMethod method, const ScoreOptions& options) {
+  if (method == ScoreMethod::Ria)
+    SYMPRUNE_CHECK(std::isfinite(options.p) && options.p > 0, "ria: p must be positive, got ", options.p);
+  if (method == ScoreMethod::StochRia)
+    SYMPRUNE_CHECK(options.beta > 0 && options.beta <= 1, "stochria: beta must be in (0, 1], got ", options.beta);
+  SYMPRUNE_CHECK(std::isfinite(options.a), "a must be finite, got ", options.a);
 }
 
 }  // namespace detail
@@ -97,7 +106,7 @@ ScoreMethod parse_score_method(std::string_view name) {
     if (key == name) return method;
   std::string known;
   for (const auto& entry : kMethods) known += (known.empty() ? "" : ", ") + std::string(entry.first);
-  TORCH_CHECK_VALUE(false, "unknown score method '", std::string(name), "' (known: ", known, ")");
+  throw ValueError("unknown score method '" + std::string(name) + "' (known: " + known + ")");
 }
 
 std::string_view score_method_name(ScoreMethod method) {
@@ -106,19 +115,10 @@ std::string_view score_method_name(ScoreMethod method) {
   return "?";
 }
 
-bool needs_input_stats(ScoreMethod m) {
-  return m == ScoreMethod::Wanda || m == ScoreMethod::Ria || m == ScoreMethod::StochRia ||
-         m == ScoreMethod::SymWanda;
-}
-
-bool needs_output_stats(ScoreMethod m) {
-  return m == ScoreMethod::SymWanda || m == ScoreMethod::OWanda;
-}
-
 at::Tensor relative_importance(const at::Tensor& weight, double p) {
   at::NoGradGuard no_grad;  // scores are data, not part of a graph
   detail::check_matrix(weight, "weight");
-  TORCH_CHECK_VALUE(std::isfinite(p) && p > 0, "norm order p must be positive, got ", p);
+  SYMPRUNE_CHECK(std::isfinite(p) && p > 0, "norm order p must be positive, got ", p);
   auto abs_w = at::abs(weight.to(at::kFloat));
   return relative_from_norms(abs_w, lp_norm(abs_w, p, 0), lp_norm(abs_w, p, 1));
 }
@@ -126,10 +126,11 @@ at::Tensor relative_importance(const at::Tensor& weight, double p) {
 at::Tensor score(const at::Tensor& weight, ScoreMethod method, const ScoreOptions& options) {
   at::NoGradGuard no_grad;  // scores are data, not part of a graph
   detail::check_matrix(weight, "weight");
+  detail::check_score_options(method, options);
   const int64_t out = weight.size(0), in = weight.size(1);
   at::Tensor in_norm, out_norm;
-  if (needs_input_stats(method)) in_norm = detail::require_stat(options.in_norm, in, method, "in_norm", weight);
-  if (needs_output_stats(method)) out_norm = detail::require_stat(options.out_norm, out, method, "out_norm", weight);
+  if (method_info(method).needs_input_stats) in_norm = detail::require_stat(options.in_norm, in, method, "in_norm", weight);
+  if (method_info(method).needs_output_stats) out_norm = detail::require_stat(options.out_norm, out, method, "out_norm", weight);
   auto abs_w = at::abs(weight.to(at::kFloat));
 
   switch (method) {
@@ -138,13 +139,10 @@ at::Tensor score(const at::Tensor& weight, ScoreMethod method, const ScoreOption
     case ScoreMethod::Wanda:
       return abs_w * in_norm.unsqueeze(0);
     case ScoreMethod::Ria: {
-      TORCH_CHECK_VALUE(std::isfinite(options.p) && options.p > 0, "ria: p must be positive, got ", options.p);
       auto ri = relative_from_norms(abs_w, lp_norm(abs_w, options.p, 0), lp_norm(abs_w, options.p, 1));
       return ri * at::pow(in_norm, options.a).unsqueeze(0);
     }
     case ScoreMethod::StochRia: {
-      TORCH_CHECK_VALUE(options.beta > 0 && options.beta <= 1, "stochria: beta must be in (0, 1], got ",
-                        options.beta);
       auto [col, row] = sampled_l1_norms(abs_w, options.beta, options.seed);
       return relative_from_norms(abs_w, col, row) * at::pow(in_norm, options.a).unsqueeze(0);
     }
@@ -158,7 +156,7 @@ at::Tensor score(const at::Tensor& weight, ScoreMethod method, const ScoreOption
       return abs_w * (col.unsqueeze(0) + row.unsqueeze(1));
     }
   }
-  TORCH_CHECK_VALUE(false, "unhandled score method");
+  throw ValueError("unhandled score method");
 }
 
 }  // namespace symprune

@@ -1,5 +1,7 @@
 #include "symprune/stats.h"
 
+#include "core/checks.h"
+
 #include <c10/util/Exception.h>
 
 #include <ATen/Dispatch.h>
@@ -12,7 +14,7 @@
 namespace symprune {
 
 ActivationStats::ActivationStats(int64_t features) : features_(features) {
-  TORCH_CHECK_VALUE(features > 0, "ActivationStats: features must be positive, got ", features);
+  SYMPRUNE_CHECK(features > 0, "ActivationStats: features must be positive, got ", features);
   auto options = at::TensorOptions().dtype(at::kDouble);
   sum_sq_ = at::zeros({features}, options);
   sum_ = at::zeros({features}, options);
@@ -53,10 +55,10 @@ void accumulate(const scalar_t* x, int64_t tokens, int64_t features, double* sum
 }  // namespace
 
 void ActivationStats::update(const at::Tensor& x) {
-  TORCH_CHECK_VALUE(x.defined() && x.dim() >= 1 && x.size(-1) == features_,
+  SYMPRUNE_CHECK(x.defined() && x.dim() >= 1 && x.size(-1) == features_,
                     "ActivationStats.update: expected shape (..., ", features_, "), got ",
                     x.defined() ? x.sizes() : at::IntArrayRef{});
-  TORCH_CHECK_VALUE(at::isFloatingType(x.scalar_type()),
+  SYMPRUNE_CHECK(at::isFloatingType(x.scalar_type()),
                     "ActivationStats.update: expected floating-point activations, got ",
                     x.scalar_type());
   const int64_t tokens = x.numel() / features_;
@@ -73,26 +75,26 @@ void ActivationStats::update(const at::Tensor& x) {
 }
 
 void ActivationStats::require_data(const char* what) const {
-  TORCH_CHECK_VALUE(tokens_ > 0, "ActivationStats: ", what,
+  SYMPRUNE_CHECK(tokens_ > 0, "ActivationStats: ", what,
                     " is undefined before any update() with at least one token");
 }
 
-at::Tensor ActivationStats::sum_sq() const {
+at::Tensor ActivationStats::in_sq() const {
   require_data("sum_sq");
   return sum_sq_.to(at::kFloat);
 }
 
-at::Tensor ActivationStats::norm() const {
+at::Tensor ActivationStats::in_norm() const {
   require_data("norm");
   return at::sqrt(sum_sq_ / static_cast<double>(sequences_)).to(at::kFloat);
 }
 
-at::Tensor ActivationStats::mean() const {
+at::Tensor ActivationStats::in_mean() const {
   require_data("mean");
   return (sum_ / static_cast<double>(sequences_)).to(at::kFloat);
 }
 
-at::Tensor ActivationStats::var() const {
+at::Tensor ActivationStats::in_var() const {
   require_data("var");
   return (weighted_var_ / static_cast<double>(tokens_)).to(at::kFloat);
 }

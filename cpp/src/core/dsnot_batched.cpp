@@ -1,6 +1,6 @@
 // DSnoT with all rows advanced together by tensor ops: the same walk as dsnot_rows.cpp, one
 // cycle at a time, for tensors on devices where a per-row CPU loop does not apply (CUDA).
-#include "dsnot_prepared.h"
+#include "core/dsnot_prepared.h"
 
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/abs.h>

@@ -2,9 +2,9 @@
 
 #include "symprune/prune.h"
 
-#include "checks.h"
-#include "score_inputs.h"
-#include "select.h"
+#include "core/checks.h"
+#include "core/score_inputs.h"
+#include "core/select.h"
 
 #include <c10/util/Exception.h>
 
@@ -86,7 +86,7 @@ void prune_rows(const at::Tensor& weight, const ScoreFactors& factors, at::Tenso
   });
   if (!finite.load()) {
     detail::check_finite(weight, "weight");  // the message score() gives first
-    TORCH_CHECK_VALUE(false, "score contains NaN or Inf");
+    throw ValueError("score contains NaN or Inf");
   }
 }
 
@@ -95,18 +95,19 @@ void prune_rows(const at::Tensor& weight, const ScoreFactors& factors, at::Tenso
 std::pair<at::Tensor, ScoreFactors> prepare(const at::Tensor& weight_in, ScoreMethod method,
                                             const ScoreOptions& options, const at::Tensor& out,
                                             at::Tensor& in_norm, at::Tensor& out_norm) {
-  TORCH_CHECK_VALUE(is_row_local(method), "score method '", score_method_name(method),
+  const auto info = method_info(method);
+  SYMPRUNE_CHECK(info.row_local, "score method '", score_method_name(method),
                     "' is not row-local (its scores use norms of the whole weight)");
   detail::check_matrix(weight_in, "weight", /*check_values=*/false);  // values: in the pass
-  TORCH_CHECK_VALUE(weight_in.device().is_cpu(), "row-local pruning runs on CPU weights, got ",
+  SYMPRUNE_CHECK(weight_in.device().is_cpu(), "row-local pruning runs on CPU weights, got ",
                     weight_in.device());
   detail::check_out(out, weight_in);
   ScoreFactors factors;
-  if (needs_input_stats(method)) {
+  if (info.needs_input_stats) {
     in_norm = detail::require_stat(options.in_norm, weight_in.size(1), method, "in_norm", weight_in).contiguous();
     factors.in = in_norm.const_data_ptr<float>();
   }
-  if (needs_output_stats(method)) {
+  if (info.needs_output_stats) {
     out_norm = detail::require_stat(options.out_norm, weight_in.size(0), method, "out_norm", weight_in).contiguous();
     factors.out = out_norm.const_data_ptr<float>();
   }
@@ -118,11 +119,6 @@ bool is_16_bit(const at::Tensor& t) {
 }
 
 }  // namespace
-
-bool is_row_local(ScoreMethod m) {
-  return m == ScoreMethod::Magnitude || m == ScoreMethod::Wanda || m == ScoreMethod::SymWanda ||
-         m == ScoreMethod::OWanda;
-}
 
 at::Tensor& prune_row_local_out(const at::Tensor& weight_in, ScoreMethod method, const ScoreOptions& options,
                                 double sparsity, at::Tensor& out) {

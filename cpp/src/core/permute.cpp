@@ -1,7 +1,7 @@
 // RIA's heuristic channel reallocation for N:M masks (SPEC.md section 3).
 #include "symprune/mask.h"
 
-#include "checks.h"
+#include "core/checks.h"
 
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -12,9 +12,9 @@ namespace symprune {
 
 at::Tensor channel_permutation(const at::Tensor& score, int64_t m) {
   detail::check_matrix(score, "score");
-  TORCH_CHECK_VALUE(m >= 1, "group size m must be positive, got ", m);
+  SYMPRUNE_CHECK(m >= 1, "group size m must be positive, got ", m);
   const int64_t in = score.size(1);
-  TORCH_CHECK_VALUE(in % m == 0, "channel permutation needs in_features divisible by ", m, ", got ", in);
+  SYMPRUNE_CHECK(in % m == 0, "channel permutation needs in_features divisible by ", m, ", got ", in);
   const auto importance = at::sum(score, {0}, false, at::kDouble).cpu();
   const auto order = std::get<1>(at::sort(importance, /*stable=*/true, /*dim=*/0, /*descending=*/false));
   const int64_t* ord = order.const_data_ptr<int64_t>();

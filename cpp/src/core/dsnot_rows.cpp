@@ -1,7 +1,7 @@
 // The per-row DSnoT walk on the CPU: rows are independent and run in parallel. The
 // per-element quantities of the default metrics are computed row by row, so refining a
 // layer allocates no matrix-sized temporaries.
-#include "dsnot_prepared.h"
+#include "core/dsnot_prepared.h"
 
 #include <ATen/Parallel.h>
 

@@ -1,4 +1,4 @@
-#include "checks.h"
+#include "core/checks.h"
 
 #include <c10/util/Exception.h>
 
@@ -36,39 +36,40 @@ void check_finite(const at::Tensor& t, const char* name) {
   const bool finite = t.device().is_cpu() && t.is_contiguous() && t.scalar_type() != at::kDouble
                           ? all_finite_cpu(t)
                           : at::isfinite(t).all().item<bool>();
-  TORCH_CHECK_VALUE(finite, name, " contains NaN or Inf");
+  SYMPRUNE_CHECK(finite, name, " contains NaN or Inf");
 }
 
 void check_out(const at::Tensor& out, const at::Tensor& like) {
-  TORCH_CHECK_VALUE(out.sizes() == like.sizes() && out.scalar_type() == like.scalar_type() &&
+  SYMPRUNE_CHECK(out.sizes() == like.sizes() && out.scalar_type() == like.scalar_type() &&
                         out.device() == like.device() && out.is_contiguous(),
                     "out must be a contiguous tensor of the weight's shape, dtype and device");
-  at::assert_no_overlap(out, like);
+  const auto overlap = at::get_overlap_status(out, like);
+  SYMPRUNE_CHECK(overlap == at::MemOverlapStatus::No, "out must not overlap the weight");
 }
 
 void check_matrix(const at::Tensor& t, const char* name, bool check_values) {
-  TORCH_CHECK_VALUE(t.defined(), name, " is missing");
-  TORCH_CHECK_VALUE(t.dim() == 2, name, " must be 2-D (out_features, in_features), got shape ",
+  SYMPRUNE_CHECK(t.defined(), name, " is missing");
+  SYMPRUNE_CHECK(t.dim() == 2, name, " must be 2-D (out_features, in_features), got shape ",
                     t.sizes());
-  TORCH_CHECK_VALUE(at::isFloatingType(t.scalar_type()), name,
+  SYMPRUNE_CHECK(at::isFloatingType(t.scalar_type()), name,
                     " must be a floating-point tensor, got ", t.scalar_type());
   if (check_values) check_finite(t, name);
 }
 
 void check_vector(const at::Tensor& t, int64_t size, const char* name) {
-  TORCH_CHECK_VALUE(t.defined(), name, " is missing");
-  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == size, name, " must have shape (", size,
+  SYMPRUNE_CHECK(t.defined(), name, " is missing");
+  SYMPRUNE_CHECK(t.dim() == 1 && t.size(0) == size, name, " must have shape (", size,
                     "), got ", t.sizes());
-  TORCH_CHECK_VALUE(at::isFloatingType(t.scalar_type()), name,
+  SYMPRUNE_CHECK(at::isFloatingType(t.scalar_type()), name,
                     " must be a floating-point tensor, got ", t.scalar_type());
   check_finite(t, name);
 }
 
 void check_mask(const at::Tensor& mask, const at::Tensor& like, const char* name) {
-  TORCH_CHECK_VALUE(mask.defined(), name, " is missing");
-  TORCH_CHECK_VALUE(mask.scalar_type() == at::kBool, name, " must be a bool tensor, got ",
+  SYMPRUNE_CHECK(mask.defined(), name, " is missing");
+  SYMPRUNE_CHECK(mask.scalar_type() == at::kBool, name, " must be a bool tensor, got ",
                     mask.scalar_type());
-  TORCH_CHECK_VALUE(mask.sizes() == like.sizes(), name, " must have shape ", like.sizes(),
+  SYMPRUNE_CHECK(mask.sizes() == like.sizes(), name, " must have shape ", like.sizes(),
                     ", got ", mask.sizes());
 }
 

@@ -1,21 +1,19 @@
-// StreamingPruner: output folder handling, resume, and the three-stage pipeline per shard.
+// StreamingPruner: the three-stage pipeline (load, prune, write) of every shard.
 
 #include "symprune/stream.h"
 
-#include "bounded_queue.h"
-#include "stream_buffers.h"
-#include "stream_device.h"
-#include "stream_plan.h"
-#include "stream_prune.h"
+#include "io/tensor_view.h"
+#include "stream/bounded_queue.h"
+#include "stream/buffers.h"
+#include "stream/count_zeros.h"
+#include "stream/device.h"
+#include "stream/output_folder.h"
+#include "stream/plan.h"
 
 #include <ATen/core/CachingHostAllocator.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/util/Exception.h>
 #include <nlohmann/json.hpp>
-
-#include <fcntl.h>
-#include <sys/file.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <future>
@@ -33,138 +31,20 @@ using detail::StreamPlan;
 
 namespace {
 
-constexpr const char* kJobFile = ".symprune-apply.json";
-// Other weight formats would hold the unpruned model: never copied to the output.
-const std::set<std::string> kSkippedExtensions{".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf",
-                                               ".h5", ".msgpack", ".onnx", ".partial"};
-
-// Runs a core call, prefixing its errors with `where`: c10::ValueError (bad input) becomes a
-// FormatError; any other c10 error (out of GPU memory, say) a runtime_error.
+// Runs a core call, naming the tensor in its errors: bad input stays a ValueError (a
+// FormatError stays one); a failure of torch itself keeps its type (out of GPU memory stays
+// c10::OutOfMemoryError) with the tensor added as context.
 template <typename F>
 auto naming_errors(const std::string& where, F&& f) {
   try {
     return f();
-  } catch (const c10::ValueError& e) {
-    throw FormatError(where + e.what_without_backtrace());
-  } catch (const c10::Error& e) {
-    throw std::runtime_error(where + e.what_without_backtrace());
-  }
-}
-
-// Identifies this boot of the machine: a run without fsync can only be resumed while the page
-// cache that holds its shards survives, i.e. within the same boot.
-std::string boot_id() {
-  std::error_code ec;
-  const fs::path path = "/proc/sys/kernel/random/boot_id";
-  return fs::exists(path, ec) ? safetensors::read_small_file(path) : std::string();
-}
-
-std::string job_file_text(const std::string& job, bool complete, bool durable) {
-  nlohmann::json text{{"job", nlohmann::json::parse(job)}, {"complete", complete}, {"durable", durable}};
-  if (!durable) text["boot_id"] = boot_id();
-  return text.dump(2) + "\n";
-}
-
-// Holds an exclusive lock on the output folder so that two runs never write it at once.
-class FolderLock {
- public:
-  explicit FolderLock(const fs::path& dir) : fd_(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)) {
-    if (fd_ < 0) throw IoError(dir.string() + ": cannot open the output folder");
-    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
-      ::close(fd_);
-      throw IoError(dir.string() + ": another symprune run is writing this folder");
-    }
-  }
-  ~FolderLock() { ::close(fd_); }
-  FolderLock(const FolderLock&) = delete;
-  FolderLock& operator=(const FolderLock&) = delete;
-
- private:
-  int fd_;
-};
-
-// Decides whether `out_dir` may be written and whether this is a resume; creates it if needed.
-bool prepare_output(const fs::path& model_dir, const fs::path& out_dir, const StreamOptions& o,
-                    const std::string& job) {
-  std::error_code ec;
-  if (fs::exists(out_dir, ec)) {
-    if (!fs::is_directory(out_dir, ec)) throw IoError(out_dir.string() + ": exists and is not a folder");
-    if (fs::equivalent(model_dir, out_dir, ec))
-      throw FormatError(out_dir.string() + ": the output folder is the input folder; choose another");
-  } else {
-    fs::create_directories(out_dir, ec);
-    if (ec) throw IoError(out_dir.string() + ": cannot create: " + ec.message());
-  }
-  const fs::path job_path = out_dir / kJobFile;
-  if (o.resume && fs::exists(job_path, ec)) {
-    try {
-      const auto previous = nlohmann::json::parse(safetensors::read_small_file(job_path));
-      if (previous["job"].dump() != nlohmann::json::parse(job).dump())
-        throw FormatError(out_dir.string() + ": holds a run with other options, statistics or input; "
-                                             "use --overwrite to start over");
-      if (previous.value("durable", true) == false && previous.value("boot_id", "") != boot_id())
-        throw FormatError(out_dir.string() + ": holds a run made without fsync before the machine restarted; "
-                                             "its shards may be incomplete: use --overwrite to start over");
-    } catch (const nlohmann::json::exception&) {
-      throw FormatError(job_path.string() + ": unreadable; use --overwrite to start over");
-    }
-    return true;
-  }
-  bool empty = true;
-  for (const auto& entry : fs::directory_iterator(out_dir))
-    if (entry.path().extension() != ".partial") empty = false;
-  if (!empty && !o.overwrite)
-    throw FormatError(out_dir.string() + (o.resume ? ": has no interrupted run to resume (no " + std::string(kJobFile) + ")"
-                                                   : ": is not empty") +
-                      "; pass --overwrite to replace its contents");
-  return false;
-}
-
-void remove_partials(const fs::path& out_dir) {
-  for (const auto& entry : fs::directory_iterator(out_dir))
-    if (entry.path().extension() == ".partial") fs::remove(entry.path());
-}
-
-// A shard left by an interrupted run is complete if it exists at all (files appear under
-// their final name only once complete) and describes the same tensors.
-bool finished_earlier(const fs::path& path, const safetensors::Reader& input) {
-  std::error_code ec;
-  if (!fs::exists(path, ec)) return false;
-  try {
-    const safetensors::Reader done(path);
-    const auto& a = done.header().tensors;
-    const auto& b = input.header().tensors;
-    if (a.size() != b.size()) return false;
-    for (std::size_t i = 0; i < a.size(); ++i)
-      if (a[i].name != b[i].name || a[i].dtype != b[i].dtype || a[i].shape != b[i].shape) return false;
-    return true;
-  } catch (const std::exception&) {
-    return false;
-  }
-}
-
-void copy_file_atomically(const fs::path& from, const fs::path& to, bool durable) {
-  const int fd = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw IoError(from.string() + ": cannot open");
-  try {
-    safetensors::AtomicFile out(to, durable);
-    out.copy_at(0, fd, 0, fs::file_size(from), from);
-    out.commit();
-  } catch (...) {
-    ::close(fd);
+  } catch (const FormatError& e) {
+    throw FormatError(where + e.what());
+  } catch (const ValueError& e) {
+    throw ValueError(where + e.what());
+  } catch (c10::Error& e) {
+    e.add_context(where);
     throw;
-  }
-  ::close(fd);
-}
-
-// config.json, tokenizer files, chat templates...: every plain file but weights and state.
-void copy_other_files(const fs::path& model_dir, const fs::path& out_dir, bool durable) {
-  for (const auto& entry : fs::directory_iterator(model_dir)) {
-    const auto name = entry.path().filename().string();
-    if (!entry.is_regular_file() || name.starts_with(".") || name == safetensors::kIndexName ||
-        kSkippedExtensions.count(entry.path().extension().string()))
-      continue;
-    copy_file_atomically(entry.path(), out_dir / name, durable);
   }
 }
 
@@ -271,7 +151,7 @@ class ShardStreamer {
         auto staged = compute_.inputs->acquire();
         if (!staged) return;
         staged->wait();
-        const auto weight = tensor_view(shard_.reader, info(j));
+        const auto weight = detail::tensor_view(shard_.reader, info(j));
         staged->shaped_like(weight).copy_(weight);
         shard_.reader.release(info(j));
         const auto& stats = shard_.jobs[j].stats;
@@ -295,13 +175,13 @@ class ShardStreamer {
         if (!loaded) return;
         item.buffer = compute_.outputs->acquire();
         if (!item.buffer) return;
-        const auto weight = tensor_view(shard_.reader, info(j));
+        const auto weight = detail::tensor_view(shard_.reader, info(j));
         item.pruned = item.buffer->shaped_like(weight);
         naming_errors(where(j), [&] {
           if (compute_.device) {
-            compute_.device->prune(std::move(*loaded->uploaded), *item.buffer, o_);
+            compute_.device->prune(std::move(*loaded->uploaded), *item.buffer, o_.recipe, info(j).name);
           } else {
-            detail::prune_weight_into(weight, o_, job.stats, item.pruned);
+            prune_into(weight, job.stats, o_.recipe, item.pruned, info(j).name);
             shard_.reader.release(info(j));  // the writer only needs the pruned copy
             item.zeros = detail::count_zeros(item.pruned);
           }
@@ -353,19 +233,15 @@ class ShardStreamer {
 StreamingPruner::StreamingPruner(StreamOptions options) : options_(std::move(options)) {
   options_.device = detail::resolve_stream_device(options_.device);
   const auto& o = options_;
-  if (o.sparsity.has_value() == o.nm.has_value())
-    throw FormatError("give exactly one of sparsity (e.g. 0.5) and nm (e.g. 2:4)");
-  naming_errors("", [&] {
-    if (o.sparsity) check_sparsity(*o.sparsity);
-    if (o.nm) check_nm(*o.nm, o.nm->m);
-    return 0;
-  });
-  if (o.nm && o.group != MaskGroup::Row) throw FormatError("group applies to unstructured sparsity only");
+  o.recipe.validate();
+  if (o.recipe.permute)
+    throw ValueError("permute is not supported when streaming: the permutation would have to be applied to "
+                     "the layer's inputs too");
   if (o.stats.empty()) {
     try {
       std::regex(o.include, std::regex::ECMAScript);
     } catch (const std::regex_error& e) {
-      throw FormatError("include pattern '" + o.include + "' is not a valid regular expression: " + e.what());
+      throw ValueError("include pattern '" + o.include + "' is not a valid regular expression: " + e.what());
     }
   }
 }
@@ -373,10 +249,10 @@ StreamingPruner::StreamingPruner(StreamOptions options) : options_(std::move(opt
 StreamReport StreamingPruner::run(const fs::path& model_dir, const fs::path& out_dir) const {
   const auto start = std::chrono::steady_clock::now();
   StreamPlan plan = detail::plan_stream(options_, model_dir);
-  const bool resuming = prepare_output(model_dir, out_dir, options_, plan.job);
-  const FolderLock lock(out_dir);
-  remove_partials(out_dir);
-  safetensors::write_file_atomically(out_dir / kJobFile, job_file_text(plan.job, false, options_.durable), options_.durable);
+  const bool resuming = detail::prepare_output(model_dir, out_dir, options_, plan.job);
+  const detail::FolderLock lock(out_dir);
+  detail::remove_partials(out_dir);
+  safetensors::write_file_atomically(out_dir / detail::kJobFile, detail::job_file_text(plan.job, false, options_.durable), options_.durable);
   Compute compute(options_, plan.largest_pruned_bytes);
 
   StreamReport report;
@@ -389,7 +265,7 @@ StreamReport StreamingPruner::run(const fs::path& model_dir, const fs::path& out
       ++report.shards;
       progress.shard = shard.name;
       const fs::path out_path = out_dir / shard.name;
-      if (resuming && finished_earlier(out_path, shard.reader)) {
+      if (resuming && detail::finished_earlier(out_path, shard.reader)) {
         ++report.shards_resumed;
         for (const auto& t : shard.reader.header().tensors) progress.bytes_done += t.nbytes();
         if (options_.on_progress) options_.on_progress(progress);
@@ -407,8 +283,8 @@ StreamReport StreamingPruner::run(const fs::path& model_dir, const fs::path& out
   report.bytes = plan.bytes_total;
   if (plan.index_json)
     safetensors::write_file_atomically(out_dir / safetensors::kIndexName, *plan.index_json, options_.durable);
-  copy_other_files(model_dir, out_dir, options_.durable);
-  safetensors::write_file_atomically(out_dir / kJobFile, job_file_text(plan.job, true, options_.durable), options_.durable);
+  detail::copy_other_files(model_dir, out_dir, options_.durable);
+  safetensors::write_file_atomically(out_dir / detail::kJobFile, detail::job_file_text(plan.job, true, options_.durable), options_.durable);
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return report;
 }

@@ -5,10 +5,13 @@
 // so the upload of the next weight and the download of the previous one overlap the pruning of
 // the current one; the host waits only where the pruning reads a value back.
 
-#include "stream_buffers.h"
-#include "stream_plan.h"
+#include "stream/buffers.h"
+#include "stream/plan.h"
 
+#include "symprune/prune.h"
 #include "symprune/stream.h"
+
+#include <string_view>
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
@@ -17,13 +20,13 @@
 
 namespace symprune::detail {
 
-// The device a run may prune on (index resolved), or FormatError saying why not.
+// The device a run may prune on (index resolved), or ValueError saying why not.
 c10::Device resolve_stream_device(c10::Device device);
 
 // A weight and its statistics on their way to the device.
 struct DeviceWeight {
   at::Tensor weight;
-  WeightStats stats;
+  LayerStats stats;
   c10::Event uploaded;  // recorded on the upload stream after the last copy
 };
 
@@ -37,11 +40,11 @@ class DevicePruner {
 
   // Loader thread: queues the upload of the weight held in `input` (shaped like `like`) and of
   // its statistics; sets input.in_use until the weight's copy is done.
-  DeviceWeight upload(HostBuffer& input, const at::Tensor& like, const WeightStats& stats);
+  DeviceWeight upload(HostBuffer& input, const at::Tensor& like, const LayerStats& stats);
 
-  // Compute thread: queues the pruning of `uploaded` and the download of the result into
-  // `output`; sets output.in_use until the result is there.
-  void prune(DeviceWeight uploaded, HostBuffer& output, const StreamOptions& o);
+  // Compute thread: queues the pruning of `uploaded` (the weight `name`) and the download of
+  // the result into `output`; sets output.in_use until the result is there.
+  void prune(DeviceWeight uploaded, HostBuffer& output, const Recipe& recipe, std::string_view name);
 
  private:
   c10::Device device_;

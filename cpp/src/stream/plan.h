@@ -2,6 +2,7 @@
 // What a streaming run will do, decided and validated before a byte is written: the shards,
 // which tensors are pruned and the statistics each needs.
 
+#include "symprune/prune.h"
 #include "symprune/safetensors.h"
 #include "symprune/stream.h"
 
@@ -14,15 +15,10 @@
 
 namespace symprune::detail {
 
-// The statistics of one weight (undefined tensors where the file has none).
-struct WeightStats {
-  at::Tensor in_norm, in_mean, in_var, out_norm;
-};
-
 struct TensorJob {
   std::size_t tensor;  // index into the shard header's tensors
   bool prune = false;
-  WeightStats stats;
+  LayerStats stats;  // undefined tensors where the file has none
 };
 
 struct ShardPlan {
@@ -39,7 +35,8 @@ struct StreamPlan {
   std::string job;  // JSON describing the job, to recognise its own output when resuming
 };
 
-// Throws FormatError (bad file, option, statistics) or IoError naming what is wrong.
+// Throws ValueError (bad option), FormatError (bad file or statistics) or IoError naming what
+// is wrong.
 StreamPlan plan_stream(const StreamOptions& options, const std::filesystem::path& model_dir);
 
 }  // namespace symprune::detail

@@ -1,8 +1,8 @@
 #include "symprune/mask.h"
 
-#include "checks.h"
-#include "mask_by_sort.h"
-#include "select.h"
+#include "core/checks.h"
+#include "core/mask_by_sort.h"
+#include "core/select.h"
 
 #include <c10/util/Exception.h>
 
@@ -111,14 +111,18 @@ at::Tensor layer_mask(const at::Tensor& score, int64_t k) {
 }  // namespace
 
 void check_sparsity(double sparsity) {
-  TORCH_CHECK_VALUE(std::isfinite(sparsity) && sparsity >= 0.0 && sparsity < 1.0,
+  SYMPRUNE_CHECK(std::isfinite(sparsity) && sparsity >= 0.0 && sparsity < 1.0,
                     "sparsity must be in [0, 1), got ", sparsity);
 }
 
-void check_nm(NM nm, int64_t in_features) {
-  TORCH_CHECK_VALUE(nm.m >= 2 && nm.n >= 1 && nm.n < nm.m,
+void detail::check_nm_pattern(NM nm) {
+  SYMPRUNE_CHECK(nm.m >= 2 && nm.n >= 1 && nm.n < nm.m,
                     "N:M must keep 1 <= n < m of every m weights, got ", nm.n, ":", nm.m);
-  TORCH_CHECK_VALUE(in_features % nm.m == 0, "N:M ", nm.n, ":", nm.m, " needs in_features divisible by ",
+}
+
+void check_nm(NM nm, int64_t in_features) {
+  detail::check_nm_pattern(nm);
+  SYMPRUNE_CHECK(in_features % nm.m == 0, "N:M ", nm.n, ":", nm.m, " needs in_features divisible by ",
                     nm.m, ", got ", in_features);
 }
 

@@ -11,7 +11,7 @@
 namespace symprune::detail {
 
 // The statistic `name` that `method` needs: present, 1-D of `size` finite non-negative
-// entries; returned as fp32 on the weight's device. Throws c10::ValueError otherwise.
+// entries; returned as fp32 on the weight's device. Throws ValueError otherwise.
 at::Tensor require_stat(const std::optional<at::Tensor>& stat, int64_t size, ScoreMethod method, const char* name,
                         const at::Tensor& weight);
 

@@ -3,8 +3,8 @@
 #include "symprune/mask.h"
 #include "symprune/score.h"
 
-#include "checks.h"
-#include "select.h"
+#include "core/checks.h"
+#include "core/select.h"
 
 #include <c10/util/Exception.h>
 
@@ -131,7 +131,7 @@ void select_rows(const at::Tensor& weight, int64_t k, Write&& write) {
       write_row(row, cols, t, [&](int64_t j, bool kept) { write(r, j, kept); });
     }
   });
-  TORCH_CHECK_VALUE(finite.load(), "weight contains NaN or Inf");
+  SYMPRUNE_CHECK(finite.load(), "weight contains NaN or Inf");
 }
 
 int64_t pruned_per_row(const at::Tensor& weight, double sparsity) {

@@ -4,7 +4,7 @@
 // fresh memory and bounds the weights in flight. When a device prunes, the buffers are pinned
 // and each carries the event of the device copy that still reads or fills it.
 
-#include "bounded_queue.h"
+#include "stream/bounded_queue.h"
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/Event.h>

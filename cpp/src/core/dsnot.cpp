@@ -1,7 +1,7 @@
 #include "symprune/dsnot.h"
 
-#include "checks.h"
-#include "dsnot_prepared.h"
+#include "core/checks.h"
+#include "core/dsnot_prepared.h"
 #include "symprune/score.h"
 
 #include <c10/util/Exception.h>
@@ -28,23 +28,17 @@ void validate(const DsnotInputs& in, const DsnotOptions& opt) {
   detail::check_vector(in.in_norm, cols, "in_norm");
   detail::check_vector(in.in_mean, cols, "in_mean");
   detail::check_vector(in.in_var, cols, "in_var");
-  TORCH_CHECK_VALUE((in.in_var >= 0).all().item<bool>(), "in_var must be non-negative");
-  TORCH_CHECK_VALUE((in.in_norm >= 0).all().item<bool>(), "in_norm must be non-negative");
+  SYMPRUNE_CHECK((in.in_var >= 0).all().item<bool>(), "in_var must be non-negative");
+  SYMPRUNE_CHECK((in.in_norm >= 0).all().item<bool>(), "in_norm must be non-negative");
   if (in.initial_score) {
     detail::check_matrix(*in.initial_score, "initial_score");
-    TORCH_CHECK_VALUE(in.initial_score->sizes() == in.weight.sizes(), "initial_score must have shape ",
+    SYMPRUNE_CHECK(in.initial_score->sizes() == in.weight.sizes(), "initial_score must have shape ",
                       in.weight.sizes(), ", got ", in.initial_score->sizes());
-    TORCH_CHECK_VALUE(opt.nm.has_value(), "initial_score is only used by the N:M branch (nm=...); the "
+    SYMPRUNE_CHECK(opt.nm.has_value(), "initial_score is only used by the N:M branch (nm=...); the "
                       "unstructured branch orders prune candidates by the Wanda metric");
   }
   if (opt.nm) check_nm(*opt.nm, cols);
-  TORCH_CHECK_VALUE(opt.max_cycles >= 0, "max_cycles must be >= 0, got ", opt.max_cycles);
-  TORCH_CHECK_VALUE(std::isfinite(opt.threshold) && opt.threshold >= 0, "threshold must be >= 0, got ",
-                    opt.threshold);
-  TORCH_CHECK_VALUE(std::isfinite(opt.var_power), "var_power must be finite");
-  TORCH_CHECK_VALUE(std::isfinite(opt.a) && std::isfinite(opt.q), "a and q must be finite");
-  TORCH_CHECK_VALUE(std::isfinite(opt.gamma1.value_or(0)) && std::isfinite(opt.gamma2.value_or(0)),
-                    "gamma1 and gamma2 must be finite");
+  detail::check_dsnot_options(opt);
 }
 
 // Inputs of the walk in fp32 on the compute device. The default metrics are computed inside
@@ -76,6 +70,16 @@ detail::DsnotPrepared prepare(const DsnotInputs& in, const DsnotOptions& opt, at
 }
 
 }  // namespace
+
+void detail::check_dsnot_options(const DsnotOptions& opt) {
+  SYMPRUNE_CHECK(opt.max_cycles >= 0, "max_cycles must be >= 0, got ", opt.max_cycles);
+  SYMPRUNE_CHECK(std::isfinite(opt.threshold) && opt.threshold >= 0, "threshold must be >= 0, got ",
+                 opt.threshold);
+  SYMPRUNE_CHECK(std::isfinite(opt.var_power), "var_power must be finite");
+  SYMPRUNE_CHECK(std::isfinite(opt.a) && std::isfinite(opt.q), "a and q must be finite");
+  SYMPRUNE_CHECK(std::isfinite(opt.gamma1.value_or(0)) && std::isfinite(opt.gamma2.value_or(0)),
+                 "gamma1 and gamma2 must be finite");
+}
 
 at::Tensor dsnot(const DsnotInputs& inputs, const DsnotOptions& options) {
   validate(inputs, options);

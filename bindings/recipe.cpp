@@ -1,0 +1,101 @@
+// The Recipe and symprune::prune for Python.
+#include "convert.h"
+
+#include <map>
+
+namespace py = pybind11;
+
+namespace symprune::bindings {
+namespace {
+
+Recipe make(const std::string& method, std::optional<double> sparsity, const std::optional<PyNM>& nm,
+            const std::string& group, bool permute, const std::optional<std::string>& refine,
+            const std::optional<Options>& refine_options, const std::optional<Options>& score_options) {
+  RecipeArgs args;
+  args.method = method;
+  args.sparsity = sparsity;
+  args.nm = to_nm(nm);
+  args.group = group;
+  args.permute = permute;
+  args.refine = refine;
+  args.refine_options = refine_options.value_or(Options{});
+  args.score_options = score_options.value_or(Options{});
+  return make_recipe(args);
+}
+
+at::Tensor or_undefined(const std::optional<at::Tensor>& t) { return t.value_or(at::Tensor()); }
+
+}  // namespace
+
+void bind_recipe(py::module_& m) {
+  py::class_<Recipe>(m, "Recipe",
+                     "A validated pruning recipe: score method, pattern (sparsity per row or layer, or N:M), "
+                     "refinement and their options; see docs/semantics.md.")
+      .def(py::init(&make), py::arg("method"), py::arg("sparsity") = py::none(), py::kw_only(),
+           py::arg("nm") = py::none(), py::arg("group") = "row", py::arg("permute") = false,
+           py::arg("refine") = py::none(), py::arg("refine_options") = py::none(),
+           py::arg("score_options") = py::none())
+      .def_property_readonly("method", [](const Recipe& r) { return std::string(score_method_name(r.method)); })
+      .def_readonly("sparsity", &Recipe::sparsity)
+      .def_property_readonly("nm",
+                             [](const Recipe& r) -> std::optional<std::tuple<int64_t, int64_t>> {
+                               if (!r.nm) return std::nullopt;
+                               return std::make_tuple(r.nm->n, r.nm->m);
+                             })
+      .def_property_readonly("group", [](const Recipe& r) { return r.group == MaskGroup::Row ? "row" : "layer"; })
+      .def_readonly("permute", &Recipe::permute)
+      .def_property_readonly("refine",
+                             [](const Recipe& r) -> std::optional<std::string> {
+                               if (r.refine == Refinement::None) return std::nullopt;
+                               return r.refine == Refinement::Dsnot ? "dsnot" : "r2dsnot";
+                             })
+      .def_property_readonly("score_options", &Recipe::score_option_values,
+                             "Score options that differ from their defaults.")
+      .def_property_readonly("refine_options", &Recipe::refine_option_values,
+                             "Refinement options that differ from DSnoT's defaults (r2dsnot's included).")
+      .def_property_readonly("needs_input_stats", &Recipe::needs_input_stats)
+      .def_property_readonly("needs_refine_stats", &Recipe::needs_refine_stats)
+      .def_property_readonly("needs_output_stats", &Recipe::needs_output_stats)
+      .def_property_readonly("data_free", &Recipe::data_free)
+      .def_property_readonly("rows_independent", &Recipe::rows_independent)
+      .def("refines", &Recipe::refines, py::arg("name"), "Whether the weight called `name` is refined.")
+      .def("describe", &Recipe::describe)
+      .def("to_json", &Recipe::to_json)
+      .def("__eq__", [](const Recipe& a, const Recipe& b) { return a.to_json() == b.to_json(); })
+      .def("__repr__", [](const Recipe& r) { return "Recipe(" + r.describe() + ")"; });
+
+  m.def("method_info", [](const std::string& method) {
+    const auto info = method_info(parse_score_method(method));
+    return std::map<std::string, bool>{{"needs_input_stats", info.needs_input_stats},
+                                       {"needs_output_stats", info.needs_output_stats},
+                                       {"row_local", info.row_local},
+                                       {"data_free", info.data_free}};
+  }, py::arg("method"), "What a score method needs: its statistics, and whether it is row-local or data-free.");
+  m.def("r2dsnot_defaults", &r2dsnot_defaults, "The options R2-DSnoT adds to DSnoT.");
+  m.def("parse_nm", [](const std::string& text) {
+    const auto nm = parse_nm(text);
+    return std::make_tuple(nm.n, nm.m);
+  }, py::arg("text"), "'2:4' -> (2, 4); ValueError unless 1 <= N < M.");
+
+  py::class_<Pruned>(m, "Pruned", "The result of prune(): weight, keep (True = kept), permutation, refined.")
+      .def_readonly("weight", &Pruned::weight)
+      .def_readonly("keep", &Pruned::keep)
+      .def_readonly("permutation", &Pruned::permutation)
+      .def_readonly("refined", &Pruned::refined);
+
+  m.def("prune",
+        [](const at::Tensor& weight, const Recipe& recipe, const std::optional<at::Tensor>& in_norm,
+           const std::optional<at::Tensor>& in_mean, const std::optional<at::Tensor>& in_var,
+           const std::optional<at::Tensor>& out_norm, const std::string& name) {
+          const LayerStats stats{or_undefined(in_norm), or_undefined(in_mean), or_undefined(in_var),
+                                 or_undefined(out_norm)};
+          return prune(weight, stats, recipe, name);
+        },
+        py::arg("weight"), py::arg("recipe"), py::kw_only(), py::arg("in_norm") = py::none(),
+        py::arg("in_mean") = py::none(), py::arg("in_var") = py::none(), py::arg("out_norm") = py::none(),
+        py::arg("name") = "", py::call_guard<py::gil_scoped_release>(),
+        "Prunes one weight by a Recipe (score -> mask -> refinement); the weight itself is not changed. "
+        "`name` is matched against the recipe's refine option 'skip'.");
+}
+
+}  // namespace symprune::bindings

@@ -1,0 +1,100 @@
+#pragma once
+// A pruning recipe: which score, which pattern, which refinement, with which options. It is
+// the one definition of the sequence score -> mask -> refinement that every front end runs
+// (the Python pipeline, the streaming engine, the bindings, C++ programs), and the one place
+// where its defaults and its validation live. Build it with make_recipe() (from names and
+// key=value options, as the Python API and the command line have them) or fill the struct
+// and call validate(); then prune each weight with symprune::prune() (prune.h).
+
+#include "symprune/dsnot.h"
+#include "symprune/errors.h"
+#include "symprune/export.h"
+#include "symprune/mask.h"
+#include "symprune/score.h"
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+namespace symprune {
+
+// What a score method needs and how it can be computed.
+struct SYMPRUNE_API MethodInfo {
+  bool needs_input_stats = false;   // in_norm of the layer's inputs
+  bool needs_output_stats = false;  // out_norm of the layer's outputs
+  // Row i of the score depends only on row i of the weight (and statistics): per-row and
+  // N:M masks can then be computed a row at a time.
+  bool row_local = false;
+  bool data_free = false;  // needs no statistics at all
+};
+SYMPRUNE_API MethodInfo method_info(ScoreMethod method);
+
+enum class Refinement { None, Dsnot, R2Dsnot };
+
+// An option value from Python or the command line.
+using OptionValue = std::variant<std::monostate, bool, int64_t, double, std::string>;
+using Options = std::map<std::string, OptionValue>;
+
+struct SYMPRUNE_API Recipe {
+  ScoreMethod method = ScoreMethod::Magnitude;
+  std::optional<double> sparsity;  // exactly one of sparsity and nm
+  std::optional<NM> nm;
+  MaskGroup group = MaskGroup::Row;  // unstructured only
+  bool permute = false;              // RIA's channel permutation; N:M only, no refinement
+  ScoreOptions score;                // a, p, beta, seed; the norms come with each layer's statistics
+  Refinement refine = Refinement::None;
+  DsnotOptions refine_options;       // its nm is the recipe's
+  // Weights whose name contains one of these fragments are not refined ("mlp": attention only).
+  std::vector<std::string> refine_skip;
+
+  // Throws ValueError naming the first problem.
+  void validate() const;
+
+  // Statistics that every pruned weight must come with.
+  bool needs_input_stats() const;       // in_norm (the score, or any refinement)
+  bool needs_refine_stats() const;      // in_mean and in_var (refinement)
+  bool needs_output_stats() const;      // out_norm
+  bool data_free() const { return !needs_input_stats() && !needs_output_stats(); }
+  // Whether the weight called `name` is refined (refinement on and no skip fragment matches).
+  bool refines(std::string_view name) const;
+  // Rows of a weight are pruned independently of each other: they can go in blocks.
+  bool rows_independent() const;
+
+  // Options that differ from their defaults, by key (the keys make_recipe accepts).
+  Options score_option_values() const;
+  Options refine_option_values() const;
+  // Every field, canonically: equal recipes give equal text (resume checks use it).
+  std::string to_json() const;
+  // One line for people, e.g. "wanda 2:4 + r2dsnot".
+  std::string describe() const;
+};
+
+struct SYMPRUNE_API RecipeArgs {
+  std::string method;                 // magnitude, wanda, ria, stochria, symwanda, owanda, symmetric
+  std::optional<double> sparsity;
+  std::optional<NM> nm;
+  std::string group = "row";          // row or layer
+  bool permute = false;
+  std::optional<std::string> refine;  // dsnot or r2dsnot
+  Options score_options;              // a (ria, stochria), p (ria), beta and seed (stochria)
+  // max_cycles, threshold, var_power, relative (prune|grow|none), a, gamma1, gamma2, q, and
+  // skip (comma-separated name fragments of weights left unrefined).
+  Options refine_options;
+};
+
+// The validated recipe; r2dsnot is dsnot with r2dsnot_defaults() under the given options.
+SYMPRUNE_API Recipe make_recipe(const RecipeArgs& args);
+
+// The options R2-DSnoT adds to DSnoT (chosen on calibration text, see docs/r2dsnot.md).
+SYMPRUNE_API Options r2dsnot_defaults();
+
+// Names as the Python API and the command line give them; ValueError for unknown ones.
+SYMPRUNE_API NM parse_nm(std::string_view text);  // "2:4" -> {2, 4}, 1 <= N < M
+SYMPRUNE_API MaskGroup parse_group(std::string_view name);  // row, layer
+SYMPRUNE_API Relative parse_relative(std::string_view name);  // prune, grow, none
+
+}  // namespace symprune

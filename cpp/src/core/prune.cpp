@@ -1,0 +1,106 @@
+// The composed entry point: one weight, its statistics and a Recipe -> the pruned weight.
+#include "symprune/prune.h"
+
+#include "core/checks.h"
+#include "symprune/dsnot.h"
+
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/ne.h>
+#include <ATen/ops/sum.h>
+
+#include <algorithm>
+#include <string>
+
+namespace symprune {
+namespace {
+
+ScoreOptions score_options(const Recipe& recipe, const LayerStats& stats) {
+  ScoreOptions options = recipe.score;
+  options.in_norm = stats.in_norm.defined() ? std::optional<at::Tensor>(stats.in_norm) : std::nullopt;
+  options.out_norm = stats.out_norm.defined() ? std::optional<at::Tensor>(stats.out_norm) : std::nullopt;
+  return options;
+}
+
+void require(const at::Tensor& stat, const char* name, const Recipe& recipe) {
+  SYMPRUNE_CHECK(stat.defined(), "recipe '", recipe.describe(), "' needs ", name,
+                 " (activation statistics from calibration)");
+}
+
+void check_stats(const LayerStats& stats, const Recipe& recipe, bool refined) {
+  if (recipe.needs_input_stats()) require(stats.in_norm, "in_norm", recipe);
+  if (recipe.needs_output_stats()) require(stats.out_norm, "out_norm", recipe);
+  if (refined) {
+    require(stats.in_mean, "in_mean", recipe);
+    require(stats.in_var, "in_var", recipe);
+  }
+}
+
+// How many rows are pruned together: all of them, unless rows are independent and the weight
+// is over 4 M elements (CPU) or 32 M (GPU), so that temporaries (fp32 scores, and on a GPU the
+// int64 indices of its sorts) stay at a few MB on the CPU and a few hundred MB on a GPU.
+int64_t block_rows(const at::Tensor& weight, const Recipe& recipe) {
+  const int64_t rows = std::max<int64_t>(weight.size(0), 1), cols = std::max<int64_t>(weight.size(1), 1);
+  if (!recipe.rows_independent()) return rows;
+  const int64_t elements = weight.is_cpu() ? int64_t{1} << 22 : int64_t{1} << 25;
+  return std::clamp<int64_t>(elements / cols, 1, rows);
+}
+
+}  // namespace
+
+Pruned prune(const at::Tensor& weight, const LayerStats& stats, const Recipe& recipe, std::string_view name) {
+  const bool refined = recipe.refines(name);
+  check_stats(stats, recipe, refined);
+  const auto scores = score(weight, recipe.method, score_options(recipe, stats));
+  Pruned result;
+  if (recipe.permute) {
+    auto [keep, permutation] = permuted_nm_mask(scores, *recipe.nm);
+    result.keep = std::move(keep);
+    result.permutation = std::move(permutation);
+  } else {
+    result.keep = recipe.nm ? nm_mask(scores, *recipe.nm) : unstructured_mask(scores, *recipe.sparsity, recipe.group);
+  }
+  if (refined) {
+    DsnotOptions options = recipe.refine_options;
+    options.nm = recipe.nm;
+    std::optional<at::Tensor> initial;
+    if (recipe.nm) initial = scores;  // DSnoT's N:M branch prunes by the score that built the mask
+    auto keep = dsnot({weight, result.keep, stats.in_norm, stats.in_mean, stats.in_var, initial}, options);
+    result.refined = at::ne(keep, result.keep).sum().item<int64_t>();
+    result.keep = std::move(keep);
+  }
+  result.weight = apply_mask(weight, result.keep);
+  return result;
+}
+
+at::Tensor& prune_into(const at::Tensor& weight, const LayerStats& stats, const Recipe& recipe, at::Tensor& out,
+                       std::string_view name) {
+  detail::check_matrix(weight, "weight", /*check_values=*/false);
+  detail::check_out(out, weight);
+  const bool refined = recipe.refines(name);
+  if (recipe.rows_independent() && !refined && weight.is_cpu()) {
+    check_stats(stats, recipe, refined);
+    const auto options = score_options(recipe, stats);
+    if (recipe.nm) return prune_row_local_nm_out(weight, recipe.method, options, *recipe.nm, out);
+    return prune_row_local_out(weight, recipe.method, options, *recipe.sparsity, out);
+  }
+  const int64_t rows = weight.size(0), block = block_rows(weight, recipe);
+  if (block >= rows) return out.copy_(prune(weight, stats, recipe, name).weight);
+  for (int64_t begin = 0; begin < rows; begin += block) {
+    const int64_t end = std::min(rows, begin + block);
+    LayerStats part = stats;
+    if (part.out_norm.defined()) part.out_norm = part.out_norm.slice(0, begin, end);
+    out.slice(0, begin, end).copy_(prune(weight.slice(0, begin, end), part, recipe, name).weight);
+  }
+  return out;
+}
+
+at::Tensor prune_weight(const at::Tensor& weight, const LayerStats& stats, const Recipe& recipe,
+                        std::string_view name) {
+  detail::check_matrix(weight, "weight", /*check_values=*/false);
+  const bool row_pass = recipe.rows_independent() && !recipe.refines(name) && weight.is_cpu();
+  if (!row_pass && block_rows(weight, recipe) >= weight.size(0)) return prune(weight, stats, recipe, name).weight;
+  auto out = at::empty_like(weight);
+  return prune_into(weight, stats, recipe, out, name);
+}
+
+}  // namespace symprune

@@ -1,0 +1,302 @@
+// Recipe: defaults, option parsing and validation, defined once for every front end.
+#include "symprune/recipe.h"
+
+#include "core/checks.h"
+
+#include <nlohmann/json.hpp>
+
+#include <array>
+#include <cmath>
+#include <set>
+#include <sstream>
+
+namespace symprune {
+namespace {
+
+constexpr std::array<std::pair<std::string_view, Refinement>, 2> kRefinements{{
+    {"dsnot", Refinement::Dsnot},
+    {"r2dsnot", Refinement::R2Dsnot},
+}};
+
+std::string_view refinement_name(Refinement r) {
+  for (const auto& [name, value] : kRefinements)
+    if (value == r) return name;
+  return "none";
+}
+
+std::string_view relative_name(Relative r) {
+  return r == Relative::Prune ? "prune" : r == Relative::Grow ? "grow" : "none";
+}
+
+std::string show(const OptionValue& v) {
+  return std::visit(
+      [](const auto& x) -> std::string {
+        using T = std::decay_t<decltype(x)>;
+        if constexpr (std::is_same_v<T, std::monostate>) return "none";
+        else if constexpr (std::is_same_v<T, bool>) return x ? "true" : "false";
+        else if constexpr (std::is_same_v<T, std::string>) return "'" + x + "'";
+        else {
+          std::ostringstream out;
+          out << x;
+          return out.str();
+        }
+      },
+      v);
+}
+
+// Typed readers of one option: `what` is e.g. "refine option 'max_cycles'".
+double number(const OptionValue& v, const std::string& what) {
+  if (const auto* i = std::get_if<int64_t>(&v)) return static_cast<double>(*i);
+  if (const auto* d = std::get_if<double>(&v)) return *d;
+  throw ValueError(what + " must be a number, got " + show(v));
+}
+
+std::optional<double> optional_number(const OptionValue& v, const std::string& what) {
+  if (std::holds_alternative<std::monostate>(v)) return std::nullopt;
+  return number(v, what);
+}
+
+int64_t integer(const OptionValue& v, const std::string& what) {
+  if (const auto* i = std::get_if<int64_t>(&v)) return *i;
+  throw ValueError(what + " must be an integer, got " + show(v));
+}
+
+std::string text(const OptionValue& v, const std::string& what) {
+  if (const auto* s = std::get_if<std::string>(&v)) return *s;
+  throw ValueError(what + " must be text, got " + show(v));
+}
+
+Relative relative(const OptionValue& v, const std::string& what) {
+  if (std::holds_alternative<std::monostate>(v)) return Relative::None;
+  return parse_relative(text(v, what));
+}
+
+std::vector<std::string> fragments(const std::string& list) {
+  std::vector<std::string> out;
+  std::stringstream in(list);
+  for (std::string part; std::getline(in, part, ',');)
+    if (!part.empty()) out.push_back(part);
+  return out;
+}
+
+// Which score options each method reads: an option the method ignores is refused.
+std::set<std::string> score_option_keys(ScoreMethod method) {
+  switch (method) {
+    case ScoreMethod::Ria: return {"a", "p"};
+    case ScoreMethod::StochRia: return {"a", "beta", "seed"};
+    default: return {};
+  }
+}
+
+std::string joined(const std::set<std::string>& keys) {
+  std::string out;
+  for (const auto& k : keys) out += (out.empty() ? "" : ", ") + k;
+  return out.empty() ? "none" : out;
+}
+
+void set_score_option(ScoreOptions& o, ScoreMethod method, const std::string& key, const OptionValue& v) {
+  const auto allowed = score_option_keys(method);
+  if (!allowed.count(key))
+    throw ValueError("unknown score option '" + key + "' for method '" + std::string(score_method_name(method)) +
+                     "' (its options: " + joined(allowed) + ")");
+  const std::string what = "score option '" + key + "'";
+  if (key == "a") o.a = number(v, what);
+  else if (key == "p") o.p = number(v, what);
+  else if (key == "beta") o.beta = number(v, what);
+  else {
+    const int64_t seed = integer(v, what);
+    if (seed < 0) throw ValueError(what + " must be >= 0, got " + std::to_string(seed));
+    o.seed = static_cast<uint64_t>(seed);
+  }
+}
+
+const std::set<std::string> kRefineKeys{"max_cycles", "threshold", "var_power", "relative", "a",
+                                        "gamma1",     "gamma2",    "q",         "skip"};
+
+void set_refine_option(Recipe& r, const std::string& key, const OptionValue& v) {
+  if (!kRefineKeys.count(key))
+    throw ValueError("unknown refine option '" + key + "' (known: " + joined(kRefineKeys) + ")");
+  const std::string what = "refine option '" + key + "'";
+  auto& o = r.refine_options;
+  if (key == "max_cycles") o.max_cycles = integer(v, what);
+  else if (key == "threshold") o.threshold = number(v, what);
+  else if (key == "var_power") o.var_power = number(v, what);
+  else if (key == "relative") o.relative = relative(v, what);
+  else if (key == "a") o.a = number(v, what);
+  else if (key == "gamma1") o.gamma1 = optional_number(v, what);
+  else if (key == "gamma2") o.gamma2 = optional_number(v, what);
+  else if (key == "q") o.q = number(v, what);
+  else r.refine_skip = std::holds_alternative<std::monostate>(v) ? std::vector<std::string>{} : fragments(text(v, what));
+}
+
+OptionValue optional_value(const std::optional<double>& v) {
+  return v ? OptionValue(*v) : OptionValue(std::monostate{});
+}
+
+}  // namespace
+
+MethodInfo method_info(ScoreMethod method) {
+  MethodInfo info;
+  info.needs_input_stats = method == ScoreMethod::Wanda || method == ScoreMethod::Ria ||
+                           method == ScoreMethod::StochRia || method == ScoreMethod::SymWanda;
+  info.needs_output_stats = method == ScoreMethod::SymWanda || method == ScoreMethod::OWanda;
+  info.row_local = method == ScoreMethod::Magnitude || method == ScoreMethod::Wanda ||
+                   method == ScoreMethod::SymWanda || method == ScoreMethod::OWanda;
+  info.data_free = !info.needs_input_stats && !info.needs_output_stats;
+  return info;
+}
+
+NM parse_nm(std::string_view text) {
+  const auto colon = text.find(':');
+  const auto digits = [](std::string_view s) {
+    return !s.empty() && s.size() < 10 && s.find_first_not_of("0123456789") == std::string_view::npos;
+  };
+  if (colon == std::string_view::npos || !digits(text.substr(0, colon)) || !digits(text.substr(colon + 1)))
+    throw ValueError("N:M pattern must look like '2:4', got '" + std::string(text) + "'");
+  const NM nm{std::stoll(std::string(text.substr(0, colon))), std::stoll(std::string(text.substr(colon + 1)))};
+  detail::check_nm_pattern(nm);
+  return nm;
+}
+
+MaskGroup parse_group(std::string_view name) {
+  if (name == "row") return MaskGroup::Row;
+  if (name == "layer") return MaskGroup::Layer;
+  throw ValueError("group must be 'row' or 'layer', got '" + std::string(name) + "'");
+}
+
+Relative parse_relative(std::string_view name) {
+  if (name == "prune") return Relative::Prune;
+  if (name == "grow") return Relative::Grow;
+  if (name == "none") return Relative::None;
+  throw ValueError("relative must be 'prune', 'grow' or none, got '" + std::string(name) + "'");
+}
+
+Options r2dsnot_defaults() { return {{"gamma1", 0.1}, {"gamma2", 0.0}}; }
+
+Recipe make_recipe(const RecipeArgs& args) {
+  Recipe r;
+  r.method = parse_score_method(args.method);
+  r.sparsity = args.sparsity;
+  r.nm = args.nm;
+  r.group = parse_group(args.group);
+  r.permute = args.permute;
+  if (args.refine) {
+    const auto it = std::find_if(kRefinements.begin(), kRefinements.end(),
+                                 [&](const auto& entry) { return entry.first == *args.refine; });
+    if (it == kRefinements.end())
+      throw ValueError("unknown refine '" + *args.refine + "'; choose dsnot or r2dsnot");
+    r.refine = it->second;
+  } else if (!args.refine_options.empty()) {
+    throw ValueError("refine options given without refine (dsnot or r2dsnot)");
+  }
+  for (const auto& [key, value] : args.score_options) set_score_option(r.score, r.method, key, value);
+  if (r.refine == Refinement::R2Dsnot)
+    for (const auto& [key, value] : r2dsnot_defaults())
+      if (!args.refine_options.count(key)) set_refine_option(r, key, value);
+  for (const auto& [key, value] : args.refine_options) set_refine_option(r, key, value);
+  r.validate();
+  return r;
+}
+
+void Recipe::validate() const {
+  if (sparsity.has_value() == nm.has_value())
+    throw ValueError("give exactly one of sparsity (e.g. 0.5) and nm (e.g. 2:4)");
+  if (sparsity) check_sparsity(*sparsity);
+  if (nm) {
+    detail::check_nm_pattern(*nm);
+    if (group != MaskGroup::Row) throw ValueError("group applies to unstructured patterns only; N:M groups are fixed");
+  }
+  if (permute && !nm) throw ValueError("permute applies to N:M patterns only (give nm)");
+  if (permute && refine != Refinement::None)
+    throw ValueError("refine cannot be combined with permute: DSnoT's N:M groups are consecutive columns, "
+                     "not the permuted ones");
+  if (refine == Refinement::None && !refine_skip.empty())
+    throw ValueError("refine option 'skip' given without refine (dsnot or r2dsnot)");
+  detail::check_score_options(method, score);
+  detail::check_dsnot_options(refine_options);
+}
+
+bool Recipe::needs_input_stats() const {
+  return method_info(method).needs_input_stats || refine != Refinement::None;
+}
+bool Recipe::needs_refine_stats() const { return refine != Refinement::None; }
+bool Recipe::needs_output_stats() const { return method_info(method).needs_output_stats; }
+
+bool Recipe::refines(std::string_view name) const {
+  if (refine == Refinement::None) return false;
+  for (const auto& part : refine_skip)
+    if (name.find(part) != std::string_view::npos) return false;
+  return true;
+}
+
+bool Recipe::rows_independent() const {
+  return method_info(method).row_local && !permute && (nm || group == MaskGroup::Row);
+}
+
+std::map<std::string, OptionValue> Recipe::score_option_values() const {
+  const ScoreOptions defaults;
+  std::map<std::string, OptionValue> out;
+  const auto keys = score_option_keys(method);
+  if (keys.count("a") && score.a != defaults.a) out["a"] = score.a;
+  if (keys.count("p") && score.p != defaults.p) out["p"] = score.p;
+  if (keys.count("beta") && score.beta != defaults.beta) out["beta"] = score.beta;
+  if (keys.count("seed") && score.seed != defaults.seed) out["seed"] = static_cast<int64_t>(score.seed);
+  return out;
+}
+
+std::map<std::string, OptionValue> Recipe::refine_option_values() const {
+  std::map<std::string, OptionValue> out;
+  if (refine == Refinement::None) return out;
+  const DsnotOptions d;
+  const auto& o = refine_options;
+  if (o.max_cycles != d.max_cycles) out["max_cycles"] = o.max_cycles;
+  if (o.threshold != d.threshold) out["threshold"] = o.threshold;
+  if (o.var_power != d.var_power) out["var_power"] = o.var_power;
+  if (o.relative != d.relative) out["relative"] = std::string(relative_name(o.relative));
+  if (o.a != d.a) out["a"] = o.a;
+  if (o.gamma1 != d.gamma1) out["gamma1"] = optional_value(o.gamma1);
+  if (o.gamma2 != d.gamma2) out["gamma2"] = optional_value(o.gamma2);
+  if (o.q != d.q) out["q"] = o.q;
+  if (!refine_skip.empty()) {
+    std::string skip;
+    for (const auto& part : refine_skip) skip += (skip.empty() ? "" : ",") + part;
+    out["skip"] = skip;
+  }
+  return out;
+}
+
+std::string Recipe::to_json() const {
+  nlohmann::json j = {
+      {"method", score_method_name(method)},
+      {"group", group == MaskGroup::Row ? "row" : "layer"},
+      {"permute", permute},
+      {"score", {{"a", score.a}, {"p", score.p}, {"beta", score.beta}, {"seed", score.seed}}},
+  };
+  if (sparsity) j["sparsity"] = *sparsity;
+  if (nm) j["nm"] = {nm->n, nm->m};
+  if (refine != Refinement::None) {
+    const auto& r = refine_options;
+    j["refine"] = {{"kind", refinement_name(refine)},
+                   {"max_cycles", r.max_cycles},
+                   {"threshold", r.threshold},
+                   {"var_power", r.var_power},
+                   {"relative", relative_name(r.relative)},
+                   {"a", r.a},
+                   {"q", r.q},
+                   {"gamma1", r.gamma1 ? nlohmann::json(*r.gamma1) : nlohmann::json()},
+                   {"gamma2", r.gamma2 ? nlohmann::json(*r.gamma2) : nlohmann::json()},
+                   {"skip", refine_skip}};
+  }
+  return j.dump();
+}
+
+std::string Recipe::describe() const {
+  std::ostringstream out;
+  out << score_method_name(method) << ' ';
+  if (nm) out << nm->n << ':' << nm->m << (permute ? " permuted" : "");
+  else out << *sparsity << " per " << (group == MaskGroup::Row ? "row" : "layer");
+  if (refine != Refinement::None) out << " + " << refinement_name(refine);
+  return out.str();
+}
+
+}  // namespace symprune

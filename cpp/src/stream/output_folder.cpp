@@ -1,0 +1,131 @@
+// The output folder of a streaming run: whether it may be written, the job file that lets an
+// interrupted run resume, and the files copied beside the shards.
+
+#include "stream/output_folder.h"
+
+#include <nlohmann/json.hpp>
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <set>
+
+namespace symprune::detail {
+namespace fs = std::filesystem;
+
+namespace {
+
+// Other weight formats would hold the unpruned model: never copied to the output.
+const std::set<std::string> kSkippedExtensions{".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf",
+                                               ".h5", ".msgpack", ".onnx", ".partial"};
+
+// Identifies this boot of the machine: a run without fsync can only be resumed while the page
+// cache that holds its shards survives, i.e. within the same boot.
+std::string boot_id() {
+  std::error_code ec;
+  const fs::path path = "/proc/sys/kernel/random/boot_id";
+  return fs::exists(path, ec) ? safetensors::read_small_file(path) : std::string();
+}
+
+
+void copy_file_atomically(const fs::path& from, const fs::path& to, bool durable) {
+  const int fd = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw IoError(from.string() + ": cannot open");
+  try {
+    safetensors::AtomicFile out(to, durable);
+    out.copy_at(0, fd, 0, fs::file_size(from), from);
+    out.commit();
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  ::close(fd);
+}
+
+}  // namespace
+
+FolderLock::FolderLock(const fs::path& dir) : fd_(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)) {
+  if (fd_ < 0) throw IoError(dir.string() + ": cannot open the output folder");
+  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    ::close(fd_);
+    throw IoError(dir.string() + ": another symprune run is writing this folder");
+  }
+}
+
+FolderLock::~FolderLock() { ::close(fd_); }
+
+std::string job_file_text(const std::string& job, bool complete, bool durable) {
+  nlohmann::json text{{"job", nlohmann::json::parse(job)}, {"complete", complete}, {"durable", durable}};
+  if (!durable) text["boot_id"] = boot_id();
+  return text.dump(2) + "\n";
+}
+
+bool prepare_output(const fs::path& model_dir, const fs::path& out_dir, const StreamOptions& o,
+                    const std::string& job) {
+  std::error_code ec;
+  if (fs::exists(out_dir, ec)) {
+    if (!fs::is_directory(out_dir, ec)) throw IoError(out_dir.string() + ": exists and is not a folder");
+    if (fs::equivalent(model_dir, out_dir, ec))
+      throw ValueError(out_dir.string() + ": the output folder is the input folder; choose another");
+  } else {
+    fs::create_directories(out_dir, ec);
+    if (ec) throw IoError(out_dir.string() + ": cannot create: " + ec.message());
+  }
+  const fs::path job_path = out_dir / kJobFile;
+  if (o.resume && fs::exists(job_path, ec)) {
+    try {
+      const auto previous = nlohmann::json::parse(safetensors::read_small_file(job_path));
+      if (previous["job"].dump() != nlohmann::json::parse(job).dump())
+        throw ValueError(out_dir.string() + ": holds a run with other options, statistics or input; "
+                                             "use --overwrite to start over");
+      if (previous.value("durable", true) == false && previous.value("boot_id", "") != boot_id())
+        throw ValueError(out_dir.string() + ": holds a run made without fsync before the machine restarted; "
+                                             "its shards may be incomplete: use --overwrite to start over");
+    } catch (const nlohmann::json::exception&) {
+      throw FormatError(job_path.string() + ": unreadable; use --overwrite to start over");
+    }
+    return true;
+  }
+  bool empty = true;
+  for (const auto& entry : fs::directory_iterator(out_dir))
+    if (entry.path().extension() != ".partial") empty = false;
+  if (!empty && !o.overwrite)
+    throw ValueError(out_dir.string() + (o.resume ? ": has no interrupted run to resume (no " + std::string(kJobFile) + ")"
+                                                   : ": is not empty") +
+                      "; pass --overwrite to replace its contents");
+  return false;
+}
+
+void remove_partials(const fs::path& out_dir) {
+  for (const auto& entry : fs::directory_iterator(out_dir))
+    if (entry.path().extension() == ".partial") fs::remove(entry.path());
+}
+
+bool finished_earlier(const fs::path& path, const safetensors::Reader& input) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return false;
+  try {
+    const safetensors::Reader done(path);
+    const auto& a = done.header().tensors;
+    const auto& b = input.header().tensors;
+    if (a.size() != b.size()) return false;
+    for (std::size_t i = 0; i < a.size(); ++i)
+      if (a[i].name != b[i].name || a[i].dtype != b[i].dtype || a[i].shape != b[i].shape) return false;
+    return true;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+void copy_other_files(const fs::path& model_dir, const fs::path& out_dir, bool durable) {
+  for (const auto& entry : fs::directory_iterator(model_dir)) {
+    const auto name = entry.path().filename().string();
+    if (!entry.is_regular_file() || name.starts_with(".") || name == safetensors::kIndexName ||
+        kSkippedExtensions.count(entry.path().extension().string()))
+      continue;
+    copy_file_atomically(entry.path(), out_dir / name, durable);
+  }
+}
+
+}  // namespace symprune::detail
