@@ -99,6 +99,7 @@ void set_error(PyObject* type, const char* message) {
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "symprune's libtorch core";
+  m.def("version", [] { return std::string(SYMPRUNE_VERSION); }, "The core's version (symprune/version.h).");
   bind_recipe(m);
   bind_io(m);
 

@@ -71,6 +71,9 @@ void bind_recipe(py::module_& m) {
                                        {"row_local", info.row_local},
                                        {"data_free", info.data_free}};
   }, py::arg("method"), "What a score method needs: its statistics, and whether it is row-local or data-free.");
+  m.def("score_methods", &score_method_names, "The score methods, by name.");
+  m.def("refinements", &refinement_names, "The refinements, by name.");
+  m.def("refine_option_keys", &refine_option_keys, "The options a refinement accepts.");
   m.def("r2dsnot_defaults", &r2dsnot_defaults, "The options R2-DSnoT adds to DSnoT.");
   m.def("parse_nm", [](const std::string& text) {
     const auto nm = parse_nm(text);

@@ -87,22 +87,33 @@ def test_prune_refuses_to_clobber(
 
 
 @pytest.mark.parametrize(
-    ("extra", "fragment"),
+    ("extra", "fragment", "status"),
     [
-        (["--sparsity", "0.5", "--refine-option", "max_cycles"], "KEY=VALUE"),
+        # An invalid recipe: usage errors (exit 2), found before the model is loaded.
+        (["--sparsity", "0.5", "--refine-option", "max_cycles"], "KEY=VALUE", 2),
         (["--sparsity", "0.5", "--refine", "dsnot", "--refine-option", "cycles=3"],
-         "unknown refine_options"),
-        (["--sparsity", "0.5", "--score-option", "alpha=1"], "unknown score_options"),
-        (["--sparsity", "0.5", "--nsamples", "2", "--seqlen", "100000"], "too short"),
-        (["--sparsity", "0.5", "--refine-option", "q=1"], "without refine"),
+         "unknown refine option 'cycles'", 2),
+        (["--sparsity", "0.5", "--refine", "dsnot", "--refine-option", "max_cycles=1.5"],
+         "'max_cycles' must be an integer", 2),
+        (["--sparsity", "0.5", "--refine", "dsnot", "--refine-option", "threshold=abc"],
+         "'threshold' must be a number", 2),
+        (["--sparsity", "0.5", "--score-option", "alpha=1"], "unknown score option 'alpha'", 2),
+        (["--sparsity", "0.5", "--score-option", "a=0.3"], "for method 'wanda'", 2),
+        (["--sparsity", "0.5", "--refine-option", "q=1"], "without refine", 2),
+        (["--sparsity", "1.5"], "sparsity must be in [0, 1)", 2),
+        (["--nm", "2-4"], "must look like '2:4'", 2),
+        (["--nm", "4:2"], "1 <= n < m", 2),
+        (["--nm", "2:4", "--group", "layer"], "N:M groups are fixed", 2),
+        # Bad data: exit 1.
+        (["--sparsity", "0.5", "--nsamples", "2", "--seqlen", "100000"], "too short", 1),
     ],
 )
 def test_prune_errors_are_one_line(
     tiny_model_dir: Path, text_files: tuple[Path, Path], tmp_path: Path,
-    capsys: pytest.CaptureFixture[str], extra: list[str], fragment: str,
+    capsys: pytest.CaptureFixture[str], extra: list[str], fragment: str, status: int,
 ) -> None:
     out = tmp_path / "out"
-    assert main(_prune_args(tiny_model_dir, out, text_files[0], *extra)) == 1
+    assert main(_prune_args(tiny_model_dir, out, text_files[0], *extra)) == status
     _one_line_error(capsys, fragment)
     assert not out.exists()
 
@@ -121,9 +132,6 @@ def test_missing_inputs_are_one_line(
 @pytest.mark.parametrize(
     "extra",
     [
-        ["--sparsity", "1.5"],
-        ["--nm", "2-4"],
-        ["--nm", "4:2"],
         ["--sparsity", "0.5", "--nm", "2:4"],
         [],  # neither --sparsity nor --nm
         ["--sparsity", "0.5", "--nsamples", "0"],

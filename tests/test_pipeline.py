@@ -17,9 +17,7 @@ from symprune import pipeline
 from symprune.blocks import block_linears, hidden_of
 from symprune.data import as_token_stream, calibration_windows, evaluation_windows, with_bos
 from symprune.evaluate import perplexity
-from symprune.pipeline import (
-    capture_block_inputs, find_decoder_blocks, parse_nm, prune_model,
-)
+from symprune.pipeline import capture_block_inputs, find_decoder_blocks, prune_model
 from symprune.report import PruneReport
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -310,30 +308,48 @@ def test_dense_zeros_are_counted() -> None:
     assert entry.sparsity == pytest.approx(40 / 64)
 
 
-def test_r2dsnot_uses_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline, "R2DSNOT_DEFAULTS", {"relative": "prune", "a": 0.25})
+def test_r2dsnot_uses_defaults() -> None:
     model = build_tiny_model("llama")
     report = prune_model(model, _windows(2), method="ria", sparsity=0.5, refine="r2dsnot",
                          refine_options={"max_cycles": 10}, progress=False)
-    assert report.refine_options == {"relative": "prune", "a": 0.25, "max_cycles": 10}
+    assert report.refine_options == {**symprune.r2dsnot_defaults(), "max_cycles": 10}
+    assert report.refine == "r2dsnot"
+
+
+def test_recipe_object_equals_its_fields() -> None:
+    """prune_model(recipe) and prune_model(**fields) prune identically; both at once is refused."""
+    windows = _windows(2)
+    by_fields, by_recipe = build_tiny_model("llama"), build_tiny_model("llama")
+    prune_model(by_fields, windows, method="wanda", nm="2:4", refine="r2dsnot", progress=False)
+    recipe = symprune.Recipe("wanda", nm=(2, 4), refine="r2dsnot")
+    prune_model(by_recipe, windows, recipe, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(by_fields.state_dict().values(),
+                                                 by_recipe.state_dict().values()))
+    with pytest.raises(ValueError, match="not both"):
+        prune_model(build_tiny_model("llama"), windows, recipe, method="wanda", progress=False)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (dict(method="nope", sparsity=0.5), "unknown method"),
+        (dict(method="nope", sparsity=0.5), "unknown score method"),
+        (dict(sparsity=0.5), "give a recipe or a method"),
         (dict(method="wanda"), "exactly one"),
         (dict(method="wanda", sparsity=0.5, nm=(2, 4)), "exactly one"),
         (dict(method="wanda", sparsity=1.0), r"\[0, 1\)"),
         (dict(method="wanda", nm=(1, 3)), "divisible by 3"),
-        (dict(method="wanda", nm=(4, 4)), "1 <= N < M"),
+        (dict(method="wanda", nm=(4, 4)), "1 <= n < m"),
+        (dict(method="wanda", nm="2-4"), "look like"),
         (dict(method="wanda", sparsity=0.5, group="col"), "group"),
         (dict(method="wanda", sparsity=0.5, permute=True), "permute"),
         (dict(method="wanda", sparsity=0.5, refine="sparsegpt"), "unknown refine"),
         (dict(method="wanda", sparsity=0.5, refine_options={"q": 1}), "without refine"),
         (dict(method="wanda", sparsity=0.5, refine="dsnot", refine_options={"cycles": 1}),
-         "unknown refine_options"),
-        (dict(method="wanda", sparsity=0.5, score_options={"alpha": 1}), "unknown score_options"),
+         "unknown refine option 'cycles'"),
+        (dict(method="wanda", sparsity=0.5, refine="dsnot", refine_options={"max_cycles": 1.5}),
+         "must be an integer"),
+        (dict(method="wanda", sparsity=0.5, score_options={"alpha": 1}), "unknown score option 'alpha'"),
+        (dict(method="wanda", sparsity=0.5, score_options={"a": 0.3}), "its options: none"),
         (dict(method="wanda", nm=(2, 4), permute=True, refine="dsnot"), "permute"),
     ],
 )
@@ -360,9 +376,9 @@ def test_find_decoder_blocks_unknown_model() -> None:
 
 
 def test_parse_nm() -> None:
-    assert parse_nm("2:4") == (2, 4) and parse_nm([4, 8]) == (4, 8)
+    assert symprune.parse_nm("2:4") == (2, 4) and symprune.parse_nm("16:32") == (16, 32)
     with pytest.raises(ValueError, match="look like"):
-        parse_nm("2-4")
+        symprune.parse_nm("2-4")
 
 
 def test_report_json_round_trip(tmp_path: Any) -> None:

@@ -415,7 +415,7 @@ def test_apply_on_full_disk_loses_nothing(sharded_model_dir: Path, tmp_path: Pat
 
 def test_progress_reports_bytes(sharded_model_dir: Path, tmp_path: Path) -> None:
     seen: list[tuple[int, int]] = []
-    symprune._C.stream_prune(str(sharded_model_dir), str(tmp_path / "o"), method="magnitude", sparsity=0.5,
+    symprune._C.stream_prune(str(sharded_model_dir), str(tmp_path / "o"), recipe=symprune.Recipe("magnitude", 0.5),
                              progress=lambda shard, tensor, done, total: seen.append((done, total)))
     total = sum(os.path.getsize(p) for p in sharded_model_dir.glob("*.safetensors"))
     assert seen[-1][0] == seen[-1][1] and 0.9 * total < seen[-1][1] <= total
@@ -438,15 +438,15 @@ def test_calibrate_cli_refuses_bad_requests(
     out = tmp_path / "stats.safetensors"
     out.write_bytes(b"precious")
     base = ["calibrate", str(tiny_model_dir), "--calib", str(text_files[0]), "--quiet"]
-    cases = [
-        ([*base, "--out", str(out)], "exists; pass --overwrite"),
-        ([*base, "--out", str(tmp_path / "s2"), "--sparsity", "0.5"], "need --method"),
-        ([*base, "--out", str(tmp_path / "s3"), "--method", "wanda"], "needs --sparsity or --nm"),
-        ([*base, "--out", str(tmp_path / "missing" / "s.safetensors")], "folder of --out does not exist"),
-        ([*base, "--out", str(tmp_path / "s4"), "--method", "wanda", "--nm", "2:3"], "needs in_features divisible by 3"),
+    cases = [  # (arguments, message, exit status: 2 for an invalid recipe)
+        ([*base, "--out", str(out)], "exists; pass --overwrite", 1),
+        ([*base, "--out", str(tmp_path / "s2"), "--sparsity", "0.5"], "need --method", 2),
+        ([*base, "--out", str(tmp_path / "s3"), "--method", "wanda"], "needs --sparsity or --nm", 2),
+        ([*base, "--out", str(tmp_path / "missing" / "s.safetensors")], "folder of --out does not exist", 1),
+        ([*base, "--out", str(tmp_path / "s4"), "--method", "wanda", "--nm", "2:3"], "needs in_features divisible by 3", 1),
     ]
-    for argv, fragment in cases:
-        assert main(argv) == 1
+    for argv, fragment, status in cases:
+        assert main(argv) == status
         err = capsys.readouterr().err.strip()
         assert fragment in err and "\n" not in err, err
     assert out.read_bytes() == b"precious"
@@ -478,7 +478,7 @@ def test_apply_prunes_large_weights_in_row_chunks_exactly(
     score = symprune.score(w, method, in_norm=stats["in_norm"], out_norm=stats["out_norm"])
     keep = symprune.mask(score, pattern.get("sparsity"), nm=pattern.get("nm"))
     if refine:
-        options = dict(symprune.R2DSNOT_DEFAULTS) if refine == "r2dsnot" else {}
+        options = symprune.r2dsnot_defaults() if refine == "r2dsnot" else {}
         if "nm" in pattern:
             options["initial_score"] = score
         keep = symprune.dsnot(w, keep, in_norm=stats["in_norm"], in_mean=stats["in_mean"], in_var=stats["in_var"],

@@ -1,5 +1,6 @@
-// Scores a weight with Wanda, masks it 2:4 and refines the mask with DSnoT, the way an
-// inference server linking symprune::core would. Prints what it did.
+// Prunes one weight the way an inference server linking symprune::core would: activation
+// statistics from a stream of inputs, a Recipe (Wanda, 2:4, DSnoT), then symprune::prune.
+// Prints what it did.
 #include <ATen/ATen.h>
 
 #include <symprune/symprune.h>
@@ -14,17 +15,14 @@ int main() {
   symprune::ActivationStats stats(in);
   for (int sequence = 0; sequence < 8; ++sequence) stats.update(at::randn({32, in}) + 0.5);
 
-  symprune::ScoreOptions options;
-  options.in_norm = stats.in_norm();
-  const auto scores = symprune::score(weight, symprune::ScoreMethod::Wanda, options);
-  const auto keep = symprune::nm_mask(scores, {2, 4});
+  symprune::RecipeArgs args;
+  args.method = "wanda";
+  args.nm = symprune::parse_nm("2:4");
+  args.refine = "dsnot";
+  const auto recipe = symprune::make_recipe(args);
+  const auto result = symprune::prune(weight, {stats.in_norm(), stats.in_mean(), stats.in_var(), {}}, recipe);
 
-  symprune::DsnotOptions refine;
-  refine.nm = symprune::NM{2, 4};
-  const auto refined = symprune::dsnot({weight, keep, stats.in_norm(), stats.in_mean(), stats.in_var(), std::nullopt}, refine);
-
-  std::cout << "kept " << keep.sum().item<int64_t>() << " of " << keep.numel() << "; dsnot moved "
-            << (refined != keep).sum().item<int64_t>() / 2 << " weights; kept after "
-            << refined.sum().item<int64_t>() << "\n";
+  std::cout << recipe.describe() << ": kept " << result.keep.sum().item<int64_t>() << " of "
+            << result.keep.numel() << "; dsnot moved " << result.refined / 2 << " weights\n";
   return 0;
 }

@@ -20,13 +20,15 @@ int usage() {
 int main(int argc, char** argv) {
   if (argc < 5) return usage();
   try {
-    symprune::StreamOptions options;
-    options.method = symprune::parse_score_method(argv[3]);
+    symprune::RecipeArgs recipe;
+    recipe.method = argv[3];
     const std::string pattern = argv[4];
-    if (const auto colon = pattern.find(':'); colon != std::string::npos)
-      options.nm = symprune::NM{std::stoll(pattern.substr(0, colon)), std::stoll(pattern.substr(colon + 1))};
+    if (pattern.find(':') != std::string::npos)
+      recipe.nm = symprune::parse_nm(pattern);
     else
-      options.sparsity = std::stod(pattern);
+      recipe.sparsity = std::stod(pattern);
+    symprune::StreamOptions options;
+    options.recipe = symprune::make_recipe(recipe);
     for (int i = 5; i < argc; ++i) {
       const std::string arg = argv[i];
       if (arg == "--resume") options.resume = true;

@@ -10,18 +10,28 @@ from __future__ import annotations
 import torch  # noqa: F401  -- loads libtorch before the extension that links it
 
 from ._C import (
+    version,
     ActivationStats,
+    Pruned,
+    Recipe,
     apply_mask,
     channel_permutation,
     dsnot,
     load_safetensors,
     magnitude_mask,
     mask,
+    method_info,
+    parse_nm,
+    prune,
     prune_row_local,
+    r2dsnot_defaults,
+    refine_option_keys,
+    refinements,
     relative_importance,
     safetensors_header,
     save_safetensors,
     score,
+    score_methods,
 )
 
 # The model-level API.
@@ -29,18 +39,19 @@ from .calibrate import calibrate
 from .data import calibration_windows, evaluation_windows, tokenize_file
 from .evaluate import perplexity
 from .linear import prune_
-from .pipeline import R2DSNOT_DEFAULTS, prune_model
+from .pipeline import prune_model
 from .report import PruneReport
 from .stats import OutputStats
 from .stream import prune_checkpoint
 
-__version__ = "0.1.0"
+__version__ = version()
 
 __all__ = [
-    "R2DSNOT_DEFAULTS",
     "ActivationStats",
     "OutputStats",
     "PruneReport",
+    "Pruned",
+    "Recipe",
     "apply_mask",
     "calibrate",
     "calibration_windows",
@@ -50,14 +61,21 @@ __all__ = [
     "load_safetensors",
     "magnitude_mask",
     "mask",
+    "method_info",
+    "parse_nm",
     "perplexity",
+    "prune",
     "prune_",
     "prune_checkpoint",
     "prune_model",
     "prune_row_local",
+    "r2dsnot_defaults",
+    "refine_option_keys",
+    "refinements",
     "relative_importance",
     "safetensors_header",
     "save_safetensors",
     "score",
+    "score_methods",
     "tokenize_file",
 ]

@@ -2,8 +2,9 @@
 
 The model is built with its parameters on the meta device (buffers such as rotary tables are
 real); the input embeddings are loaded for the capture pass, then each block's weights are
-read from the shards when its turn comes and dropped after. Statistics follow SPEC.md §7:
-a dense forward with hooks per block. With prune settings the block is then pruned in memory
+read from the shards when its turn comes and dropped after. Statistics follow the sequential
+pipeline of docs/semantics.md: a dense forward with hooks per block. With a recipe the block
+is then pruned in memory
 and re-run, so the next block sees pruned activations: the statistics are exactly those
 ``prune_model`` uses, and ``symprune apply`` with the same settings reproduces
 ``symprune prune``. Without them, activations flow through the dense model.
@@ -24,12 +25,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._C import save_safetensors
+from ._C import Recipe, save_safetensors
 from .blocks import capture_block_inputs, find_decoder_blocks
 from .checkpoint import CheckpointFolder
 from .pipeline import (
     LinearStats,
-    PruneSettings,
     as_windows,
     blocks_prefix,
     check_nm_fits,
@@ -88,7 +88,7 @@ def calibrate(
     model_dir: str | os.PathLike[str],
     calibration: torch.Tensor | Sequence[torch.Tensor],
     *,
-    prune: PruneSettings | None = None,
+    prune: Recipe | None = None,
     progress: bool = True,
 ) -> Calibration:
     """Statistics of every Linear of the decoder blocks of the checkpoint in ``model_dir``.
@@ -96,7 +96,7 @@ def calibrate(
     Args:
         model_dir: Hugging Face folder with safetensors weights named as the model's parameters.
         calibration: token windows, shape ``(windows, seqlen)``.
-        prune: settings to prune each block with before it feeds the next (None: dense).
+        prune: the recipe each block is pruned with before it feeds the next (None: dense).
     """
     start = time.perf_counter()
     windows = as_windows(calibration)
@@ -139,14 +139,9 @@ def calibrate(
         format=STATS_FORMAT, version="1", model=Path(model_dir).resolve().name,
         architecture=type(model).__name__, nsamples=str(len(windows)),
         seqlen=str(max(row.numel() for row in windows)),
-        propagation="dense" if prune is None else _describe(prune),
+        propagation="dense" if prune is None else f"pruned: {prune.describe()}",
     )
     result.seconds = time.perf_counter() - start
     result.peak_rss_mb = peak_rss_mb()
     return result
 
-
-def _describe(settings: PruneSettings) -> str:
-    pattern = f"{settings.nm[0]}:{settings.nm[1]}" if settings.nm else f"{settings.sparsity} per {settings.group}"
-    refine = f" + {settings.refine}" if settings.refine else ""
-    return f"pruned: {settings.method} {pattern}{refine}"

@@ -1,8 +1,11 @@
 """Tensors of a safetensors checkpoint folder, read by name through the core's validating reader.
 
-A folder holds ``model.safetensors`` or shards named by ``model.safetensors.index.json``;
-:class:`CheckpointFolder` maps every tensor name to its shard from the shard headers (never
-trusting the index alone) and loads just the tensors asked for.
+A folder holds ``model.safetensors`` or shards named by ``model.safetensors.index.json``; its
+shards are found by the core's rule (``find_checkpoint``: the index's shards when there is
+one, refusing a ``.safetensors`` file it does not name; else every ``.safetensors`` file), the
+same rule the streaming engine follows. :class:`CheckpointFolder` maps every tensor name to its
+shard from the shard headers (never trusting the index alone) and loads just the tensors
+asked for.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ._C import load_safetensors, safetensors_header
+from ._C import find_checkpoint, load_safetensors, safetensors_header
 
 
 class CheckpointFolder:
@@ -22,9 +25,7 @@ class CheckpointFolder:
 
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = Path(folder)
-        shards = sorted(self.folder.glob("*.safetensors"))
-        if not shards:
-            raise ValueError(f"{self.folder}: no .safetensors files")
+        shards = [self.folder / name for name in find_checkpoint(str(self.folder))]
         self.shard_of: dict[str, Path] = {}
         for shard in shards:
             for name in safetensors_header(str(shard))["tensors"]:

@@ -20,18 +20,18 @@ from symprune.cli_common import (
     add_device,
     add_pruning_options,
     existing_file,
-    fraction,
     load_calib_windows,
     load_eval_windows,
-    parse_options,
     positive,
     prepare_out_dir,
+    recipe_from_args,
 )
 from symprune.cli_stream import add_stream_commands
 from symprune.data import CALIBRATION_FILE, DATA_ENV, EVALUATION_FILE, default_data_dir
 from symprune.evaluate import perplexity
 from symprune.models import ensure_smollm2, load_model, load_tokenizer
-from symprune.pipeline import METHODS, REFINES, PruneSettings, prune_model
+from symprune._C import refinements, score_methods
+from symprune.pipeline import prune_model
 
 # The demo's pruning recipe: the best measured at 50 % under the evaluation protocol
 # (docs/quality.md: wanda 62.4, wanda+r2dsnot 65.1, wanda+dsnot 78.7; dense 25.8).
@@ -72,11 +72,6 @@ def cmd_prune(args: argparse.Namespace) -> None:
     prepare_out_dir(model_dir, out_dir, args.overwrite)
     calib = existing_file(args.calib, "calibration text")
     eval_text = existing_file(args.eval, "evaluation text") if args.eval else None
-    refine_options = parse_options(args.refine_option, "--refine-option")
-    score_options = parse_options(args.score_option, "--score-option")
-    # Validate every option before the (slow) model load and calibration.
-    PruneSettings.create(args.method, args.sparsity, args.nm, args.group, args.permute,
-                         args.refine, refine_options, score_options)
 
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir, device=args.device)
@@ -85,12 +80,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
         load_eval_windows(eval_text, tokenizer, args.nwindows, args.eval_seqlen, args.bos)
         if eval_text else None
     )
-    report = prune_model(
-        model, windows, method=args.method, sparsity=args.sparsity, nm=args.nm,
-        group=args.group, permute=args.permute, refine=args.refine,
-        refine_options=refine_options, score_options=score_options,
-        progress=not args.quiet,
-    )
+    report = prune_model(model, windows, args.recipe, progress=not args.quiet)
     report.extra.update(model_dir=str(model_dir), calib=str(calib), seed=args.seed)
     if eval_windows is not None:
         report.perplexity["pruned"] = perplexity(model, eval_windows, progress=not args.quiet)
@@ -127,8 +117,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     eval_windows = load_eval_windows(text, tokenizer, args.nwindows, args.eval_seqlen, False)
     quiet = args.quiet
     dense = perplexity(model, eval_windows, progress=not quiet)
-    report = prune_model(model, windows, sparsity=args.sparsity, progress=not quiet,
-                         method=args.method, refine=args.refine)
+    report = prune_model(model, windows, args.recipe, progress=not quiet)
     pruned = perplexity(model, eval_windows, progress=not quiet)
     report.perplexity.update(dense=dense, pruned=pruned)
     print(report.summary())
@@ -196,11 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
         "pruned perplexity. Defaults are smaller than the evaluation protocol (16 calibration, "
         "4 evaluation windows) so it finishes in a few minutes on 2 CPU cores.",
     )
-    d.add_argument("--method", choices=METHODS, default=DEMO_RECIPE["method"],
+    d.add_argument("--method", choices=score_methods(), default=DEMO_RECIPE["method"],
                    help=f"score ({DEMO_RECIPE['method']})")
-    d.add_argument("--refine", choices=REFINES, default=DEMO_RECIPE["refine"],
+    d.add_argument("--refine", choices=refinements(), default=DEMO_RECIPE["refine"],
                    help=f"refinement ({DEMO_RECIPE['refine'] or 'none'})")
-    d.add_argument("--sparsity", type=fraction, default=0.5, help="fraction pruned (0.5)")
+    d.add_argument("--sparsity", type=float, default=0.5, help="fraction pruned (0.5)")
     d.add_argument("--nsamples", type=positive, default=16, help="calibration windows (16)")
     d.add_argument("--seqlen", type=positive, default=512, help="calibration window length (512)")
     d.add_argument("--nwindows", type=positive, default=4, help="evaluation windows (4)")
@@ -217,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``symprune`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    try:  # the whole recipe is checked before any model is loaded
+        args.recipe = recipe_from_args(args)
+    except ValueError as err:
+        print(f"symprune {args.command}: error: {err}", file=sys.stderr)
+        return 2
     if args.quiet:
         from transformers.utils import logging as hf_logging
 

@@ -15,11 +15,12 @@ from symprune.data import (
     tokenize_file,
     with_bos,
 )
-from symprune.pipeline import GROUPS, METHODS, REFINE_OPTION_KEYS, REFINES, parse_nm
+from symprune._C import Recipe, refine_option_keys, refinements, score_methods
 
 
 class CliError(Exception):
     """A user-facing error: printed as one line, exit status 1."""
+
 
 
 # --------------------------------------------------------------------------- helpers
@@ -45,7 +46,7 @@ def parse_options(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
     for item in items or ():
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise CliError(f"{flag} expects KEY=VALUE, got {item!r}")
+            raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
         options[key.strip()] = parse_value(value.strip())
     return options
 
@@ -94,21 +95,6 @@ def load_calib_windows(
 # --------------------------------------------------------------------------- argument types
 
 
-def nm_type(text: str) -> tuple[int, int]:
-    try:
-        return parse_nm(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), got {value}")
-    return value
-
 def positive(text: str) -> int:
     try:
         value = int(text)
@@ -153,25 +139,45 @@ def add_bos(p: argparse.ArgumentParser) -> None:
 
 
 def add_pruning_options(p: argparse.ArgumentParser, *, required: bool = True) -> None:
-    """--method, --sparsity/--nm, --group, --refine and their options."""
-    p.add_argument("--method", required=required, choices=METHODS,
+    """--method, --sparsity/--nm, --group, --refine and their options: the fields of a Recipe,
+    built and checked by :func:`recipe_from_args`."""
+    p.add_argument("--method", required=required, choices=score_methods(),
                    help="importance score: magnitude and symmetric are data-free; wanda, ria, "
                    "stochria use input activations; owanda/symwanda also outputs")
     pattern = p.add_mutually_exclusive_group(required=required)
-    pattern.add_argument("--sparsity", type=fraction,
+    pattern.add_argument("--sparsity", type=float,
                          help="fraction of weights pruned (0.5 = half), per --group")
-    pattern.add_argument("--nm", type=nm_type, metavar="N:M",
+    pattern.add_argument("--nm", metavar="N:M",
                          help="semi-structured pattern keeping N of every M inputs, e.g. 2:4")
-    p.add_argument("--group", choices=GROUPS, default="row",
+    p.add_argument("--group", choices=("row", "layer"), default="row",
                    help="with --sparsity: prune each output row equally (row, default) or "
                    "the whole matrix at once (layer)")
-    p.add_argument("--refine", choices=REFINES,
+    p.add_argument("--refine", choices=refinements(),
                    help="training-free mask refinement: dsnot, or r2dsnot (DSnoT with "
                    "a regularised decision boundary)")
     p.add_argument("--refine-option", action="append", metavar="KEY=VALUE",
-                   help=f"option for --refine ({', '.join(sorted(REFINE_OPTION_KEYS))}); repeatable")
+                   help=f"option for --refine ({', '.join(refine_option_keys())}; skip=mlp refines "
+                   "attention projections only); repeatable")
     p.add_argument("--score-option", action="append", metavar="KEY=VALUE",
-                   help="option for the score (a, p, beta, seed); repeatable")
+                   help="option of the score: a and p (ria), a, beta and seed (stochria); repeatable")
+
+
+def recipe_from_args(args: argparse.Namespace) -> Recipe | None:
+    """The command's Recipe from its pruning options, validated by the core (ValueError);
+    None for a command run without --method (calibrate's dense statistics)."""
+    if getattr(args, "method", None) is None:
+        if any(getattr(args, name, None) is not None for name in ("sparsity", "nm", "refine")):
+            raise ValueError("--sparsity, --nm and --refine need --method")
+        return None
+    sparsity, nm = getattr(args, "sparsity", None), getattr(args, "nm", None)
+    if sparsity is None and nm is None:
+        raise ValueError("--method needs --sparsity or --nm")
+    return Recipe(
+        args.method, sparsity, nm=nm, group=getattr(args, "group", "row"),
+        permute=getattr(args, "permute", False), refine=getattr(args, "refine", None),
+        refine_options=parse_options(getattr(args, "refine_option", None), "--refine-option"),
+        score_options=parse_options(getattr(args, "score_option", None), "--score-option"),
+    )
 
 
 def add_calibration_options(p: argparse.ArgumentParser) -> None:

@@ -16,23 +16,7 @@ from symprune.cli_common import (
     add_pruning_options,
     existing_file,
     load_calib_windows,
-    parse_options,
 )
-from symprune.pipeline import PruneSettings
-
-
-def _settings_or_none(args: argparse.Namespace) -> PruneSettings | None:
-    if args.method is None:
-        if args.sparsity is not None or args.nm is not None or args.refine is not None:
-            raise CliError("--sparsity, --nm and --refine need --method")
-        return None
-    if args.sparsity is None and args.nm is None:
-        raise CliError("--method needs --sparsity or --nm")
-    return PruneSettings.create(
-        args.method, args.sparsity, args.nm, args.group, False, args.refine,
-        parse_options(args.refine_option, "--refine-option"),
-        parse_options(args.score_option, "--score-option"),
-    )
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
@@ -45,10 +29,9 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
         raise CliError(f"{out} exists; pass --overwrite to replace it")
     if not out.parent.is_dir():
         raise CliError(f"folder of --out does not exist: {out.parent}")
-    settings = _settings_or_none(args)
     tokenizer = load_tokenizer(model_dir)
     windows = load_calib_windows(calib, tokenizer, args.nsamples, args.seqlen, args.seed, args.bos)
-    result = calibrate(model_dir, windows, prune=settings, progress=not args.quiet)
+    result = calibrate(model_dir, windows, prune=args.recipe, progress=not args.quiet)
     result.metadata.update(calib=calib.name, seed=str(args.seed))
     result.save(out)
     layers = len(result.tensors) // 6
@@ -63,11 +46,7 @@ def cmd_apply(args: argparse.Namespace) -> None:
 
     stats = existing_file(args.stats, "statistics file") if args.stats else None
     report = prune_checkpoint(
-        args.model_dir, args.out_dir, method=args.method, sparsity=args.sparsity, nm=args.nm,
-        group=args.group, refine=args.refine,
-        refine_options=parse_options(args.refine_option, "--refine-option"),
-        score_options=parse_options(args.score_option, "--score-option"),
-        stats=stats, include=args.include, resume=args.resume, overwrite=args.overwrite,
+        args.model_dir, args.out_dir, args.recipe, stats=stats, include=args.include, resume=args.resume, overwrite=args.overwrite,
         durable=not args.no_fsync, device=args.device, progress=not args.quiet,
     )
     _print_apply_report(report)
@@ -87,7 +66,7 @@ def add_stream_commands(sub: Any) -> None:
     c = sub.add_parser(
         "calibrate", help="activation statistics of every Linear, one block in memory at a time",
         description="Run the calibration text through MODEL_DIR block by block (only one decoder "
-        "block's weights in memory) and save SPEC §1 statistics of every Linear, keyed by weight "
+        "block's weights in memory) and save the activation statistics of every Linear, keyed by weight "
         "name, for `symprune apply`. With --method and --sparsity/--nm each block is pruned in "
         "memory before it feeds the next, exactly as `symprune prune` does, so `apply` with the "
         "same options gives the same model; without, activations flow through the dense model. "

@@ -1,8 +1,9 @@
-"""Sequential, block-by-block pruning of a Hugging Face causal LM (SPEC.md §7).
+"""Sequential, block-by-block pruning of a Hugging Face causal LM (docs/semantics.md,
+"sequential pipeline").
 
-This module only wires models to the core: every score, mask and refinement is computed
-by ``symprune.score`` / ``symprune.mask`` / ``symprune.dsnot`` and every statistic by
-``symprune.ActivationStats`` / ``symprune.OutputStats``.
+This module only wires models to the core: every weight is pruned by the core's
+``symprune.prune`` with a ``symprune.Recipe`` (score, mask, refinement), and every statistic
+is accumulated by ``symprune.ActivationStats`` / ``symprune.OutputStats``.
 
 Flow: one cheap pass records, for each calibration window, the hidden states entering
 block 0 and the exact call (all keyword arguments: masks, position ids, rotary
@@ -18,7 +19,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,106 +33,34 @@ from symprune.blocks import (
     capture_block_inputs,
     find_decoder_blocks,
 )
+from symprune._C import Recipe
 from symprune.report import BlockReport, LayerReport, PruneReport
 
-METHODS: tuple[str, ...] = (
-    "magnitude", "wanda", "ria", "stochria", "symwanda", "owanda", "symmetric",
-)
-REFINES: tuple[str, ...] = ("dsnot", "r2dsnot")
-GROUPS: tuple[str, ...] = ("row", "layer")
-# Which activation statistics each score needs (the rest are data-free).
-_NEEDS_IN_NORM = frozenset({"wanda", "ria", "stochria", "symwanda"})
-_NEEDS_OUT_NORM = frozenset({"symwanda", "owanda"})
-SCORE_OPTION_KEYS = frozenset({"a", "p", "beta", "seed"})
-REFINE_OPTION_KEYS = frozenset(
-    {"max_cycles", "threshold", "var_power", "relative", "a", "gamma1", "gamma2", "q", "skip"}
-)
-# refine_options["skip"]: comma-separated name fragments of Linears left unrefined, e.g.
-# "mlp" refines attention projections only (the DSnoT reference code's default).
-# R²-DSnoT = DSnoT with these options; caller's refine_options override them. Chosen by
-# bench/ablation_r2dsnot.py on held-out calibration text (docs/r2dsnot.md): the regularised
-# decision boundary helps, relative importance in either phase did not on SmolLM2.
-R2DSNOT_DEFAULTS: dict[str, Any] = {"gamma1": 0.1, "gamma2": 0.0}
 
-# --------------------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True)
-class PruneSettings:
-    """Validated pruning options (see :func:`prune_model`)."""
-
-    method: str
-    sparsity: float | None
-    nm: tuple[int, int] | None
-    group: str
-    permute: bool
-    refine: str | None
-    refine_options: dict[str, Any] = field(default_factory=dict)
-    score_options: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def create(
-        cls,
-        method: str,
-        sparsity: float | None,
-        nm: tuple[int, int] | None,
-        group: str,
-        permute: bool,
-        refine: str | None,
-        refine_options: Mapping[str, Any] | None,
-        score_options: Mapping[str, Any] | None,
-    ) -> PruneSettings:
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        if (sparsity is None) == (nm is None):
-            raise ValueError("give exactly one of sparsity (e.g. 0.5) or nm (e.g. (2, 4))")
-        if sparsity is not None and not (isinstance(sparsity, (int, float)) and 0 <= sparsity < 1):
-            raise ValueError(f"sparsity must be a fraction in [0, 1), got {sparsity!r}")
-        if nm is not None:
-            nm = parse_nm(nm)
-        if group not in GROUPS:
-            raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
-        if permute and nm is None:
-            raise ValueError("permute only applies to N:M patterns (give nm)")
-        if permute and refine is not None:
-            raise ValueError("refine cannot be combined with permute: DSnoT's N:M groups are "
-                             "consecutive columns, not the permuted ones")
-        if refine is not None and refine not in REFINES:
-            raise ValueError(f"unknown refine {refine!r}; choose one of {', '.join(REFINES)}")
-        options = dict(refine_options or {})
-        if options and refine is None:
-            raise ValueError("refine_options given without refine ('dsnot' or 'r2dsnot')")
-        _check_keys("refine_options", options, REFINE_OPTION_KEYS)
-        if refine == "r2dsnot":
-            options = {**R2DSNOT_DEFAULTS, **options}
-        scores = dict(score_options or {})
-        _check_keys("score_options", scores, SCORE_OPTION_KEYS)
-        return cls(method, None if sparsity is None else float(sparsity), nm, group,
-                   bool(permute), refine, options, scores)
-
-
-def parse_nm(value: str | Sequence[int]) -> tuple[int, int]:
-    """Parse an N:M pattern, ``"2:4"`` or ``(2, 4)``: keep N of every M (1 <= N < M)."""
-    if isinstance(value, str):
-        parts = value.split(":")
-        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-            raise ValueError(f"N:M pattern must look like '2:4', got {value!r}")
-        n, m = (int(p) for p in parts)
-    else:
-        if len(value) != 2:
-            raise ValueError(f"nm must be a pair (n, m), got {value!r}")
-        n, m = (int(v) for v in value)
-    if not 1 <= n < m:
-        raise ValueError(f"N:M needs 1 <= N < M (keep N of every M), got {n}:{m}")
-    return n, m
-
-
-def _check_keys(what: str, options: Mapping[str, Any], allowed: frozenset[str]) -> None:
-    unknown = set(options) - allowed
-    if unknown:
-        raise ValueError(
-            f"unknown {what} {sorted(unknown)}; allowed: {', '.join(sorted(allowed))}"
-        )
+def as_recipe(
+    recipe: Recipe | None = None,
+    *,
+    method: str | None = None,
+    sparsity: float | None = None,
+    nm: tuple[int, int] | str | None = None,
+    group: str = "row",
+    permute: bool = False,
+    refine: str | None = None,
+    refine_options: Mapping[str, Any] | None = None,
+    score_options: Mapping[str, Any] | None = None,
+) -> Recipe:
+    """``recipe`` itself, or the core's :class:`symprune.Recipe` built (and validated) from the
+    keyword arguments; ValueError for an invalid one or for both at once."""
+    if recipe is not None:
+        given = (method, sparsity, nm, refine, refine_options, score_options)
+        if any(v is not None for v in given) or permute or group != "row":
+            raise ValueError("give either a recipe or its fields (method, sparsity, ...), not both")
+        return recipe
+    if method is None:
+        raise ValueError("give a recipe or a method (e.g. method='wanda', sparsity=0.5)")
+    return Recipe(method, sparsity, nm=nm, group=group, permute=permute, refine=refine,
+                  refine_options=None if refine_options is None else dict(refine_options),
+                  score_options=None if score_options is None else dict(score_options))
 
 
 # --------------------------------------------------------------------------- statistics
@@ -198,41 +127,20 @@ def collect_block_stats(
 # --------------------------------------------------------------------------- pruning
 
 
-def _score_inputs(settings: PruneSettings, stats: LinearStats) -> dict[str, Any]:
-    kwargs: dict[str, Any] = dict(settings.score_options)
-    if settings.method in _NEEDS_IN_NORM:
-        kwargs["in_norm"] = stats.inputs.in_norm
-    if settings.method in _NEEDS_OUT_NORM:
-        kwargs["out_norm"] = stats.outputs.out_norm
-    return kwargs
-
-
-def linear_mask(
-    weight: torch.Tensor, stats: LinearStats, settings: PruneSettings, name: str = ""
-) -> tuple[torch.Tensor, int]:
-    """Score, mask and optionally refine one Linear weight (left unchanged).
-
-    Returns the keep mask (True = kept) and how many mask entries refinement flipped.
-    With ``permute`` the mask is N:M in the permuted column order only.
-    """
-    weight = weight.detach()
-    score = symprune.score(weight, settings.method, **_score_inputs(settings, stats))
-    keep = symprune.mask(score, settings.sparsity, nm=settings.nm, group=settings.group,
-                         permute=settings.permute)
-    if settings.permute:
-        keep, _ = keep
-    options = dict(settings.refine_options)
-    skipped = [part for part in str(options.pop("skip", "") or "").split(",") if part]
-    if settings.refine is None or any(part in name for part in skipped):
-        return keep, 0
-    if settings.nm is not None:
-        # DSnoT's N:M branch picks prune candidates by the score that built the mask.
-        options["initial_score"] = score
-    refined = symprune.dsnot(
-        weight, keep, in_norm=stats.inputs.in_norm, in_mean=stats.inputs.in_mean,
-        in_var=stats.inputs.in_var, nm=settings.nm, **options,
+def prune_linear(weight: torch.Tensor, stats: LinearStats, recipe: Recipe, name: str) -> Any:
+    """The core's ``symprune.prune`` of one Linear weight (left unchanged) with its statistics:
+    ``weight`` (the pruned copy), ``keep`` (True = kept, in the original column order also with
+    ``permute``) and ``refined`` (mask entries the refinement changed). ``name`` (the
+    weight's) is matched against the recipe's refine option ``skip``."""
+    inputs, outputs = stats.inputs, stats.outputs
+    result = symprune.prune(
+        weight, recipe, name=name,
+        in_norm=inputs.in_norm if recipe.needs_input_stats else None,
+        in_mean=inputs.in_mean if recipe.refines(name) else None,
+        in_var=inputs.in_var if recipe.refines(name) else None,
+        out_norm=outputs.out_norm if recipe.needs_output_stats and outputs is not None else None,
     )
-    return refined, int((refined != keep).sum())
+    return result
 
 
 def _energies(weight: torch.Tensor, keep: torch.Tensor, in_sq: torch.Tensor) -> tuple[float, float]:
@@ -293,12 +201,12 @@ def blocks_prefix(model: nn.Module, blocks: nn.ModuleList) -> str:
     return next(name for name, m in model.named_modules() if m is blocks)
 
 
-def new_report(settings: PruneSettings, windows: Sequence[torch.Tensor]) -> PruneReport:
-    """An empty report describing ``settings`` and the calibration windows."""
+def new_report(recipe: Recipe, windows: Sequence[torch.Tensor]) -> PruneReport:
+    """An empty report describing ``recipe`` and the calibration windows."""
     return PruneReport(
-        method=settings.method, sparsity=settings.sparsity, nm=settings.nm,
-        group=settings.group, permute=settings.permute, refine=settings.refine,
-        refine_options=dict(settings.refine_options), score_options=dict(settings.score_options),
+        method=recipe.method, sparsity=recipe.sparsity, nm=recipe.nm,
+        group=recipe.group, permute=recipe.permute, refine=recipe.refine,
+        refine_options=dict(recipe.refine_options), score_options=dict(recipe.score_options),
         nsamples=len(windows), seqlen=max(row.numel() for row in windows),
     )
 
@@ -306,8 +214,9 @@ def new_report(settings: PruneSettings, windows: Sequence[torch.Tensor]) -> Prun
 def prune_model(
     model: nn.Module,
     calibration: torch.Tensor | Sequence[torch.Tensor],
+    recipe: Recipe | None = None,
     *,
-    method: str,
+    method: str | None = None,
     sparsity: float | None = None,
     nm: tuple[int, int] | str | None = None,
     group: str = "row",
@@ -322,25 +231,28 @@ def prune_model(
     Args:
         model: a Hugging Face causal LM (Llama, Mistral, Qwen2/3, Gemma-3 text, OPT, ...).
         calibration: token windows, shape ``(windows, seqlen)`` (see ``data.calibration_windows``).
-        method: score, one of ``METHODS``.
+        recipe: a :class:`symprune.Recipe`; or give its fields as the keyword arguments below.
+        method: score, one of ``symprune.score_methods()``.
         sparsity: fraction pruned per row (``group="row"``) or per matrix (``"layer"``).
         nm: N:M pattern instead of ``sparsity``, e.g. ``(2, 4)`` or ``"2:4"`` keeps 2 of 4.
         permute: RIA's channel permutation for N:M (the mask is N:M only in permuted order).
-        refine: ``"dsnot"`` or ``"r2dsnot"`` (DSnoT with ``R2DSNOT_DEFAULTS``).
-        refine_options: keyword options of ``symprune.dsnot`` (``REFINE_OPTION_KEYS``).
-        score_options: keyword options of ``symprune.score`` (``a``, ``p``, ``beta``, ``seed``).
+        refine: ``"dsnot"`` or ``"r2dsnot"`` (DSnoT with ``symprune.r2dsnot_defaults()``).
+        refine_options: options of the refinement (``symprune.refine_option_keys()``), e.g.
+            ``{"skip": "mlp"}`` to refine attention projections only.
+        score_options: options of the score that the method reads (ria: ``a``, ``p``;
+            stochria: ``a``, ``beta``, ``seed``).
         progress: show tqdm bars.
 
     Embeddings, norms, biases and ``lm_head`` are never touched.
     """
-    settings = PruneSettings.create(method, sparsity, nm, group, permute, refine,
-                                    refine_options, score_options)
+    recipe = as_recipe(recipe, method=method, sparsity=sparsity, nm=nm, group=group, permute=permute,
+                       refine=refine, refine_options=refine_options, score_options=score_options)
     windows = as_windows(calibration)
     blocks = find_decoder_blocks(model)
-    check_nm_fits(blocks, settings.nm)
+    check_nm_fits(blocks, recipe.nm)
     prefix = blocks_prefix(model, blocks)
-    report = new_report(settings, windows)
-    need_outputs = settings.method in _NEEDS_OUT_NORM
+    report = new_report(recipe, windows)
+    need_outputs = recipe.needs_output_stats
     was_training = model.training
     model.eval()
     start = time.perf_counter()
@@ -350,10 +262,10 @@ def prune_model(
             captured = capture_block_inputs(model, windows, progress=progress)
             report.capture_seconds = time.perf_counter() - t
             hidden = captured.hidden
-            bar = tqdm(list(enumerate(blocks)), desc=f"pruning ({settings.method})",
+            bar = tqdm(list(enumerate(blocks)), desc=f"pruning ({recipe.method})",
                        unit="block", disable=not progress)
             for index, block in bar:
-                hidden = prune_block(index, block, hidden, captured.calls[index], settings,
+                hidden = prune_block(index, block, hidden, captured.calls[index], recipe,
                                       need_outputs, f"{prefix}.{index}", report)
     finally:
         model.train(was_training)
@@ -368,7 +280,7 @@ def prune_block(
     block: nn.Module,
     hidden: list[torch.Tensor],
     calls: Sequence[BlockCall],
-    settings: PruneSettings,
+    recipe: Recipe,
     need_outputs: bool,
     block_name: str,
     report: PruneReport,
@@ -388,15 +300,15 @@ def prune_block(
     for name, layer in block_linears(block).items():
         weight = layer.weight.detach()
         dense_zeros = weight.numel() - int(torch.count_nonzero(weight))
-        keep, changed = linear_mask(weight, stats[name], settings, name=f"{block_name}.{name}")
-        dense, lost = _energies(weight, keep, stats[name].inputs.in_sq)
-        weight.masked_fill_(~keep.to(weight.device), 0)
+        result = prune_linear(weight, stats[name], recipe, f"{block_name}.{name}.weight")
+        dense, lost = _energies(weight, result.keep, stats[name].inputs.in_sq)
+        weight.copy_(result.weight)
         zeros = weight.numel() - int(torch.count_nonzero(weight))
         report.layers.append(LayerReport(
             name=f"{block_name}.{name}", block=index, shape=tuple(weight.shape),
             numel=weight.numel(), dense_zeros=dense_zeros, zeros=zeros,
             sparsity=zeros / weight.numel(),
-            recon_error=math.sqrt(lost / dense) if dense > 0 else 0.0, changed=changed,
+            recon_error=math.sqrt(lost / dense) if dense > 0 else 0.0, changed=result.refined,
         ))
     report.prune_seconds += time.perf_counter() - t
     del stats

@@ -12,15 +12,16 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ._C import stream_prune
-from .pipeline import PruneSettings
+from ._C import Recipe, stream_prune
+from .pipeline import as_recipe
 
 
 def prune_checkpoint(
     model_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
+    recipe: Recipe | None = None,
     *,
-    method: str,
+    method: str | None = None,
     sparsity: float | None = None,
     nm: tuple[int, int] | str | None = None,
     group: str = "row",
@@ -37,6 +38,9 @@ def prune_checkpoint(
 ) -> dict[str, Any]:
     """Write a pruned copy of the checkpoint in ``model_dir`` to ``out_dir``.
 
+    The recipe is a :class:`symprune.Recipe` or its fields as keyword arguments, as in
+    :func:`symprune.prune_model` (``permute`` excepted).
+
     Every 2-D weight with statistics in ``stats`` (from ``symprune calibrate``) is pruned; without
     statistics (data-free methods only) every 2-D weight whose name matches ``include`` (default:
     the decoder blocks' weights). Other tensors are copied byte for byte, and so are the
@@ -49,25 +53,23 @@ def prune_checkpoint(
     a GPU. Other devices, or cuda where torch has none, raise ValueError before anything is
     written. Returns the engine's report.
     """
-    settings = PruneSettings.create(method, sparsity, nm, group, False, refine, refine_options, score_options)
-    options = dict(settings.refine_options)
-    if "skip" in options:
-        raise ValueError("refine option 'skip' is not supported when streaming a checkpoint")
+    recipe = as_recipe(recipe, method=method, sparsity=sparsity, nm=nm, group=group, refine=refine,
+                       refine_options=refine_options, score_options=score_options)
     bar: tqdm | None = None  # drawn at the first progress report: errors found while planning show no bar
 
     def report(shard: str, tensor: str, done: int, total: int) -> None:
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"pruning ({method})", disable=not progress)
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"pruning ({recipe.method})",
+                       disable=not progress)
         bar.set_postfix_str(shard, refresh=False)
         bar.update(done - bar.n)
 
     try:
         return stream_prune(
-            str(model_dir), str(out_dir), method=settings.method, sparsity=settings.sparsity,
-            nm=settings.nm, group=settings.group, refine=options if settings.refine else None,
-            stats=None if stats is None else str(stats), include=include, resume=resume,
-            overwrite=overwrite, durable=durable, device=str(device), progress=report, **settings.score_options,
+            str(model_dir), str(out_dir), recipe=recipe, stats=None if stats is None else str(stats),
+            include=include, resume=resume, overwrite=overwrite, durable=durable, device=str(device),
+            progress=report,
         )
     finally:
         if bar is not None:

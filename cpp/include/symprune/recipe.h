@@ -89,6 +89,10 @@ struct SYMPRUNE_API RecipeArgs {
 // The validated recipe; r2dsnot is dsnot with r2dsnot_defaults() under the given options.
 SYMPRUNE_API Recipe make_recipe(const RecipeArgs& args);
 
+// The names make_recipe accepts for refine and as refine option keys.
+SYMPRUNE_API std::vector<std::string> refinement_names();
+SYMPRUNE_API std::vector<std::string> refine_option_keys();
+
 // The options R2-DSnoT adds to DSnoT (chosen on calibration text, see docs/r2dsnot.md).
 SYMPRUNE_API Options r2dsnot_defaults();
 

@@ -161,8 +161,9 @@ SYMPRUNE_API std::string read_small_file(const std::filesystem::path& path, uint
 // Writes `contents` to `path` atomically (temporary file, fsync unless !durable, rename).
 SYMPRUNE_API void write_file_atomically(const std::filesystem::path& path, std::string_view contents, bool durable = true);
 
-// The shards of a checkpoint folder: those named by model.safetensors.index.json (which must
-// be plain file names inside the folder), else the folder's *.safetensors files, sorted.
+// The shards of a checkpoint folder: those named by model.safetensors.index.json (plain file
+// names inside the folder; FormatError for a *.safetensors file the index does not name), else
+// the folder's *.safetensors files, sorted. Every front end (Python, streaming) follows it.
 struct SYMPRUNE_API Checkpoint {
   std::vector<std::string> shards;                    // file names inside the folder
   std::optional<std::string> index_json;              // the index file's text, if any

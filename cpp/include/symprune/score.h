@@ -7,7 +7,9 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <string_view>
+#include <vector>
 
 namespace symprune {
 
@@ -16,6 +18,7 @@ enum class ScoreMethod { Magnitude, Wanda, Ria, StochRia, SymWanda, OWanda, Symm
 // Parses "magnitude", "wanda", "ria", "stochria", "symwanda", "owanda", "symmetric".
 SYMPRUNE_API ScoreMethod parse_score_method(std::string_view name);
 SYMPRUNE_API std::string_view score_method_name(ScoreMethod method);
+SYMPRUNE_API std::vector<std::string> score_method_names();  // in the order above
 
 struct SYMPRUNE_API ScoreOptions {
   std::optional<at::Tensor> in_norm;   // (in_features), required by wanda/ria/stochria/symwanda

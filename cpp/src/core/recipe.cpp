@@ -171,6 +171,14 @@ Relative parse_relative(std::string_view name) {
   throw ValueError("relative must be 'prune', 'grow' or none, got '" + std::string(name) + "'");
 }
 
+std::vector<std::string> refinement_names() {
+  std::vector<std::string> names;
+  for (const auto& entry : kRefinements) names.emplace_back(entry.first);
+  return names;
+}
+
+std::vector<std::string> refine_option_keys() { return {kRefineKeys.begin(), kRefineKeys.end()}; }
+
 Options r2dsnot_defaults() { return {{"gamma1", 0.1}, {"gamma2", 0.0}}; }
 
 Recipe make_recipe(const RecipeArgs& args) {

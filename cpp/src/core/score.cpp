@@ -109,6 +109,12 @@ ScoreMethod parse_score_method(std::string_view name) {
   throw ValueError("unknown score method '" + std::string(name) + "' (known: " + known + ")");
 }
 
+std::vector<std::string> score_method_names() {
+  std::vector<std::string> names;
+  for (const auto& entry : kMethods) names.emplace_back(entry.first);
+  return names;
+}
+
 std::string_view score_method_name(ScoreMethod method) {
   for (const auto& [key, value] : kMethods)
     if (value == method) return key;

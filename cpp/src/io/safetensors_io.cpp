@@ -272,6 +272,14 @@ Checkpoint find_checkpoint(const fs::path& folder) {
       shards.insert(shard.get<std::string>());
     }
     checkpoint.shards.assign(shards.begin(), shards.end());
+    // A shard the index does not name (say, a single-file model left beside a sharded one)
+    // would be loaded by other tools: refuse to guess which set is the model.
+    for (const auto& entry : fs::directory_iterator(folder)) {
+      const auto name = entry.path().filename().string();
+      if (entry.path().extension() == ".safetensors" && !shards.count(name))
+        throw FormatError(folder.string() + ": " + name + " is not named by " + kIndexName +
+                          "; remove the stray file or fix the index");
+    }
   } else {
     for (const auto& entry : fs::directory_iterator(folder)) {
       if (entry.is_regular_file() && entry.path().extension() == ".safetensors")
