@@ -1,4 +1,4 @@
-"""Slow, obviously-correct oracle for DSnoT and R2-DSnoT (SPEC.md sections 4-5 as refined by
+"""Slow, obviously-correct oracle for DSnoT and R2-DSnoT (docs/semantics.md#dsnot and #r2-dsnot as refined by
 docs/semantics.md).
 
 Everything here is written from the specification, independently of symprune: one row at a
@@ -29,7 +29,7 @@ EPS_BOUNDARY = 1e-12
 
 
 # --------------------------------------------------------------------------------------------
-# statistics (SPEC section 1 / semantics.md "Statistics")
+# statistics (docs/semantics.md#statistics)
 # --------------------------------------------------------------------------------------------
 def activation_stats(sequences) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(in_norm, in_mean, in_var) in fp32 from an iterable of (L, F) sequences.

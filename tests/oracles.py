@@ -1,7 +1,7 @@
 """Plain PyTorch oracles for symprune's statistics, scorers and masks.
 
-Written directly from ../shared/SPEC.md (sections 1-3) and docs/semantics.md (which is
-authoritative where SPEC leaves room). They are deliberately slow and simple: Python
+Written directly from the definitions in docs/semantics.md (statistics, scores, masks).
+They are deliberately slow and simple: Python
 loops over rows / groups, one obvious formula per line, no cleverness. They import
 nothing from symprune, so a bug in the library cannot leak into its own reference.
 
@@ -25,7 +25,7 @@ NEEDS_OUT_NORM = ("symwanda", "owanda")
 
 
 # --------------------------------------------------------------------------------------
-# Statistics (SPEC.md section 1, semantics.md "Statistics")
+# Statistics (docs/semantics.md#statistics, semantics.md "Statistics")
 # --------------------------------------------------------------------------------------
 
 def oracle_stats(updates):
@@ -68,7 +68,7 @@ def oracle_stats(updates):
 
 
 # --------------------------------------------------------------------------------------
-# Scores (SPEC.md section 2, semantics.md "Scores")
+# Scores (docs/semantics.md#scores)
 # --------------------------------------------------------------------------------------
 
 def _lp_norm_fp64(values_fp64, p):
@@ -193,7 +193,7 @@ def oracle_score(weight, method, in_norm=None, out_norm=None, a=0.5, p=1.0, beta
 
 
 # --------------------------------------------------------------------------------------
-# Masks (SPEC.md section 3, semantics.md "Masks"); True = kept
+# Masks (docs/semantics.md#masks, semantics.md "Masks"); True = kept
 # --------------------------------------------------------------------------------------
 
 def _prune_lowest(values_1d, count):

@@ -1,6 +1,6 @@
 """symprune.dsnot against the slow oracle (tests/dsnot_oracle.py), mask for mask.
 
-The oracle is a row-at-a-time transcription of SPEC.md sections 4-5 and docs/semantics.md;
+The oracle is a row-at-a-time transcription of docs/semantics.md (DSnoT, R2-DSnoT);
 bench/dsnot_reference.py (the vectorised benchmark baseline) is checked against it too.
 Statistics come from symprune.ActivationStats fed one sequence per update, on synthetic
 activations with per-channel offsets (so in_mean is far from 0) and per-channel scales.

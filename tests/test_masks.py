@@ -1,4 +1,4 @@
-"""symprune.mask / channel_permutation / prune_ against the oracles (SPEC.md section 3,
+"""symprune.mask / channel_permutation / prune_ against the oracles (docs/semantics.md#masks,
 docs/semantics.md "Masks"). Masks are compared element for element (torch.equal): the
 selection rule (stable ascending sort, prune the first k) leaves no room for ties."""
 

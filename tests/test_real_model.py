@@ -1,6 +1,6 @@
 """End-to-end on the real SmolLM2-135M (converted from its GGUF on first use, ~1 min).
 
-Small windows keep this near a minute on 2 cores; the full protocol is SPEC.md §8.
+Small windows keep this near a minute on 2 cores; the full protocol is docs/protocol.md.
 """
 
 from __future__ import annotations

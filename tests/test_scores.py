@@ -1,4 +1,4 @@
-"""symprune.score against oracles.oracle_score (SPEC.md section 2, docs/semantics.md "Scores").
+"""symprune.score against oracles.oracle_score (docs/semantics.md#scores).
 
 semantics.md promises bit-identical scores for an oracle that follows its precision rules
 (norms accumulated in fp64 and rounded to fp32 once, in_norm**a via torch.pow on the fp32

@@ -1,4 +1,4 @@
-"""ActivationStats / OutputStats against oracles.oracle_stats (SPEC.md section 1,
+"""ActivationStats / OutputStats against oracles.oracle_stats (docs/semantics.md#statistics,
 docs/semantics.md "Statistics")."""
 
 import pytest

@@ -131,15 +131,22 @@ def _all_tensors(folder: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma3", "opt"])
+@pytest.mark.parametrize(("arch", "recipe", "propagation"), [
+    ("llama", ["--nm", "2:4", "--refine", "r2dsnot"], "wanda 2:4 + r2dsnot"),
+    ("gemma3", ["--nm", "2:4", "--refine", "r2dsnot"], "wanda 2:4 + r2dsnot"),
+    ("opt", ["--nm", "2:4", "--refine", "r2dsnot"], "wanda 2:4 + r2dsnot"),
+    # The refine option skip matches the weight's name in prune and apply alike.
+    ("llama", ["--sparsity", "0.5", "--refine", "dsnot", "--refine-option", "skip=mlp",
+               "--refine-option", "threshold=0"], "wanda 0.5 per row + dsnot"),
+])
 def test_calibrate_then_apply_equals_prune(
-    arch: str, tmp_path: Path, text_files: tuple[Path, Path]
+    arch: str, recipe: list[str], propagation: str, tmp_path: Path, text_files: tuple[Path, Path]
 ) -> None:
     model_dir = tmp_path / "model"
     build_tiny_model(arch).save_pretrained(model_dir)
     byte_tokenizer().save_pretrained(model_dir)
     calib = ["--calib", str(text_files[0]), "--nsamples", "4", "--seqlen", "32", "--quiet"]
-    recipe = ["--method", "wanda", "--nm", "2:4", "--refine", "r2dsnot"]
+    recipe = ["--method", "wanda", *recipe]
     assert main(["prune", str(model_dir), str(tmp_path / "pruned"), *recipe, *calib]) == 0
     stats = tmp_path / "stats.safetensors"
     assert main(["calibrate", str(model_dir), "--out", str(stats), *recipe, *calib]) == 0
@@ -150,7 +157,27 @@ def test_calibrate_then_apply_equals_prune(
     assert all(torch.equal(pruned[k], applied[k]) for k in pruned)
     meta = symprune.safetensors_header(str(stats))["metadata"]
     assert meta["format"] == "symprune-stats" and meta["tokens"] == "128"
-    assert meta["propagation"] == "pruned: wanda 2:4 + r2dsnot"
+    assert meta["propagation"] == f"pruned: {propagation}"
+    report = json.loads((tmp_path / "pruned" / "report.json").read_text())
+    if "skip=mlp" in recipe:
+        changed = {layer["name"]: layer["changed"] for layer in report["layers"]}
+        assert all(n == 0 for name, n in changed.items() if ".mlp." in name)
+        assert any(n > 0 for name, n in changed.items() if ".self_attn." in name)
+
+
+def test_stray_shard_is_refused_everywhere(sharded_model_dir: Path, tmp_path: Path) -> None:
+    """One shard-discovery rule: a .safetensors file that the index does not name is refused by
+    the Python checkpoint reader and the streaming engine alike."""
+    from symprune.checkpoint import CheckpointFolder
+
+    model = tmp_path / "model"
+    shutil.copytree(sharded_model_dir, model)
+    symprune.save_safetensors(str(model / "model.safetensors"), {"x": torch.zeros(2)})
+    with pytest.raises(ValueError, match="model.safetensors is not named by"):
+        CheckpointFolder(model)
+    with pytest.raises(ValueError, match="model.safetensors is not named by"):
+        symprune.prune_checkpoint(model, tmp_path / "out", method="magnitude", sparsity=0.5, progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_dense_calibration_matches_dense_hooks(

@@ -167,6 +167,15 @@ TEST(SafetensorsFiles, IndexShardsMustStayInTheFolder) {
   }
   std::ofstream(dir / kIndexName) << R"({"weight_map":{"a":"m-1.safetensors","b":"m-2.safetensors","c":"m-1.safetensors"}})";
   EXPECT_EQ(find_checkpoint(dir).shards, (std::vector<std::string>{"m-1.safetensors", "m-2.safetensors"}));
+  // A .safetensors file the index does not name (a stale single-file model, say) is refused.
+  std::ofstream(dir / "model.safetensors") << "";
+  try {
+    find_checkpoint(dir);
+    ADD_FAILURE() << "a stray shard was accepted";
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("model.safetensors is not named by"), std::string::npos) << e.what();
+  }
+  fs::remove(dir / "model.safetensors");
   std::ofstream(dir / kIndexName) << "{not json";
   EXPECT_THROW(find_checkpoint(dir), FormatError);
   fs::remove_all(dir);

@@ -194,8 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seqlen", type=positive, default=512, help="calibration window length (512)")
     d.add_argument("--nwindows", type=positive, default=4, help="evaluation windows (4)")
     d.add_argument("--eval-seqlen", type=positive, default=512, help="evaluation window length (512)")
-    d.add_argument("--calib", metavar="FILE", help="calibration text (shared/data/lee_background.cor)")
-    d.add_argument("--text", metavar="FILE", help="evaluation text (shared/data/enwiki_excerpt.txt)")
+    d.add_argument("--calib", metavar="FILE",
+                   help=f"calibration text (default: {CALIBRATION_FILE} in ${DATA_ENV}, docs/protocol.md)")
+    d.add_argument("--text", metavar="FILE",
+                   help=f"evaluation text (default: {EVALUATION_FILE} in ${DATA_ENV}, docs/protocol.md)")
     add_device(d)
     add_common(d)
     d.set_defaults(func=cmd_demo)

@@ -1,4 +1,4 @@
-"""Token streams and the fixed windows of the evaluation protocol (SPEC.md §8).
+"""Token streams and the fixed windows of the evaluation protocol (docs/protocol.md).
 
 A text is tokenized once, as a whole and without special tokens; windows are then cut
 from the token stream. Everything here returns ``int64`` tensors of shape
@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 DATA_ENV = "SYMPRUNE_DATA"
-CALIBRATION_FILE = "lee_background.cor"  # SPEC.md §8 calibration text (news)
-EVALUATION_FILE = "enwiki_excerpt.txt"  # SPEC.md §8 evaluation text (Wikipedia)
+CALIBRATION_FILE = "lee_background.cor"  # the protocol's calibration text (docs/protocol.md) (news)
+EVALUATION_FILE = "enwiki_excerpt.txt"  # the protocol's evaluation text (docs/protocol.md) (Wikipedia)
 
 # A token stream: a 1-D tensor (or a (1, n) tensor as tokenizers return) or a list of ids.
 Tokens = torch.Tensor | Sequence[int]

@@ -1,4 +1,4 @@
-"""Perplexity as defined by the evaluation protocol (SPEC.md §8)."""
+"""Perplexity as defined by the evaluation protocol (docs/protocol.md)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from ._C import ActivationStats
 
 
 class OutputStats:
-    """Accumulates ``out_sq``/``out_norm`` of a layer's outputs ``y`` (SPEC.md section 1).
+    """Accumulates ``out_sq``/``out_norm`` of a layer's outputs ``y`` (docs/semantics.md#statistics).
 
     The same accumulator as :class:`ActivationStats`, named for the output side.
     """

@@ -1,5 +1,5 @@
 #pragma once
-// DSnoT (Zhang et al., ICLR 2024) as its public code behaves (SPEC.md section 4), and the
+// DSnoT (Zhang et al., ICLR 2024) as its public code behaves (docs/semantics.md#dsnot), and the
 // R2-DSnoT options of the symmetric paper (section 5). Both refine a keep mask without
 // training: every swap regrows one pruned weight and prunes one kept weight of the same row.
 

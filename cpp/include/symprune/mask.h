@@ -1,5 +1,5 @@
 #pragma once
-// Pruning masks from scores (SPEC.md section 3). Masks are bool tensors, true = kept, on the
+// Pruning masks from scores (docs/semantics.md#masks). Masks are bool tensors, true = kept, on the
 // device of the scores (computed there).
 // Every selection is exact and deterministic: the lowest scores are pruned, ties broken by
 // the lower index first (what a stable ascending sort gives).

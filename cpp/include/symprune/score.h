@@ -1,5 +1,5 @@
 #pragma once
-// Importance scores (SPEC.md section 2). Higher = more important = kept.
+// Importance scores (docs/semantics.md#scores). Higher = more important = kept.
 
 #include "symprune/errors.h"
 #include "symprune/export.h"

@@ -1,5 +1,5 @@
 #pragma once
-// Activation statistics of one Linear layer (SPEC.md section 1), accumulated in fp64.
+// Activation statistics of one Linear layer (docs/semantics.md#statistics), accumulated in fp64.
 
 #include "symprune/errors.h"
 #include "symprune/export.h"

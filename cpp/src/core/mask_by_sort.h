@@ -1,7 +1,7 @@
 #pragma once
 // Masks computed where the scores are, for scores on an accelerator: a stable ascending sort
 // prunes the first k of each row, group or layer. This is the definition of the masks
-// (SPEC.md section 3), so the result equals the CPU selection of mask.cpp element for element;
+// (docs/semantics.md#masks), so the result equals the CPU selection of mask.cpp element for element;
 // on the CPU that selection is faster and needs no index tensor.
 
 #include "symprune/mask.h"

@@ -1,4 +1,4 @@
-// RIA's heuristic channel reallocation for N:M masks (SPEC.md section 3).
+// RIA's heuristic channel reallocation for N:M masks (docs/semantics.md#masks).
 #include "symprune/mask.h"
 
 #include "core/checks.h"
