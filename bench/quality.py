@@ -23,20 +23,26 @@ from protocol import MODELS, ROOT, load_results, run_all, run_key
 
 SCORERS = ["magnitude", "wanda", "ria", "stochria", "symwanda", "owanda", "symmetric"]
 REFINED = [("wanda", "dsnot"), ("ria", "dsnot"), ("wanda", "r2dsnot"), ("ria", "r2dsnot")]
+# Weight reconstruction: (method, refine, update).
+RECONSTRUCTED = [("sparsegpt", None, None), ("wanda", None, "refit"), ("ria", None, "refit"),
+                 ("ria", "r2dsnot", "refit"), ("sparsegpt", None, "refit")]
 PATTERNS = ["0.5", "0.6", "2:4"]
 PATTERN_ORDER = ["50%", "60%", "2:4"]  # as pattern_of() writes them
 
 
-def config_for(method: str, refine: str | None, pattern: str) -> dict[str, Any]:
+def config_for(method: str, refine: str | None, pattern: str, update: str | None = None) -> dict[str, Any]:
     config: dict[str, Any] = {"method": method}
     config.update({"nm": pattern} if ":" in pattern else {"sparsity": float(pattern)})
     if refine:
         config["refine"] = refine
+    if update:
+        config["update"] = update
     return config
 
 
 def label(config: dict[str, Any]) -> str:
-    return config["method"] + (f"+{config['refine']}" if "refine" in config else "")
+    return (config["method"] + (f"+{config['refine']}" if "refine" in config else "")
+            + (f"+{config['update']}" if "update" in config else ""))
 
 
 def pattern_of(config: dict[str, Any]) -> str:
@@ -84,6 +90,7 @@ def grid(patterns: list[str], model: str) -> list[dict[str, Any]]:
     for pattern in patterns:
         configs += [config_for(m, None, pattern) for m in SCORERS]
         configs += [config_for(m, r, pattern) for m, r in REFINED]
+        configs += [config_for(m, r, pattern, u) for m, r, u in RECONSTRUCTED]
     if model != "smollm2":  # SmolLM2's rows keep their original keys
         configs = [{**c, "model": model} for c in configs]
     return configs
@@ -100,7 +107,7 @@ def write_report(rows: list[dict[str, Any]], grid_size: int, model: str, out_md:
         "2-core CPU). `prune s` is the whole sequential pipeline; `× dense fwd` divides it by the time "
         "of one dense forward of the calibration set through all blocks."),
         "",
-        (f"{len(rows)} of the grid's {grid_size} configurations (dense; 7 scorers and 4 refined variants "
+        (f"{len(rows)} of the grid's {grid_size} configurations (dense; 7 scorers, 4 refined variants and 5 with weight reconstruction "
         "at 50 %, 60 % and 2:4) are measured"
         + ("; rerunning the command resumes the rest" if len(rows) < grid_size else "")
         + ". Times depend on what else ran on the machine: runs shared it with test suites, builds"

@@ -101,11 +101,12 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "symprune's libtorch core";
   m.def("version", [] { return std::string(SYMPRUNE_VERSION); }, "The core's version (symprune/version.h).");
   bind_recipe(m);
+  bind_reconstruct(m);
   bind_io(m);
 
   // The core's errors (symprune/errors.h) as ValueError / OSError; torch's own errors as torch
   // raises them (torch.OutOfMemoryError and so on).
-  py::register_exception_translator([](std::exception_ptr p) {
+  py::register_local_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const ValueError& e) {

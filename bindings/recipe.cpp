@@ -8,9 +8,40 @@ namespace py = pybind11;
 namespace symprune::bindings {
 namespace {
 
+// One option value by its Python type (a plain variant cast would take anything with __bool__,
+// e.g. numpy numbers, as a bool).
+OptionValue option_value(const std::string& key, const py::handle& v) {
+  PyObject* o = v.ptr();
+  if (v.is_none()) return std::monostate{};
+  if (PyBool_Check(o)) return v.cast<bool>();
+  if (PyUnicode_Check(o)) return v.cast<std::string>();
+  if (PyFloat_Check(o)) return v.cast<double>();
+  if (PyIndex_Check(o)) {
+    int overflow = 0;
+    const long long value = PyLong_AsLongLongAndOverflow(py::reinterpret_steal<py::object>(PyNumber_Index(o)).ptr(),
+                                                         &overflow);
+    if (overflow != 0) throw ValueError("option '" + key + "' is out of range");
+    return static_cast<int64_t>(value);
+  }
+  if (py::hasattr(v, "__float__")) return PyFloat_AsDouble(o);
+  throw ValueError("option '" + key + "' must be a number, text, a bool or None, got " +
+                   std::string(py::str(py::type::of(v).attr("__name__"))));
+}
+
+Options options(const std::optional<py::dict>& dict) {
+  Options out;
+  if (!dict) return out;
+  for (const auto& [key, value] : *dict) {
+    const auto name = py::str(key).cast<std::string>();
+    out[name] = option_value(name, value);
+  }
+  return out;
+}
+
 Recipe make(const std::string& method, std::optional<double> sparsity, const std::optional<PyNM>& nm,
             const std::string& group, bool permute, const std::optional<std::string>& refine,
-            const std::optional<Options>& refine_options, const std::optional<Options>& score_options) {
+            const std::optional<py::dict>& refine_options, const std::optional<py::dict>& score_options,
+            const std::optional<std::string>& update, const std::optional<py::dict>& update_options) {
   RecipeArgs args;
   args.method = method;
   args.sparsity = sparsity;
@@ -18,8 +49,10 @@ Recipe make(const std::string& method, std::optional<double> sparsity, const std
   args.group = group;
   args.permute = permute;
   args.refine = refine;
-  args.refine_options = refine_options.value_or(Options{});
-  args.score_options = score_options.value_or(Options{});
+  args.refine_options = options(refine_options);
+  args.score_options = options(score_options);
+  args.update = update;
+  args.update_options = options(update_options);
   return make_recipe(args);
 }
 
@@ -34,8 +67,19 @@ void bind_recipe(py::module_& m) {
       .def(py::init(&make), py::arg("method"), py::arg("sparsity") = py::none(), py::kw_only(),
            py::arg("nm") = py::none(), py::arg("group") = "row", py::arg("permute") = false,
            py::arg("refine") = py::none(), py::arg("refine_options") = py::none(),
-           py::arg("score_options") = py::none())
-      .def_property_readonly("method", [](const Recipe& r) { return std::string(score_method_name(r.method)); })
+           py::arg("score_options") = py::none(), py::arg("update") = py::none(),
+           py::arg("update_options") = py::none())
+      .def_property_readonly("method",
+                             [](const Recipe& r) {
+                               return r.solver == Solver::SparseGpt ? std::string("sparsegpt")
+                                                                    : std::string(score_method_name(r.method));
+                             })
+      .def_property_readonly("update",
+                             [](const Recipe& r) -> std::optional<std::string> {
+                               if (r.update == Update::None) return std::nullopt;
+                               return "refit";
+                             })
+      .def_readonly("percdamp", &Recipe::percdamp)
       .def_readonly("sparsity", &Recipe::sparsity)
       .def_property_readonly("nm",
                              [](const Recipe& r) -> std::optional<std::tuple<int64_t, int64_t>> {
@@ -53,15 +97,17 @@ void bind_recipe(py::module_& m) {
                              "Score options that differ from their defaults.")
       .def_property_readonly("refine_options", &Recipe::refine_option_values,
                              "Refinement options that differ from DSnoT's defaults (r2dsnot's included).")
-      .def_property_readonly("needs_input_stats", &Recipe::needs_input_stats)
+      .def_property_readonly("needs_input_stats", [](const Recipe& r) { return r.needs_input_stats(); })
       .def_property_readonly("needs_refine_stats", &Recipe::needs_refine_stats)
       .def_property_readonly("needs_output_stats", &Recipe::needs_output_stats)
+      .def_property_readonly("needs_gram", &Recipe::needs_gram)
       .def_property_readonly("data_free", &Recipe::data_free)
       .def_property_readonly("rows_independent", &Recipe::rows_independent)
       .def("refines", &Recipe::refines, py::arg("name"), "Whether the weight called `name` is refined.")
       .def("describe", &Recipe::describe)
       .def("to_json", &Recipe::to_json)
-      .def("__eq__", [](const Recipe& a, const Recipe& b) { return a.to_json() == b.to_json(); })
+      .def("__eq__", [](const Recipe& a, const Recipe& b) { return a.to_json() == b.to_json(); }, py::is_operator())
+      .def("__hash__", [](const Recipe& r) { return std::hash<std::string>{}(r.to_json()); })
       .def("__repr__", [](const Recipe& r) { return "Recipe(" + r.describe() + ")"; });
 
   m.def("method_info", [](const std::string& method) {
@@ -72,6 +118,8 @@ void bind_recipe(py::module_& m) {
                                        {"data_free", info.data_free}};
   }, py::arg("method"), "What a score method needs: its statistics, and whether it is row-local or data-free.");
   m.def("score_methods", &score_method_names, "The score methods, by name.");
+  m.def("methods", &method_names, "Every method a Recipe accepts: the score methods, then sparsegpt.");
+  m.def("updates", &update_names, "The weight updates a Recipe accepts.");
   m.def("refinements", &refinement_names, "The refinements, by name.");
   m.def("refine_option_keys", &refine_option_keys, "The options a refinement accepts.");
   m.def("r2dsnot_defaults", &r2dsnot_defaults, "The options R2-DSnoT adds to DSnoT.");
@@ -89,16 +137,46 @@ void bind_recipe(py::module_& m) {
   m.def("prune",
         [](const at::Tensor& weight, const Recipe& recipe, const std::optional<at::Tensor>& in_norm,
            const std::optional<at::Tensor>& in_mean, const std::optional<at::Tensor>& in_var,
-           const std::optional<at::Tensor>& out_norm, const std::string& name) {
+           const std::optional<at::Tensor>& out_norm, const std::optional<at::Tensor>& gram,
+           const std::string& name) {
           const LayerStats stats{or_undefined(in_norm), or_undefined(in_mean), or_undefined(in_var),
-                                 or_undefined(out_norm)};
+                                 or_undefined(out_norm), or_undefined(gram)};
           return prune(weight, stats, recipe, name);
         },
         py::arg("weight"), py::arg("recipe"), py::kw_only(), py::arg("in_norm") = py::none(),
         py::arg("in_mean") = py::none(), py::arg("in_var") = py::none(), py::arg("out_norm") = py::none(),
-        py::arg("name") = "", py::call_guard<py::gil_scoped_release>(),
+        py::arg("gram") = py::none(), py::arg("name") = "", py::call_guard<py::gil_scoped_release>(),
         "Prunes one weight by a Recipe (score -> mask -> refinement); the weight itself is not changed. "
         "`name` is matched against the recipe's refine option 'skip'.");
+}
+
+void bind_reconstruct(py::module_& m) {
+  py::class_<GramStats>(m, "GramStats", "Accumulates the Gram X^T X of a layer's inputs (fp64).")
+      .def(py::init<int64_t>(), py::arg("features"))
+      .def("update", &GramStats::update, py::arg("x"), py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("features", &GramStats::features)
+      .def_property_readonly("tokens", &GramStats::tokens)
+      .def_property_readonly("gram", &GramStats::gram);
+  m.def("sparsegpt",
+        [](const at::Tensor& weight, const at::Tensor& gram, std::optional<double> sparsity,
+           const std::optional<PyNM>& nm, int64_t blocksize, double percdamp, const std::string& backend) {
+          SparseGptOptions options;
+          options.sparsity = sparsity;
+          options.nm = to_nm(nm);
+          options.blocksize = blocksize;
+          options.percdamp = percdamp;
+          if (backend == "rows") options.backend = SparseGptBackend::Rows;
+          else if (backend == "columns") options.backend = SparseGptBackend::Columns;
+          else if (backend != "auto") throw ValueError("backend must be 'auto', 'rows' or 'columns', got '" + backend + "'");
+          py::gil_scoped_release release;
+          return sparsegpt(weight, gram, options);
+        },
+        py::arg("weight"), py::arg("gram"), py::arg("sparsity") = py::none(), py::kw_only(), py::arg("nm") = py::none(),
+        py::arg("blocksize") = 128, py::arg("percdamp") = 0.01, py::arg("backend") = "auto",
+        "SparseGPT: the pruned weight with its kept weights updated (see symprune/reconstruct.h).");
+  m.def("refit", &refit, py::arg("weight"), py::arg("keep"), py::arg("gram"), py::kw_only(),
+        py::arg("percdamp") = 0.01, py::call_guard<py::gil_scoped_release>(),
+        "The exact least-squares refit of the kept weights (keep: True = kept) given the Gram of the inputs.");
 }
 
 }  // namespace symprune::bindings

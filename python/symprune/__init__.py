@@ -12,6 +12,7 @@ import torch  # noqa: F401  -- loads libtorch before the extension that links it
 from ._C import (
     version,
     ActivationStats,
+    GramStats,
     Pruned,
     Recipe,
     apply_mask,
@@ -21,17 +22,21 @@ from ._C import (
     magnitude_mask,
     mask,
     method_info,
+    methods,
     parse_nm,
     prune,
     prune_row_local,
     r2dsnot_defaults,
     refine_option_keys,
     refinements,
+    refit,
     relative_importance,
     safetensors_header,
     save_safetensors,
     score,
     score_methods,
+    sparsegpt,
+    updates,
 )
 
 # The model-level API.
@@ -48,6 +53,7 @@ __version__ = version()
 
 __all__ = [
     "ActivationStats",
+    "GramStats",
     "OutputStats",
     "PruneReport",
     "Pruned",
@@ -62,6 +68,7 @@ __all__ = [
     "magnitude_mask",
     "mask",
     "method_info",
+    "methods",
     "parse_nm",
     "perplexity",
     "prune",
@@ -72,10 +79,13 @@ __all__ = [
     "r2dsnot_defaults",
     "refine_option_keys",
     "refinements",
+    "refit",
     "relative_importance",
     "safetensors_header",
     "save_safetensors",
     "score",
     "score_methods",
+    "sparsegpt",
     "tokenize_file",
+    "updates",
 ]

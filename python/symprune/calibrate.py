@@ -98,6 +98,9 @@ def calibrate(
         calibration: token windows, shape ``(windows, seqlen)``.
         prune: the recipe each block is pruned with before it feeds the next (None: dense).
     """
+    if prune is not None and prune.needs_gram:
+        raise ValueError(f"recipe '{prune.describe()}' needs the Gram of each layer's inputs, which the "
+                         "statistics file does not hold (apply could not reproduce it): use `symprune prune`")
     start = time.perf_counter()
     windows = as_windows(calibration)
     folder = CheckpointFolder(model_dir)

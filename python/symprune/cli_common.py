@@ -15,7 +15,7 @@ from symprune.data import (
     tokenize_file,
     with_bos,
 )
-from symprune._C import Recipe, refine_option_keys, refinements, score_methods
+from symprune._C import Recipe, methods, refine_option_keys, refinements, updates
 
 
 class CliError(Exception):
@@ -141,9 +141,10 @@ def add_bos(p: argparse.ArgumentParser) -> None:
 def add_pruning_options(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     """--method, --sparsity/--nm, --group, --refine and their options: the fields of a Recipe,
     built and checked by :func:`recipe_from_args`."""
-    p.add_argument("--method", required=required, choices=score_methods(),
+    p.add_argument("--method", required=required, choices=methods(),
                    help="importance score: magnitude and symmetric are data-free; wanda, ria, "
-                   "stochria use input activations; owanda/symwanda also outputs")
+                   "stochria use input activations; owanda/symwanda also outputs; sparsegpt chooses "
+                   "the mask and updates the kept weights from the Gram of the inputs")
     pattern = p.add_mutually_exclusive_group(required=required)
     pattern.add_argument("--sparsity", type=float,
                          help="fraction of weights pruned (0.5 = half), per --group")
@@ -159,15 +160,21 @@ def add_pruning_options(p: argparse.ArgumentParser, *, required: bool = True) ->
                    help=f"option for --refine ({', '.join(refine_option_keys())}; skip=mlp refines "
                    "attention projections only); repeatable")
     p.add_argument("--score-option", action="append", metavar="KEY=VALUE",
-                   help="option of the score: a and p (ria), a, beta and seed (stochria); repeatable")
+                   help="option of the method: a and p (ria), a, beta and seed (stochria), blocksize and "
+                   "percdamp (sparsegpt); repeatable")
+    p.add_argument("--update", choices=updates(),
+                   help="last, re-solve the kept weights: refit = exact least squares on the final mask")
+    p.add_argument("--update-option", action="append", metavar="KEY=VALUE",
+                   help="option for --update (percdamp, default 0.01); repeatable")
 
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe | None:
     """The command's Recipe from its pruning options, validated by the core (ValueError);
     None for a command run without --method (calibrate's dense statistics)."""
     if getattr(args, "method", None) is None:
-        if any(getattr(args, name, None) is not None for name in ("sparsity", "nm", "refine")):
-            raise ValueError("--sparsity, --nm and --refine need --method")
+        given = ("sparsity", "nm", "refine", "refine_option", "score_option", "update", "update_option")
+        if any(getattr(args, name, None) is not None for name in given) or getattr(args, "group", "row") != "row":
+            raise ValueError("--sparsity, --nm, --group, --refine, --update and their options need --method")
         return None
     sparsity, nm = getattr(args, "sparsity", None), getattr(args, "nm", None)
     if sparsity is None and nm is None:
@@ -177,6 +184,8 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe | None:
         permute=getattr(args, "permute", False), refine=getattr(args, "refine", None),
         refine_options=parse_options(getattr(args, "refine_option", None), "--refine-option"),
         score_options=parse_options(getattr(args, "score_option", None), "--score-option"),
+        update=getattr(args, "update", None),
+        update_options=parse_options(getattr(args, "update_option", None), "--update-option"),
     )
 
 

@@ -48,11 +48,13 @@ def as_recipe(
     refine: str | None = None,
     refine_options: Mapping[str, Any] | None = None,
     score_options: Mapping[str, Any] | None = None,
+    update: str | None = None,
+    update_options: Mapping[str, Any] | None = None,
 ) -> Recipe:
     """``recipe`` itself, or the core's :class:`symprune.Recipe` built (and validated) from the
     keyword arguments; ValueError for an invalid one or for both at once."""
     if recipe is not None:
-        given = (method, sparsity, nm, refine, refine_options, score_options)
+        given = (method, sparsity, nm, refine, refine_options, score_options, update, update_options)
         if any(v is not None for v in given) or permute or group != "row":
             raise ValueError("give either a recipe or its fields (method, sparsity, ...), not both")
         return recipe
@@ -60,7 +62,8 @@ def as_recipe(
         raise ValueError("give a recipe or a method (e.g. method='wanda', sparsity=0.5)")
     return Recipe(method, sparsity, nm=nm, group=group, permute=permute, refine=refine,
                   refine_options=None if refine_options is None else dict(refine_options),
-                  score_options=None if score_options is None else dict(score_options))
+                  score_options=None if score_options is None else dict(score_options),
+                  update=update, update_options=None if update_options is None else dict(update_options))
 
 
 # --------------------------------------------------------------------------- statistics
@@ -68,10 +71,38 @@ def as_recipe(
 
 @dataclass
 class LinearStats:
-    """Calibration statistics of one Linear: inputs always, outputs when a score needs them."""
+    """Calibration statistics of one Linear: inputs always, outputs when a score needs them,
+    the Gram of the inputs when the recipe reconstructs weights."""
 
     inputs: Any  # symprune.ActivationStats
     outputs: Any | None  # symprune.OutputStats
+    gram: Any | None = None  # symprune.GramStats, shared by the Linears that read the same input
+
+
+class SharedGrams:
+    """One Gram per distinct input: Linears that read the same tensor (q/k/v, gate/up) share
+    one accumulator, updated once per window."""
+
+    def __init__(self) -> None:
+        self.of_linear: dict[str, Any] = {}
+        self._inputs: dict[tuple[int, tuple[int, ...]], Any] = {}  # this window's, by tensor
+        self._updated: set[int] = set()
+
+    def new_window(self) -> None:
+        self._inputs.clear()
+        self._updated.clear()
+
+    def update(self, name: str, x: torch.Tensor) -> Any:
+        key = (x.data_ptr(), tuple(x.shape))
+        gram = self.of_linear.get(name)
+        if gram is None:  # the first window decides who shares
+            gram = self._inputs.get(key) or symprune.GramStats(x.shape[-1])
+            self.of_linear[name] = gram
+        self._inputs.setdefault(key, gram)
+        if id(gram) not in self._updated:
+            gram.update(x)
+            self._updated.add(id(gram))
+        return gram
 
 
 def _sequences(x: torch.Tensor) -> Iterator[torch.Tensor]:
@@ -88,11 +119,13 @@ def collect_block_stats(
     calls: Sequence[BlockCall],
     *,
     need_outputs: bool,
+    need_gram: bool = False,
 ) -> tuple[dict[str, LinearStats], list[torch.Tensor]]:
     """Dense forward of every window through ``block`` with hooks on its Linears.
 
     Returns the statistics per Linear name and the dense block outputs.
     """
+    grams = SharedGrams() if need_gram else None
     linears = block_linears(block)
     stats = {
         name: LinearStats(
@@ -112,12 +145,19 @@ def collect_block_stats(
             if entry.outputs is not None:
                 for seq in _sequences(out.detach()):
                     entry.outputs.update(seq)
+            if grams is not None:
+                entry.gram = grams.update(name, x.detach())
 
         return fn
 
+    def run(h: torch.Tensor, call: BlockCall) -> torch.Tensor:
+        if grams is not None:
+            grams.new_window()
+        return call.run(block, h)
+
     handles = [m.register_forward_hook(hook(name), with_kwargs=True) for name, m in linears.items()]
     try:
-        outputs = [call.run(block, h) for h, call in zip(hidden, calls)]
+        outputs = [run(h, call) for h, call in zip(hidden, calls)]
     finally:
         for handle in handles:
             handle.remove()
@@ -139,6 +179,7 @@ def prune_linear(weight: torch.Tensor, stats: LinearStats, recipe: Recipe, name:
         in_mean=inputs.in_mean if recipe.refines(name) else None,
         in_var=inputs.in_var if recipe.refines(name) else None,
         out_norm=outputs.out_norm if recipe.needs_output_stats and outputs is not None else None,
+        gram=stats.gram.gram if recipe.needs_gram else None,
     )
     return result
 
@@ -205,7 +246,7 @@ def new_report(recipe: Recipe, windows: Sequence[torch.Tensor]) -> PruneReport:
     """An empty report describing ``recipe`` and the calibration windows."""
     return PruneReport(
         method=recipe.method, sparsity=recipe.sparsity, nm=recipe.nm,
-        group=recipe.group, permute=recipe.permute, refine=recipe.refine,
+        group=recipe.group, permute=recipe.permute, refine=recipe.refine, update=recipe.update,
         refine_options=dict(recipe.refine_options), score_options=dict(recipe.score_options),
         nsamples=len(windows), seqlen=max(row.numel() for row in windows),
     )
@@ -224,6 +265,8 @@ def prune_model(
     refine: str | None = None,
     refine_options: Mapping[str, Any] | None = None,
     score_options: Mapping[str, Any] | None = None,
+    update: str | None = None,
+    update_options: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> PruneReport:
     """Prune every Linear inside the decoder blocks of ``model``, in place.
@@ -232,21 +275,24 @@ def prune_model(
         model: a Hugging Face causal LM (Llama, Mistral, Qwen2/3, Gemma-3 text, OPT, ...).
         calibration: token windows, shape ``(windows, seqlen)`` (see ``data.calibration_windows``).
         recipe: a :class:`symprune.Recipe`; or give its fields as the keyword arguments below.
-        method: score, one of ``symprune.score_methods()``.
+        method: a score (``symprune.score_methods()``) or ``"sparsegpt"``.
         sparsity: fraction pruned per row (``group="row"``) or per matrix (``"layer"``).
         nm: N:M pattern instead of ``sparsity``, e.g. ``(2, 4)`` or ``"2:4"`` keeps 2 of 4.
         permute: RIA's channel permutation for N:M (the mask is N:M only in permuted order).
         refine: ``"dsnot"`` or ``"r2dsnot"`` (DSnoT with ``symprune.r2dsnot_defaults()``).
         refine_options: options of the refinement (``symprune.refine_option_keys()``), e.g.
             ``{"skip": "mlp"}`` to refine attention projections only.
-        score_options: options of the score that the method reads (ria: ``a``, ``p``;
-            stochria: ``a``, ``beta``, ``seed``).
+        score_options: options that the method reads (ria: ``a``, ``p``; stochria: ``a``,
+            ``beta``, ``seed``; sparsegpt: ``blocksize``, ``percdamp``).
+        update: ``"refit"``: the exact least-squares refit of the kept weights, last.
+        update_options: ``{"percdamp": ...}`` (0.01).
         progress: show tqdm bars.
 
     Embeddings, norms, biases and ``lm_head`` are never touched.
     """
     recipe = as_recipe(recipe, method=method, sparsity=sparsity, nm=nm, group=group, permute=permute,
-                       refine=refine, refine_options=refine_options, score_options=score_options)
+                       refine=refine, refine_options=refine_options, score_options=score_options,
+                       update=update, update_options=update_options)
     windows = as_windows(calibration)
     blocks = find_decoder_blocks(model)
     check_nm_fits(blocks, recipe.nm)
@@ -291,7 +337,8 @@ def prune_block(
     ``on_stats`` receives the block's statistics (by Linear name) before pruning.
     """
     block_start = time.perf_counter()
-    stats, dense_out = collect_block_stats(block, hidden, calls, need_outputs=need_outputs)
+    stats, dense_out = collect_block_stats(block, hidden, calls, need_outputs=need_outputs,
+                                           need_gram=recipe.needs_gram)
     report.dense_forward_seconds += time.perf_counter() - block_start
     if on_stats is not None:
         on_stats(stats)

@@ -60,6 +60,7 @@ class PruneReport:
     score_options: dict[str, Any]
     nsamples: int
     seqlen: int
+    update: str | None = None
     layers: list[LayerReport] = field(default_factory=list)
     blocks: list[BlockReport] = field(default_factory=list)
     pruned_weights: int = 0
@@ -92,6 +93,7 @@ class PruneReport:
     def summary(self) -> str:
         """A few lines for a terminal."""
         refine = f" + {self.refine}" if self.refine else ""
+        refine += f" + {self.update}" if self.update else ""
         lines = [
             (f"method {self.method}{refine}, pattern {self.pattern()}, "
              f"{len(self.layers)} Linear layers in {len(self.blocks)} blocks"),

@@ -51,7 +51,7 @@ SYMPRUNE_API at::Tensor& magnitude_prune_out(const at::Tensor& weight, double sp
 // A copy of `weight` with every entry not kept set to +0, what masked_fill(~keep, 0) gives.
 SYMPRUNE_API at::Tensor apply_mask(const at::Tensor& weight, const at::Tensor& keep);
 
-// Validation shared with the bindings and the pipeline; they throw c10::ValueError.
+// Validation shared with the bindings and the pipeline; they throw ValueError.
 SYMPRUNE_API void check_sparsity(double sparsity);
 SYMPRUNE_API void check_nm(NM nm, int64_t in_features);
 

@@ -8,6 +8,7 @@
 #include "symprune/export.h"
 #include "symprune/mask.h"
 #include "symprune/recipe.h"
+#include "symprune/reconstruct.h"
 #include "symprune/score.h"
 
 #include <cstdint>
@@ -23,6 +24,7 @@ struct SYMPRUNE_API LayerStats {
   at::Tensor in_mean;   // (in_features), refinement only
   at::Tensor in_var;    // (in_features), refinement only
   at::Tensor out_norm;  // (out_features)
+  at::Tensor gram;      // (in_features, in_features): X^T X of the inputs, sparsegpt and refit only
 };
 
 struct SYMPRUNE_API Pruned {
@@ -33,9 +35,10 @@ struct SYMPRUNE_API Pruned {
   int64_t refined = 0;  // mask entries the refinement changed
 };
 
-// Prunes `weight` (out_features, in_features) by `recipe`, which must be valid. `name` is the
+// Prunes `weight` (out_features, in_features) by `recipe`, which must be valid: the score's
+// mask (or SparseGPT's mask and weights), the refinement, then the update. `name` is the
 // weight's name, matched against the recipe's refine_skip. The N:M refinement prunes by the
-// score that built the mask. Throws ValueError for bad input (shapes, NaN/Inf, missing
+// score that built the mask. With sparsegpt, `keep` is where the result is non-zero. Throws ValueError for bad input (shapes, NaN/Inf, missing
 // statistics); torch's own errors (e.g. out of GPU memory) pass through.
 SYMPRUNE_API Pruned prune(const at::Tensor& weight, const LayerStats& stats, const Recipe& recipe,
                           std::string_view name = {});

@@ -35,6 +35,14 @@ SYMPRUNE_API MethodInfo method_info(ScoreMethod method);
 
 enum class Refinement { None, Dsnot, R2Dsnot };
 
+// How the pattern is chosen: from the score's mask, or by SparseGPT (mask and weight updates
+// together, from the Gram of the layer's inputs; reconstruct.h). Method "sparsegpt".
+enum class Solver { Mask, SparseGpt };
+
+// What happens to the kept weights last: nothing, or the exact least-squares refit on the final
+// mask (reconstruct.h).
+enum class Update { None, Refit };
+
 // An option value from Python or the command line.
 using OptionValue = std::variant<std::monostate, bool, int64_t, double, std::string>;
 using Options = std::map<std::string, OptionValue>;
@@ -46,19 +54,27 @@ struct SYMPRUNE_API Recipe {
   MaskGroup group = MaskGroup::Row;  // unstructured only
   bool permute = false;              // RIA's channel permutation; N:M only, no refinement
   ScoreOptions score;                // a, p, beta, seed; the norms come with each layer's statistics
+  // make_recipe puts r2dsnot_defaults() into refine_options for R2Dsnot; a hand-filled recipe
+  // runs the refine_options it holds.
   Refinement refine = Refinement::None;
   DsnotOptions refine_options;       // its nm is the recipe's
   // Weights whose name contains one of these fragments are not refined ("mlp": attention only).
   std::vector<std::string> refine_skip;
+  Solver solver = Solver::Mask;
+  Update update = Update::None;
+  int64_t blocksize = 128;  // sparsegpt's column blocks
+  double percdamp = 0.01;   // damping of the Gram (sparsegpt, refit): percdamp * mean(diag H)
 
   // Throws ValueError naming the first problem.
   void validate() const;
 
   // Statistics that every pruned weight must come with.
   bool needs_input_stats() const;       // in_norm (the score, or any refinement)
+  bool needs_input_stats(bool refined) const;  // in_norm for a weight that is (not) refined
   bool needs_refine_stats() const;      // in_mean and in_var (refinement)
   bool needs_output_stats() const;      // out_norm
-  bool data_free() const { return !needs_input_stats() && !needs_output_stats(); }
+  bool needs_gram() const;              // the Gram of the inputs (sparsegpt, refit)
+  bool data_free() const { return !needs_input_stats() && !needs_output_stats() && !needs_gram(); }
   // Whether the weight called `name` is refined (refinement on and no skip fragment matches).
   bool refines(std::string_view name) const;
   // Rows of a weight are pruned independently of each other: they can go in blocks.
@@ -74,22 +90,30 @@ struct SYMPRUNE_API Recipe {
 };
 
 struct SYMPRUNE_API RecipeArgs {
-  std::string method;                 // magnitude, wanda, ria, stochria, symwanda, owanda, symmetric
+  // magnitude, wanda, ria, stochria, symwanda, owanda, symmetric (scores), or sparsegpt
+  std::string method;
   std::optional<double> sparsity;
   std::optional<NM> nm;
   std::string group = "row";          // row or layer
   bool permute = false;
   std::optional<std::string> refine;  // dsnot or r2dsnot
-  Options score_options;              // a (ria, stochria), p (ria), beta and seed (stochria)
+  // Options of the method: a (ria, stochria), p (ria), beta and seed (stochria), blocksize and
+  // percdamp (sparsegpt).
+  Options score_options;
   // max_cycles, threshold, var_power, relative (prune|grow|none), a, gamma1, gamma2, q, and
   // skip (comma-separated name fragments of weights left unrefined).
   Options refine_options;
+  std::optional<std::string> update;  // refit
+  Options update_options;             // percdamp
 };
 
 // The validated recipe; r2dsnot is dsnot with r2dsnot_defaults() under the given options.
 SYMPRUNE_API Recipe make_recipe(const RecipeArgs& args);
 
-// The names make_recipe accepts for refine and as refine option keys.
+// The names make_recipe accepts as method (the score methods, then sparsegpt), for refine, as
+// refine option keys, and for update.
+SYMPRUNE_API std::vector<std::string> method_names();
+SYMPRUNE_API std::vector<std::string> update_names();
 SYMPRUNE_API std::vector<std::string> refinement_names();
 SYMPRUNE_API std::vector<std::string> refine_option_keys();
 

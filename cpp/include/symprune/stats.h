@@ -43,4 +43,23 @@ class SYMPRUNE_API ActivationStats {
   at::Tensor weighted_var_;  // fp64 (features): sum over updates of tokens * variance
 };
 
+// Accumulates the Gram X^T X of a stream of activations (rows of x are tokens), the input of
+// the weight-reconstruction methods (reconstruct.h): each update's product in fp32, summed in
+// fp64. Linears that read the same input share one.
+class SYMPRUNE_API GramStats {
+ public:
+  explicit GramStats(int64_t features);
+
+  void update(const at::Tensor& x);
+
+  int64_t features() const { return features_; }
+  int64_t tokens() const { return tokens_; }
+  at::Tensor gram() const;  // (features, features) fp64, summed over tokens
+
+ private:
+  int64_t features_;
+  int64_t tokens_ = 0;
+  at::Tensor sum_;  // fp64 (features, features)
+};
+
 }  // namespace symprune

@@ -6,6 +6,7 @@
 #include "symprune/mask.h"
 #include "symprune/prune.h"
 #include "symprune/recipe.h"
+#include "symprune/reconstruct.h"
 #include "symprune/safetensors.h"
 #include "symprune/score.h"
 #include "symprune/stats.h"

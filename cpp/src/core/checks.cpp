@@ -32,6 +32,10 @@ bool all_finite_cpu(const at::Tensor& t) {
 
 }  // namespace
 
+bool is_supported_float(at::ScalarType type) {
+  return type == at::kHalf || type == at::kBFloat16 || type == at::kFloat || type == at::kDouble;
+}
+
 void check_finite(const at::Tensor& t, const char* name) {
   const bool finite = t.device().is_cpu() && t.is_contiguous() && t.scalar_type() != at::kDouble
                           ? all_finite_cpu(t)
@@ -51,8 +55,8 @@ void check_matrix(const at::Tensor& t, const char* name, bool check_values) {
   SYMPRUNE_CHECK(t.defined(), name, " is missing");
   SYMPRUNE_CHECK(t.dim() == 2, name, " must be 2-D (out_features, in_features), got shape ",
                     t.sizes());
-  SYMPRUNE_CHECK(at::isFloatingType(t.scalar_type()), name,
-                    " must be a floating-point tensor, got ", t.scalar_type());
+  SYMPRUNE_CHECK(is_supported_float(t.scalar_type()), name,
+                    " must be a floating-point tensor (fp16, bf16, fp32 or fp64), got ", t.scalar_type());
   if (check_values) check_finite(t, name);
 }
 
@@ -60,8 +64,8 @@ void check_vector(const at::Tensor& t, int64_t size, const char* name) {
   SYMPRUNE_CHECK(t.defined(), name, " is missing");
   SYMPRUNE_CHECK(t.dim() == 1 && t.size(0) == size, name, " must have shape (", size,
                     "), got ", t.sizes());
-  SYMPRUNE_CHECK(at::isFloatingType(t.scalar_type()), name,
-                    " must be a floating-point tensor, got ", t.scalar_type());
+  SYMPRUNE_CHECK(is_supported_float(t.scalar_type()), name,
+                    " must be a floating-point tensor (fp16, bf16, fp32 or fp64), got ", t.scalar_type());
   check_finite(t, name);
 }
 

@@ -25,9 +25,11 @@ namespace symprune::detail {
 void check_matrix(const at::Tensor& t, const char* name, bool check_values = true);
 // A 1-D floating-point vector of `size` finite entries.
 void check_vector(const at::Tensor& t, int64_t size, const char* name);
-// Same shape and device as `like`, dtype bool.
+// Same shape as `like`, dtype bool (on any device: callers move it where they compute).
 void check_mask(const at::Tensor& mask, const at::Tensor& like, const char* name);
 void check_finite(const at::Tensor& t, const char* name);
+// fp16, bf16, fp32 or fp64: the dtypes the kernels handle (fp8 is floating-point but is not).
+bool is_supported_float(at::ScalarType type);
 // `out` of an *_out function: contiguous, the shape, dtype and device of `like`, not
 // overlapping it.
 void check_out(const at::Tensor& out, const at::Tensor& like);

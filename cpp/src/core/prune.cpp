@@ -4,7 +4,9 @@
 #include "core/checks.h"
 #include "symprune/dsnot.h"
 
-#include <ATen/ops/empty_like.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/ne.h>
 #include <ATen/ops/sum.h>
 
@@ -27,8 +29,9 @@ void require(const at::Tensor& stat, const char* name, const Recipe& recipe) {
 }
 
 void check_stats(const LayerStats& stats, const Recipe& recipe, bool refined) {
-  if (recipe.needs_input_stats()) require(stats.in_norm, "in_norm", recipe);
+  if (recipe.needs_input_stats(refined)) require(stats.in_norm, "in_norm", recipe);
   if (recipe.needs_output_stats()) require(stats.out_norm, "out_norm", recipe);
+  if (recipe.needs_gram()) require(stats.gram, "gram", recipe);
   if (refined) {
     require(stats.in_mean, "in_mean", recipe);
     require(stats.in_var, "in_var", recipe);
@@ -48,10 +51,23 @@ int64_t block_rows(const at::Tensor& weight, const Recipe& recipe) {
 }  // namespace
 
 Pruned prune(const at::Tensor& weight, const LayerStats& stats, const Recipe& recipe, std::string_view name) {
+  at::NoGradGuard no_grad;  // pruned weights are data, not part of a graph
+  recipe.validate();
   const bool refined = recipe.refines(name);
   check_stats(stats, recipe, refined);
-  const auto scores = score(weight, recipe.method, score_options(recipe, stats));
   Pruned result;
+  if (recipe.solver == Solver::SparseGpt) {
+    SparseGptOptions options;
+    options.sparsity = recipe.sparsity;
+    options.nm = recipe.nm;
+    options.blocksize = recipe.blocksize;
+    options.percdamp = recipe.percdamp;
+    result.weight = sparsegpt(weight, stats.gram, options);
+    result.keep = result.weight != 0;
+    if (recipe.update == Update::Refit) result.weight = refit(weight, result.keep, stats.gram, recipe.percdamp);
+    return result;
+  }
+  const auto scores = score(weight, recipe.method, score_options(recipe, stats));
   if (recipe.permute) {
     auto [keep, permutation] = permuted_nm_mask(scores, *recipe.nm);
     result.keep = std::move(keep);
@@ -68,12 +84,15 @@ Pruned prune(const at::Tensor& weight, const LayerStats& stats, const Recipe& re
     result.refined = at::ne(keep, result.keep).sum().item<int64_t>();
     result.keep = std::move(keep);
   }
-  result.weight = apply_mask(weight, result.keep);
+  result.weight = recipe.update == Update::Refit ? refit(weight, result.keep, stats.gram, recipe.percdamp)
+                                                 : apply_mask(weight, result.keep);
   return result;
 }
 
 at::Tensor& prune_into(const at::Tensor& weight, const LayerStats& stats, const Recipe& recipe, at::Tensor& out,
                        std::string_view name) {
+  at::NoGradGuard no_grad;
+  recipe.validate();
   detail::check_matrix(weight, "weight", /*check_values=*/false);
   detail::check_out(out, weight);
   const bool refined = recipe.refines(name);
@@ -99,7 +118,7 @@ at::Tensor prune_weight(const at::Tensor& weight, const LayerStats& stats, const
   detail::check_matrix(weight, "weight", /*check_values=*/false);
   const bool row_pass = recipe.rows_independent() && !recipe.refines(name) && weight.is_cpu();
   if (!row_pass && block_rows(weight, recipe) >= weight.size(0)) return prune(weight, stats, recipe, name).weight;
-  auto out = at::empty_like(weight);
+  auto out = at::empty(weight.sizes(), weight.options());  // contiguous, whatever the weight's strides
   return prune_into(weight, stats, recipe, out, name);
 }
 

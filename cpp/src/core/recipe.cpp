@@ -38,6 +38,8 @@ std::string show(const OptionValue& v) {
         else {
           std::ostringstream out;
           out << x;
+          // 1.0 shows as 1.0, not as the integer 1.
+          if (std::is_floating_point_v<T> && out.str().find_first_of(".eEni") == std::string::npos) out << ".0";
           return out.str();
         }
       },
@@ -79,9 +81,12 @@ std::vector<std::string> fragments(const std::string& list) {
   return out;
 }
 
-// Which score options each method reads: an option the method ignores is refused.
-std::set<std::string> score_option_keys(ScoreMethod method) {
-  switch (method) {
+constexpr std::string_view kSparseGpt = "sparsegpt";
+
+// Which options each method reads: an option the method ignores is refused.
+std::set<std::string> score_option_keys(const Recipe& r) {
+  if (r.solver == Solver::SparseGpt) return {"blocksize", "percdamp"};
+  switch (r.method) {
     case ScoreMethod::Ria: return {"a", "p"};
     case ScoreMethod::StochRia: return {"a", "beta", "seed"};
     default: return {};
@@ -94,13 +99,20 @@ std::string joined(const std::set<std::string>& keys) {
   return out.empty() ? "none" : out;
 }
 
-void set_score_option(ScoreOptions& o, ScoreMethod method, const std::string& key, const OptionValue& v) {
-  const auto allowed = score_option_keys(method);
+std::string method_name(const Recipe& r) {
+  return r.solver == Solver::SparseGpt ? std::string(kSparseGpt) : std::string(score_method_name(r.method));
+}
+
+void set_score_option(Recipe& r, const std::string& key, const OptionValue& v) {
+  const auto allowed = score_option_keys(r);
   if (!allowed.count(key))
-    throw ValueError("unknown score option '" + key + "' for method '" + std::string(score_method_name(method)) +
-                     "' (its options: " + joined(allowed) + ")");
+    throw ValueError("unknown score option '" + key + "' for method '" + method_name(r) + "' (its options: " +
+                     joined(allowed) + ")");
   const std::string what = "score option '" + key + "'";
-  if (key == "a") o.a = number(v, what);
+  auto& o = r.score;
+  if (key == "blocksize") r.blocksize = integer(v, what);
+  else if (key == "percdamp") r.percdamp = number(v, what);
+  else if (key == "a") o.a = number(v, what);
   else if (key == "p") o.p = number(v, what);
   else if (key == "beta") o.beta = number(v, what);
   else {
@@ -171,6 +183,14 @@ Relative parse_relative(std::string_view name) {
   throw ValueError("relative must be 'prune', 'grow' or none, got '" + std::string(name) + "'");
 }
 
+std::vector<std::string> method_names() {
+  auto names = score_method_names();
+  names.emplace_back(kSparseGpt);
+  return names;
+}
+
+std::vector<std::string> update_names() { return {"refit"}; }
+
 std::vector<std::string> refinement_names() {
   std::vector<std::string> names;
   for (const auto& entry : kRefinements) names.emplace_back(entry.first);
@@ -183,7 +203,8 @@ Options r2dsnot_defaults() { return {{"gamma1", 0.1}, {"gamma2", 0.0}}; }
 
 Recipe make_recipe(const RecipeArgs& args) {
   Recipe r;
-  r.method = parse_score_method(args.method);
+  if (args.method == kSparseGpt) r.solver = Solver::SparseGpt;
+  else r.method = parse_score_method(args.method);
   r.sparsity = args.sparsity;
   r.nm = args.nm;
   r.group = parse_group(args.group);
@@ -197,7 +218,17 @@ Recipe make_recipe(const RecipeArgs& args) {
   } else if (!args.refine_options.empty()) {
     throw ValueError("refine options given without refine (dsnot or r2dsnot)");
   }
-  for (const auto& [key, value] : args.score_options) set_score_option(r.score, r.method, key, value);
+  for (const auto& [key, value] : args.score_options) set_score_option(r, key, value);
+  if (args.update) {
+    if (*args.update != "refit") throw ValueError("unknown update '" + *args.update + "'; choose refit");
+    r.update = Update::Refit;
+  } else if (!args.update_options.empty()) {
+    throw ValueError("update options given without update (refit)");
+  }
+  for (const auto& [key, value] : args.update_options) {
+    if (key != "percdamp") throw ValueError("unknown update option '" + key + "' (known: percdamp)");
+    r.percdamp = number(value, "update option 'percdamp'");
+  }
   if (r.refine == Refinement::R2Dsnot)
     for (const auto& [key, value] : r2dsnot_defaults())
       if (!args.refine_options.count(key)) set_refine_option(r, key, value);
@@ -222,13 +253,29 @@ void Recipe::validate() const {
     throw ValueError("refine option 'skip' given without refine (dsnot or r2dsnot)");
   detail::check_score_options(method, score);
   detail::check_dsnot_options(refine_options);
+  if (!std::isfinite(percdamp) || percdamp < 0) throw ValueError("percdamp must be >= 0, got " + std::to_string(percdamp));
+  if (solver == Solver::SparseGpt) {
+    if (refine != Refinement::None)
+      throw ValueError("sparsegpt chooses its mask together with its weight updates: refine applies to score masks");
+    if (permute) throw ValueError("sparsegpt does not support permute");
+    if (!nm && group != MaskGroup::Row)
+      throw ValueError("sparsegpt chooses its mask per block of columns: group does not apply");
+    if (blocksize < 1) throw ValueError("blocksize must be >= 1, got " + std::to_string(blocksize));
+    if (nm && (nm->m > 64 || blocksize % nm->m != 0))
+      throw ValueError("sparsegpt needs M <= 64 and a blocksize that is a multiple of M (blocksize " +
+                       std::to_string(blocksize) + ", M " + std::to_string(nm->m) + ")");
+  }
 }
 
-bool Recipe::needs_input_stats() const {
-  return method_info(method).needs_input_stats || refine != Refinement::None;
+bool Recipe::needs_input_stats() const { return needs_input_stats(refine != Refinement::None); }
+bool Recipe::needs_input_stats(bool refined) const {
+  return (solver == Solver::Mask && method_info(method).needs_input_stats) || refined;
 }
 bool Recipe::needs_refine_stats() const { return refine != Refinement::None; }
-bool Recipe::needs_output_stats() const { return method_info(method).needs_output_stats; }
+bool Recipe::needs_output_stats() const {
+  return solver == Solver::Mask && method_info(method).needs_output_stats;
+}
+bool Recipe::needs_gram() const { return solver == Solver::SparseGpt || update == Update::Refit; }
 
 bool Recipe::refines(std::string_view name) const {
   if (refine == Refinement::None) return false;
@@ -238,13 +285,19 @@ bool Recipe::refines(std::string_view name) const {
 }
 
 bool Recipe::rows_independent() const {
-  return method_info(method).row_local && !permute && (nm || group == MaskGroup::Row);
+  // R2-DSnoT's relative importance uses column norms of the whole weight.
+  const bool relative = refine != Refinement::None && refine_options.relative != Relative::None;
+  return solver == Solver::Mask && update == Update::None && method_info(method).row_local && !permute &&
+         !relative && (nm || group == MaskGroup::Row);
 }
 
 std::map<std::string, OptionValue> Recipe::score_option_values() const {
   const ScoreOptions defaults;
+  const Recipe recipe_defaults;
   std::map<std::string, OptionValue> out;
-  const auto keys = score_option_keys(method);
+  const auto keys = score_option_keys(*this);
+  if (keys.count("blocksize") && blocksize != recipe_defaults.blocksize) out["blocksize"] = blocksize;
+  if (keys.count("percdamp") && percdamp != recipe_defaults.percdamp) out["percdamp"] = percdamp;
   if (keys.count("a") && score.a != defaults.a) out["a"] = score.a;
   if (keys.count("p") && score.p != defaults.p) out["p"] = score.p;
   if (keys.count("beta") && score.beta != defaults.beta) out["beta"] = score.beta;
@@ -275,13 +328,16 @@ std::map<std::string, OptionValue> Recipe::refine_option_values() const {
 
 std::string Recipe::to_json() const {
   nlohmann::json j = {
-      {"method", score_method_name(method)},
+      {"method", method_name(*this)},
       {"group", group == MaskGroup::Row ? "row" : "layer"},
       {"permute", permute},
       {"score", {{"a", score.a}, {"p", score.p}, {"beta", score.beta}, {"seed", score.seed}}},
   };
   if (sparsity) j["sparsity"] = *sparsity;
   if (nm) j["nm"] = {nm->n, nm->m};
+  if (needs_gram()) j["percdamp"] = percdamp;
+  if (solver == Solver::SparseGpt) j["blocksize"] = blocksize;
+  if (update == Update::Refit) j["update"] = "refit";
   if (refine != Refinement::None) {
     const auto& r = refine_options;
     j["refine"] = {{"kind", refinement_name(refine)},
@@ -300,10 +356,11 @@ std::string Recipe::to_json() const {
 
 std::string Recipe::describe() const {
   std::ostringstream out;
-  out << score_method_name(method) << ' ';
+  out << method_name(*this) << ' ';
   if (nm) out << nm->n << ':' << nm->m << (permute ? " permuted" : "");
   else out << *sparsity << " per " << (group == MaskGroup::Row ? "row" : "layer");
   if (refine != Refinement::None) out << " + " << refinement_name(refine);
+  if (update == Update::Refit) out << " + refit";
   return out.str();
 }
 

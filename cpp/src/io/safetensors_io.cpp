@@ -273,18 +273,21 @@ Checkpoint find_checkpoint(const fs::path& folder) {
     }
     checkpoint.shards.assign(shards.begin(), shards.end());
     // A shard the index does not name (say, a single-file model left beside a sharded one)
-    // would be loaded by other tools: refuse to guess which set is the model.
-    for (const auto& entry : fs::directory_iterator(folder)) {
+    // would be loaded by other tools: refuse to guess which set is the model. Mistral's own
+    // format (consolidated*.safetensors, beside the Hugging Face shards) is not a stray.
+    for (const auto& entry : fs::directory_iterator(folder, ec)) {
       const auto name = entry.path().filename().string();
-      if (entry.path().extension() == ".safetensors" && !shards.count(name))
+      if (entry.path().extension() == ".safetensors" && !shards.count(name) && !name.starts_with("consolidated"))
         throw FormatError(folder.string() + ": " + name + " is not named by " + kIndexName +
                           "; remove the stray file or fix the index");
     }
+    if (ec) throw IoError(folder.string() + ": cannot list: " + ec.message());
   } else {
-    for (const auto& entry : fs::directory_iterator(folder)) {
+    for (const auto& entry : fs::directory_iterator(folder, ec)) {
       if (entry.is_regular_file() && entry.path().extension() == ".safetensors")
         checkpoint.shards.push_back(entry.path().filename().string());
     }
+    if (ec) throw IoError(folder.string() + ": cannot list: " + ec.message());
     std::sort(checkpoint.shards.begin(), checkpoint.shards.end());
   }
   if (checkpoint.shards.empty()) throw FormatError(folder.string() + ": no .safetensors files");

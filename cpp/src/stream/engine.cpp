@@ -234,6 +234,9 @@ StreamingPruner::StreamingPruner(StreamOptions options) : options_(std::move(opt
   options_.device = detail::resolve_stream_device(options_.device);
   const auto& o = options_;
   o.recipe.validate();
+  if (o.recipe.needs_gram())
+    throw ValueError("recipe '" + o.recipe.describe() + "' needs the Gram of each layer's inputs, which a "
+                     "statistics file does not hold: prune the model with `symprune prune` instead");
   if (o.recipe.permute)
     throw ValueError("permute is not supported when streaming: the permutation would have to be applied to "
                      "the layer's inputs too");

@@ -90,13 +90,15 @@ nlohmann::json file_identity(const fs::path& path) {
 }
 
 std::string describe_job(const StreamOptions& o, const std::vector<ShardPlan>& shards) {
-  nlohmann::json job = {{"recipe", nlohmann::json::parse(o.recipe.to_json())}};
+  // Version 2: the recipe as Recipe::to_json writes it. A job file of another version is
+  // another job, so --resume refuses it.
+  nlohmann::json job = {{"version", 2}, {"recipe", nlohmann::json::parse(o.recipe.to_json())}};
   if (o.stats.empty())
     job["include"] = o.include;
   else
     job["stats"] = file_identity(o.stats);
   // Scores with sums (RIA, symmetric) may round differently on a GPU: a resumed run stays on
-  // the kind of device it started on. CPU jobs keep the text they had before devices existed.
+  // the kind of device it started on.
   if (!o.device.is_cpu()) job["device"] = c10::DeviceTypeName(o.device.type(), /*lower_case=*/true);
   for (const auto& shard : shards) job["shards"].push_back(file_identity(shard.reader.path()));
   return job.dump();
@@ -150,7 +152,8 @@ StreamPlan plan_stream(const StreamOptions& options, const fs::path& model_dir) 
         if (recipe.nm && cols % recipe.nm->m != 0)
           throw ValueError(where + " has " + std::to_string(cols) + " input columns, not divisible by M=" +
                            std::to_string(recipe.nm->m));
-        if (needs_in) require(job.stats.in_norm, info.name, "in_norm", cols, options.stats);
+        if (recipe.needs_input_stats(recipe.refines(info.name)))
+          require(job.stats.in_norm, info.name, "in_norm", cols, options.stats);
         if (recipe.refines(info.name)) {
           require(job.stats.in_mean, info.name, "in_mean", cols, options.stats);
           require(job.stats.in_var, info.name, "in_var", cols, options.stats);

@@ -1,0 +1,49 @@
+#pragma once
+// Weight reconstruction: pruning that also re-solves the weights it keeps, so that the layer's
+// output on the calibration inputs X changes as little as possible. Both take the Gram of the
+// layer's inputs, H = X^T X summed over tokens (ActivationStats::gram(); any positive scale:
+// results do not depend on it), and damp it by percdamp * mean(diag H) before use. Inputs whose
+// Gram diagonal is 0 (never active) are pruned. See docs/semantics.md#weight-reconstruction.
+
+#include <ATen/core/Tensor.h>
+
+#include "symprune/errors.h"
+#include "symprune/export.h"
+#include "symprune/mask.h"
+
+#include <cstdint>
+#include <optional>
+
+namespace symprune {
+
+// Internal loops, exposed for tests: Rows walks each row's block on the CPU (rows in
+// parallel); Columns is the reference's column-at-a-time tensor ops (any device).
+enum class SparseGptBackend { Auto, Rows, Columns };
+
+struct SparseGptOptions {
+  std::optional<double> sparsity;  // exactly one of sparsity and nm
+  std::optional<NM> nm;            // a multiple of m must divide blocksize
+  int64_t blocksize = 128;
+  double percdamp = 0.01;
+  SparseGptBackend backend = SparseGptBackend::Auto;
+};
+
+// SparseGPT (Frantar & Alistarh, 2023) as its reference code behaves: columns in blocks of
+// `blocksize`, the mask of each block chosen from w^2 / U_jj^2 (U: upper Cholesky factor of
+// the damped Gram's inverse) on the weights as updated so far, and optimal-brain-surgeon
+// updates of the later columns. Returns the pruned, updated weight in the input's dtype and
+// on its device; pruned entries are +0. fp16/bf16/fp32 weights are updated in fp32, fp64 in
+// fp64. ValueError for a bad weight, Gram or option, and for a Gram whose Cholesky fails even
+// after damping.
+SYMPRUNE_API at::Tensor sparsegpt(const at::Tensor& weight, const at::Tensor& gram, const SparseGptOptions& options);
+
+// The least-squares refit of the kept weights for any keep mask: per row, the weights on the
+// kept support minimising (w - v)^T (H + lambda I) (w - v), lambda = percdamp * mean(diag H),
+// with zeros (+0) elsewhere. Solved by a conjugate gradient over all rows at once,
+// preconditioned by the damped Gram's inverse, to the precision of the compute dtype (fp32 for
+// fp16/bf16/fp32 weights, fp64 for fp64). Returns the input's dtype and device. ValueError
+// for a bad weight, mask or Gram, and for a Gram whose Cholesky fails even after damping.
+SYMPRUNE_API at::Tensor refit(const at::Tensor& weight, const at::Tensor& keep, const at::Tensor& gram,
+                              double percdamp = 0.01);
+
+}  // namespace symprune

@@ -1,0 +1,74 @@
+"""Plain PyTorch oracles of the weight-reconstruction methods, written from the algorithms
+(docs/semantics.md#weight-reconstruction) in fp64, column by column and row by row. They import
+nothing from symprune."""
+
+from __future__ import annotations
+
+import torch
+
+
+def damped(gram: torch.Tensor, percdamp: float, dead_to_one: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    h = gram.double().clone()
+    dead = torch.diag(h) == 0
+    if dead_to_one:
+        h[dead, dead] = 1
+    h += percdamp * torch.mean(torch.diag(h)) * torch.eye(h.shape[0], dtype=torch.float64)
+    return h, dead
+
+
+def oracle_sparsegpt(weight: torch.Tensor, gram: torch.Tensor, sparsity: float | None = None,
+                     nm: tuple[int, int] | None = None, blocksize: int = 128,
+                     percdamp: float = 0.01) -> torch.Tensor:
+    """The SparseGPT reference algorithm, one column at a time, in fp64; ties in a group go
+    to the lower index first."""
+    w = weight.double().clone()
+    h, dead = damped(gram, percdamp, dead_to_one=True)
+    w[:, dead] = 0
+    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    rows, cols = w.shape
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        w1 = w[:, i1:i2].clone()
+        err = torch.zeros_like(w1)
+        u1 = u[i1:i2, i1:i2]
+        d = torch.diag(u1)
+        if sparsity is not None:
+            key = w1 ** 2 / d.unsqueeze(0) ** 2
+            threshold = torch.sort(key.flatten())[0][int(key.numel() * sparsity)]
+            prune = key <= threshold
+        else:
+            prune = torch.zeros_like(w1, dtype=torch.bool)
+        for i in range(i2 - i1):
+            if nm is not None and i % nm[1] == 0:
+                for r in range(rows):
+                    key = [(float(w1[r, i + j] ** 2 / d[i + j] ** 2), j) for j in range(nm[1])]
+                    for _, j in sorted(key)[: nm[1] - nm[0]]:  # ties: lower index first
+                        prune[r, i + j] = True
+            q = torch.where(prune[:, i], torch.zeros_like(w1[:, i]), w1[:, i])
+            e = (w1[:, i] - q) / d[i]
+            w1[:, i:] -= e.unsqueeze(1) * u1[i, i:].unsqueeze(0)
+            w1[:, i] = q
+            err[:, i] = e
+        w[:, i1:i2] = w1
+        w[:, i2:] -= err @ u[i1:i2, i2:]
+    return w
+
+
+def oracle_refit(weight: torch.Tensor, keep: torch.Tensor, gram: torch.Tensor,
+                 percdamp: float = 0.01) -> torch.Tensor:
+    """Per row, the kept weights v_S = H_SS^-1 (H w)_S of the damped Gram, by torch.linalg.solve."""
+    h, _ = damped(gram, percdamp, dead_to_one=False)
+    w = weight.double()
+    out = torch.zeros_like(w)
+    for r in range(w.shape[0]):
+        s = keep[r].nonzero().flatten()
+        if s.numel():
+            out[r, s] = torch.linalg.solve(h[s][:, s], (h @ w[r])[s])
+    return out
+
+
+def objective(weight: torch.Tensor, pruned: torch.Tensor, gram: torch.Tensor, percdamp: float = 0.01) -> float:
+    """Sum over rows of (w - v)^T (H + lambda I) (w - v)."""
+    h, _ = damped(gram, percdamp, dead_to_one=False)
+    d = weight.double() - pruned.double()
+    return float(((d @ h) * d).sum())

@@ -1,0 +1,207 @@
+"""Weight reconstruction (SparseGPT, the least-squares refit, Gram statistics) against the fp64
+oracles of reconstruct_oracle.py, on random layers with outlier channels and dead inputs."""
+
+from __future__ import annotations
+
+import pytest
+import symprune
+import torch
+from conftest import TINY_VOCAB, build_tiny_model
+from reconstruct_oracle import objective, oracle_refit, oracle_sparsegpt
+from symprune.blocks import block_linears
+from symprune.pipeline import collect_block_stats, find_decoder_blocks
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+PATTERNS = [
+    {"sparsity": 0.5}, {"sparsity": 0.7, "blocksize": 16}, {"sparsity": 0.3, "blocksize": 40},
+    {"nm": (2, 4)}, {"nm": (4, 8), "blocksize": 16}, {"nm": (1, 4), "blocksize": 8},
+]
+
+
+def layer(rows: int = 24, cols: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A weight and the Gram of LLM-like inputs: a few outlier channels, one dead input."""
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.rand(cols, generator=g, dtype=torch.float64) + 0.1
+    scale[torch.randperm(cols, generator=g)[:3]] *= 30  # outlier channels
+    x = torch.randn(4 * cols, cols, generator=g, dtype=torch.float64) * scale
+    x[:, 5] = 0  # a dead input
+    return torch.randn(rows, cols, generator=g, dtype=torch.float64), x.T @ x
+
+
+def _assert_pruned_zeros_positive(out: torch.Tensor) -> None:
+    zeros = out == 0
+    assert not torch.signbit(out[zeros]).any(), "a pruned entry is -0.0"
+
+
+@pytest.mark.parametrize("backend", ["rows", "columns"])
+@pytest.mark.parametrize("pattern", PATTERNS, ids=str)
+def test_sparsegpt_equals_oracle_fp64(pattern: dict, backend: str) -> None:
+    for seed in range(3):
+        w, gram = layer(seed=seed)
+        expect = oracle_sparsegpt(w, gram, **pattern)
+        got = symprune.sparsegpt(w, gram, **pattern, backend=backend)
+        assert torch.equal(got == 0, expect == 0)
+        torch.testing.assert_close(got, expect, rtol=1e-9, atol=1e-9)
+        assert got.dtype == torch.float64
+        assert (got[:, 5] == 0).all()  # the dead input is pruned
+        _assert_pruned_zeros_positive(got)
+        if "nm" in pattern:
+            n, m = pattern["nm"]
+            assert ((got != 0).reshape(w.shape[0], -1, m).sum(-1) <= n).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("pattern", [{"sparsity": 0.5}, {"nm": (2, 4)}], ids=str)
+def test_sparsegpt_low_precision_close_to_oracle(pattern: dict, dtype: torch.dtype) -> None:
+    """fp32 updates: the result is the oracle's on the rounded weight, up to fp32 rounding (and
+    rounding to the weight's dtype); a near-tie may flip a few mask entries."""
+    w, gram = layer(rows=32, cols=128, seed=4)
+    w = w.to(dtype)
+    got = symprune.sparsegpt(w, gram.float(), **pattern)
+    expect = oracle_sparsegpt(w.double(), gram, **pattern)
+    assert got.dtype == dtype
+    assert ((got == 0) != (expect == 0)).float().mean() < 0.01
+    same = (got != 0) & (expect != 0)
+    rel = (got.double()[same] - expect[same]).abs().max() / expect.abs().max()
+    assert rel < (1e-4 if dtype == torch.float32 else 2e-2)
+    _assert_pruned_zeros_positive(got.float())
+
+
+def test_sparsegpt_does_not_depend_on_the_gram_scale() -> None:
+    """Without dead inputs (whose Gram diagonal becomes 1 whatever the scale, as in the
+    reference) the result does not depend on the Gram's scale."""
+    w, gram = layer(seed=1)
+    gram[5, 5] = 1.0
+    a = symprune.sparsegpt(w, gram, 0.5)
+    b = symprune.sparsegpt(w, gram * 123.0, 0.5)
+    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("make_mask", ["wanda", "nm", "sparsegpt", "random"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_refit_equals_exact_least_squares(make_mask: str, dtype: torch.dtype) -> None:
+    w, gram = layer(rows=20, cols=48, seed=2)
+    norm = torch.diag(gram).sqrt().float()
+    if make_mask == "wanda":
+        keep = symprune.mask(symprune.score(w, "wanda", in_norm=norm), 0.5)
+    elif make_mask == "nm":
+        keep = symprune.mask(w.abs().float(), nm=(2, 4))
+    elif make_mask == "sparsegpt":
+        keep = symprune.sparsegpt(w, gram, 0.6) != 0
+    else:  # rows with different numbers of kept weights, one row fully pruned
+        keep = torch.rand(w.shape, generator=torch.Generator().manual_seed(0)) < 0.4
+        keep[3] = False
+    w = w.to(dtype)
+    got = symprune.refit(w, keep, gram)
+    expect = oracle_refit(w.double(), keep, gram)
+    assert got.dtype == dtype
+    assert not got[~keep].any()
+    _assert_pruned_zeros_positive(got.float())
+    tol = {torch.float64: 1e-8, torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]
+    torch.testing.assert_close(got.double(), expect, rtol=tol, atol=tol * float(expect.abs().max()))
+    # Within 1 % of the exact optimum, and never worse than keeping the masked weights.
+    optimum = objective(w.double(), expect, gram)
+    assert objective(w.double(), got.double(), gram) <= optimum * 1.01 + 1e-12
+    assert optimum <= objective(w.double(), w.double() * keep, gram)
+
+
+def test_refit_lowers_sparsegpt_reconstruction_error() -> None:
+    """The exact refit on SparseGPT's own mask reconstructs the layer's output better."""
+    w, gram = layer(rows=64, cols=128, seed=3)
+    pruned = symprune.sparsegpt(w, gram, nm=(2, 4))
+    refitted = symprune.refit(w, pruned != 0, gram)
+    assert objective(w, refitted, gram) < objective(w, pruned, gram)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda w, g: symprune.sparsegpt(w, g[:, :-1], 0.5), "square"),
+        (lambda w, g: symprune.sparsegpt(w, g[:-1, :-1], 0.5), "input features"),
+        (lambda w, g: symprune.refit(w, w != 0, g.index_fill(0, torch.tensor([2]), float("nan"))), "NaN"),
+        (lambda w, g: symprune.sparsegpt(w, -g, 0.5), "negative diagonal"),
+        (lambda w, g: symprune.sparsegpt(w, g, 0.5, percdamp=-1), "percdamp"),
+        (lambda w, g: symprune.sparsegpt(w, g, nm=(2, 4), blocksize=6), "multiple of M"),
+        (lambda w, g: symprune.sparsegpt(w, g), "exactly one"),
+        (lambda w, g: symprune.refit(w, (w != 0)[:, :-1], g), "keep"),
+        # A rank-one Gram without damping cannot be factorised: an error, never a silent no-op.
+        (lambda w, g: symprune.sparsegpt(w, torch.ones_like(g), 0.5, percdamp=0.0), "positive definite"),
+        (lambda w, g: symprune.refit(w, w != 0, torch.ones_like(g), percdamp=0.0), "positive definite"),
+    ],
+)
+def test_bad_input_is_a_value_error(call, message: str) -> None:
+    w, gram = layer(seed=5)
+    before = w.clone()
+    with pytest.raises(ValueError, match=message):
+        call(w, gram)
+    assert torch.equal(w, before)
+
+
+def test_gram_stats_equal_xtx() -> None:
+    x = torch.randn(3, 10, 16)
+    stats = symprune.GramStats(16)
+    stats.update(x[0])
+    stats.update(x[1:])
+    flat = x.reshape(-1, 16).double()
+    torch.testing.assert_close(stats.gram, flat.T @ flat, rtol=1e-6, atol=1e-6)
+    assert stats.tokens == 30 and stats.gram.dtype == torch.float64
+    with pytest.raises(ValueError, match="expected shape"):
+        stats.update(torch.randn(2, 15))
+
+
+def test_linears_reading_one_input_share_one_gram() -> None:
+    model = build_tiny_model("llama")
+    block = find_decoder_blocks(model)[0]
+    windows = torch.randint(0, TINY_VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
+    from symprune.blocks import capture_block_inputs
+
+    captured = capture_block_inputs(model, list(windows), progress=False)
+    stats, _ = collect_block_stats(block, captured.hidden, captured.calls[0], need_outputs=False, need_gram=True)
+    attn = [stats[f"self_attn.{p}_proj"].gram for p in "qkv"]
+    assert attn[0] is attn[1] is attn[2]
+    assert stats["mlp.gate_proj"].gram is stats["mlp.up_proj"].gram
+    assert stats["mlp.down_proj"].gram is not stats["mlp.up_proj"].gram
+    assert stats["self_attn.o_proj"].gram is not attn[0]
+    for name, linear in block_linears(block).items():
+        assert stats[name].gram.tokens == 32, name  # once per window, not once per Linear
+        assert stats[name].gram.features == linear.in_features
+
+
+@pytest.mark.parametrize("recipe", [
+    {"method": "sparsegpt", "nm": "2:4"},
+    {"method": "sparsegpt", "sparsity": 0.5, "update": "refit"},
+    {"method": "wanda", "sparsity": 0.5, "update": "refit"},
+    {"method": "ria", "nm": (2, 4), "refine": "r2dsnot", "update": "refit"},
+])
+def test_pipeline_reconstruction_beats_the_plain_mask(recipe: dict) -> None:
+    """Re-solving the kept weights lowers every block's output error against Wanda's mask alone."""
+    windows = torch.randint(0, TINY_VOCAB, (4, 16), generator=torch.Generator().manual_seed(1))
+    plain = symprune.prune_model(build_tiny_model("llama"), windows, method="wanda",
+                                 **({"nm": recipe["nm"]} if "nm" in recipe else {"sparsity": 0.5}), progress=False)
+    report = symprune.prune_model(build_tiny_model("llama"), windows, progress=False, **recipe)
+    assert report.update == recipe.get("update")
+    assert report.overall_sparsity >= 0.5
+    assert report.blocks[0].output_error < plain.blocks[0].output_error
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"method": "sparsegpt", "sparsity": 0.5, "refine": "dsnot"}, "refine applies to score masks"),
+    ({"method": "sparsegpt", "nm": (2, 4), "permute": True}, "permute"),
+    ({"method": "sparsegpt", "sparsity": 0.5, "group": "layer"}, "group does not apply"),
+    ({"method": "sparsegpt", "sparsity": 0.5, "score_options": {"a": 1}}, "its options: blocksize, percdamp"),
+    ({"method": "wanda", "sparsity": 0.5, "update": "solve"}, "unknown update"),
+    ({"method": "wanda", "sparsity": 0.5, "update_options": {"percdamp": 0.1}}, "without update"),
+])
+def test_reconstruction_recipes_are_checked(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        symprune.Recipe(**kwargs)
+
+
+def test_streaming_and_calibrate_refuse_gram_recipes(sharded_model_dir, tiny_model_dir, tmp_path) -> None:
+    with pytest.raises(ValueError, match="needs the Gram"):
+        symprune.prune_checkpoint(sharded_model_dir, tmp_path / "out", method="sparsegpt", nm="2:4", progress=False)
+    with pytest.raises(ValueError, match="needs the Gram"):
+        symprune.calibrate(tiny_model_dir, torch.zeros(1, 8, dtype=torch.long),
+                           prune=symprune.Recipe("wanda", 0.5, update="refit"), progress=False)
+    assert not (tmp_path / "out").exists()
