@@ -174,6 +174,25 @@ void bind_reconstruct(py::module_& m) {
         py::arg("weight"), py::arg("gram"), py::arg("sparsity") = py::none(), py::kw_only(), py::arg("nm") = py::none(),
         py::arg("blocksize") = 128, py::arg("percdamp") = 0.01, py::arg("backend") = "auto",
         "SparseGPT: the pruned weight with its kept weights updated (see symprune/reconstruct.h).");
+  m.def("admm",
+        [](const at::Tensor& weight, const at::Tensor& gram, const at::Tensor& initial_keep,
+           std::optional<double> sparsity, const std::optional<PyNM>& nm, double percdamp, double rho0,
+           double growth, int64_t max_iterations, int64_t patience) {
+          AdmmOptions options;
+          options.sparsity = sparsity;
+          options.nm = to_nm(nm);
+          options.percdamp = percdamp;
+          options.rho0 = rho0;
+          options.growth = growth;
+          options.max_iterations = max_iterations;
+          options.patience = patience;
+          py::gil_scoped_release release;
+          return admm(weight, gram, initial_keep, options);
+        },
+        py::arg("weight"), py::arg("gram"), py::arg("initial_keep"), py::arg("sparsity") = py::none(), py::kw_only(),
+        py::arg("nm") = py::none(), py::arg("percdamp") = 0.01, py::arg("rho0") = 0.1, py::arg("growth") = 1.3,
+        py::arg("max_iterations") = 300, py::arg("patience") = 10,
+        "ADMM pruning from an initial support, finished by the refit (see symprune/reconstruct.h).");
   m.def("refit", &refit, py::arg("weight"), py::arg("keep"), py::arg("gram"), py::kw_only(),
         py::arg("percdamp") = 0.01, py::call_guard<py::gil_scoped_release>(),
         "The exact least-squares refit of the kept weights (keep: True = kept) given the Gram of the inputs.");

@@ -7,7 +7,7 @@ import pytest
 import symprune
 import torch
 from conftest import TINY_VOCAB, build_tiny_model
-from reconstruct_oracle import objective, oracle_refit, oracle_sparsegpt
+from reconstruct_oracle import objective, oracle_admm, oracle_refit, oracle_sparsegpt
 from symprune.blocks import block_linears
 from symprune.pipeline import collect_block_stats, find_decoder_blocks
 
@@ -104,6 +104,24 @@ def test_refit_equals_exact_least_squares(make_mask: str, dtype: torch.dtype) ->
     optimum = objective(w.double(), expect, gram)
     assert objective(w.double(), got.double(), gram) <= optimum * 1.01 + 1e-12
     assert optimum <= objective(w.double(), w.double() * keep, gram)
+
+
+@pytest.mark.parametrize("pattern", [{"sparsity": 0.5}, {"nm": (2, 4)}], ids=str)
+def test_admm_equals_oracle_and_beats_the_refit_of_its_start(pattern: dict) -> None:
+    w, gram = layer(rows=12, cols=32, seed=6)
+    keep = symprune.mask(symprune.score(w, "wanda", in_norm=torch.diag(gram).sqrt().float()),
+                         pattern.get("sparsity"), nm=pattern.get("nm"))
+    got = symprune.admm(w, gram, keep, pattern.get("sparsity"), nm=pattern.get("nm"))
+    expect = oracle_admm(w, gram, keep, lambda m: symprune.mask(m.float(), pattern.get("sparsity"),
+                                                                nm=pattern.get("nm")))
+    assert torch.equal(got == 0, expect == 0)
+    torch.testing.assert_close(got, expect, rtol=1e-6, atol=1e-6)
+    assert objective(w, got, gram) <= objective(w, symprune.refit(w, keep, gram), gram)
+    if "nm" in pattern:
+        assert ((got != 0).reshape(12, -1, 4).sum(-1) <= 2).all()
+    else:
+        assert ((got == 0).sum(1) >= 16).all()
+    _assert_pruned_zeros_positive(got)
 
 
 def test_refit_lowers_sparsegpt_reconstruction_error() -> None:

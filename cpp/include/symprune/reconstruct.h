@@ -46,4 +46,25 @@ SYMPRUNE_API at::Tensor sparsegpt(const at::Tensor& weight, const at::Tensor& gr
 SYMPRUNE_API at::Tensor refit(const at::Tensor& weight, const at::Tensor& keep, const at::Tensor& gram,
                               double percdamp = 0.01);
 
+struct AdmmOptions {
+  std::optional<double> sparsity;  // per row; exactly one of sparsity and nm
+  std::optional<NM> nm;
+  double percdamp = 0.01;
+  // The penalty rho, relative to mean(diag H): rho0 * growth^(iteration / 3).
+  double rho0 = 0.1;
+  double growth = 1.3;
+  int64_t max_iterations = 300;
+  int64_t patience = 10;  // stop once the support has not changed for this many iterations
+};
+
+// A joint search of mask and weights: ADMM on min_V (W - V) H (W - V)^T with V in the pattern
+// (each row keeps floor(in * (1 - sparsity)) weights, or n of every m), from the support of
+// `initial_keep`, as in ALPS (Meng et al., 2024). Each iteration solves V for the fixed
+// penalty (one Cholesky per penalty), projects V + U onto the pattern by magnitude, and
+// updates the dual U; the penalty grows until the support stops changing. The result is, row
+// by row, the better of the refits (above) of the final and of the initial support, so it is
+// never worse than its start: pruned entries +0, the input's dtype and device.
+SYMPRUNE_API at::Tensor admm(const at::Tensor& weight, const at::Tensor& gram, const at::Tensor& initial_keep,
+                             const AdmmOptions& options);
+
 }  // namespace symprune

@@ -1,0 +1,87 @@
+// ADMM pruning: mask and weights searched together, then the exact refit of the support.
+#include "symprune/reconstruct.h"
+
+#include "core/checks.h"
+#include "core/gram.h"
+
+#include <ATen/TensorOperators.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/abs.h>
+#include <ATen/ops/all.h>
+#include <ATen/ops/linalg_eigh.h>
+#include <ATen/ops/matmul.h>
+#include <ATen/ops/mean.h>
+#include <ATen/ops/ne.h>
+#include <ATen/ops/sum.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros_like.h>
+
+#include <cmath>
+
+namespace symprune {
+namespace {
+
+void check(const at::Tensor& weight, const at::Tensor& keep, const AdmmOptions& o) {
+  detail::check_matrix(weight, "weight");
+  detail::check_mask(keep, weight, "initial_keep");
+  SYMPRUNE_CHECK(o.sparsity.has_value() != o.nm.has_value(), "give exactly one of sparsity and nm");
+  if (o.sparsity) check_sparsity(*o.sparsity);
+  if (o.nm) check_nm(*o.nm, weight.size(1));
+  SYMPRUNE_CHECK(std::isfinite(o.rho0) && o.rho0 > 0, "rho0 must be > 0, got ", o.rho0);
+  SYMPRUNE_CHECK(std::isfinite(o.growth) && o.growth >= 1, "growth must be >= 1, got ", o.growth);
+  SYMPRUNE_CHECK(o.max_iterations >= 0 && o.patience >= 1, "max_iterations must be >= 0 and patience >= 1");
+}
+
+// The pattern's support of the largest |x|, with the mask rules of mask.h.
+at::Tensor project_support(const at::Tensor& x, const AdmmOptions& o) {
+  const auto magnitude = at::abs(x).to(at::kFloat);
+  return o.nm ? nm_mask(magnitude, *o.nm) : unstructured_mask(magnitude, *o.sparsity, MaskGroup::Row);
+}
+
+}  // namespace
+
+at::Tensor admm(const at::Tensor& weight, const at::Tensor& gram, const at::Tensor& initial_keep,
+                const AdmmOptions& o) {
+  at::NoGradGuard no_grad;
+  check(weight, initial_keep, o);
+  const int64_t cols = weight.size(1);
+  const auto compute = weight.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto h64 = detail::damped_gram(gram.to(weight.device()), cols, o.percdamp, /*dead_to_one=*/false).h;
+  const auto scale = at::mean(h64.diagonal()).item<double>();
+  const auto w0 = weight.to(compute);
+  // H = Q diag(lambda) Q^T once: (H + rho I)^-1 = Q diag(1 / (lambda + rho)) Q^T for every rho,
+  // two products per iteration instead of a factorisation per penalty and triangular solves.
+  auto [lambda64, q64] = at::linalg_eigh(h64);
+  SYMPRUNE_CHECK(at::all(lambda64 > 0).item<bool>(), "gram is not positive definite even after damping (percdamp=",
+                 o.percdamp, "); raise percdamp or calibrate on more tokens");
+  const auto q = q64.to(compute), lambda = lambda64.to(compute);
+  const auto w0hq = at::matmul(w0, at::matmul(h64, q64).to(compute));  // (H w0)^T Q, row by row
+
+  auto keep = initial_keep.to(weight.device());
+  auto z = w0.masked_fill(keep.logical_not(), 0);
+  auto u = at::zeros_like(z);
+  int64_t unchanged = 0;
+  for (int64_t it = 0; it < o.max_iterations && unchanged < o.patience; ++it) {
+    const double rho = o.rho0 * std::pow(o.growth, static_cast<double>(it / 3)) * scale;
+    // V = argmin (W0 - V) H (W0 - V)^T + rho |V - Z + U|^2, row by row: (H + rho I) v = H w0 + rho (z - u).
+    const auto rhs_q = w0hq + rho * at::matmul(z - u, q);
+    const auto v = at::matmul(rhs_q / (lambda + rho).unsqueeze(0), q.t());
+    const auto next_keep = project_support(v + u, o);
+    z = (v + u).masked_fill(next_keep.logical_not(), 0);
+    u = u + v - z;
+    unchanged = at::ne(next_keep, keep).any().item<bool>() ? 0 : unchanged + 1;
+    keep = next_keep;
+  }
+  // ADMM is a heuristic: each row keeps the better (by its own objective) of the refits of the
+  // final support and of the initial one, so the result is never worse than its start.
+  const auto found = refit(w0, keep, gram, o.percdamp);
+  const auto start = refit(w0, initial_keep.to(weight.device()), gram, o.percdamp);
+  const auto h = h64.to(compute);
+  const auto row_error = [&](const at::Tensor& v) {
+    const auto d = w0 - v;
+    return (at::matmul(d, h) * d).sum(1, /*keepdim=*/true);
+  };
+  return at::where(row_error(found) <= row_error(start), found, start).to(weight.scalar_type());
+}
+
+}  // namespace symprune
