@@ -71,8 +71,9 @@ void bind_recipe(py::module_& m) {
            py::arg("update_options") = py::none())
       .def_property_readonly("method",
                              [](const Recipe& r) {
-                               return r.solver == Solver::SparseGpt ? std::string("sparsegpt")
-                                                                    : std::string(score_method_name(r.method));
+                               if (r.solver == Solver::SparseGpt) return std::string("sparsegpt");
+                               if (r.solver == Solver::Admm) return std::string("admm");
+                               return std::string(score_method_name(r.method));
                              })
       .def_property_readonly("update",
                              [](const Recipe& r) -> std::optional<std::string> {

@@ -124,6 +124,17 @@ def test_admm_equals_oracle_and_beats_the_refit_of_its_start(pattern: dict) -> N
     _assert_pruned_zeros_positive(got)
 
 
+def test_admm_recipe_starts_from_wandas_mask() -> None:
+    """prune(recipe admm) is admm() from Wanda's mask, with the Gram's diagonal as input norms."""
+    w, gram = layer(rows=12, cols=32, seed=7)
+    recipe = symprune.Recipe("admm", nm=(2, 4))
+    got = symprune.prune(w, recipe, gram=gram)
+    start = symprune.mask(symprune.score(w, "wanda", in_norm=torch.diag(gram).sqrt().float()), nm=(2, 4))
+    torch.testing.assert_close(got.weight, symprune.admm(w, gram, start, nm=(2, 4)))
+    assert torch.equal(got.keep, got.weight != 0)
+    assert recipe.needs_gram and not recipe.needs_input_stats and recipe.describe() == "admm 2:4"
+
+
 def test_refit_lowers_sparsegpt_reconstruction_error() -> None:
     """The exact refit on SparseGPT's own mask reconstructs the layer's output better."""
     w, gram = layer(rows=64, cols=128, seed=3)
@@ -191,6 +202,8 @@ def test_linears_reading_one_input_share_one_gram() -> None:
     {"method": "sparsegpt", "sparsity": 0.5, "update": "refit"},
     {"method": "wanda", "sparsity": 0.5, "update": "refit"},
     {"method": "ria", "nm": (2, 4), "refine": "r2dsnot", "update": "refit"},
+    {"method": "admm", "nm": "2:4"},
+    {"method": "admm", "sparsity": 0.5, "score_options": {"rho0": 0.3, "max_iterations": 30}},
 ])
 def test_pipeline_reconstruction_beats_the_plain_mask(recipe: dict) -> None:
     """Re-solving the kept weights lowers every block's output error against Wanda's mask alone."""
@@ -209,6 +222,9 @@ def test_pipeline_reconstruction_beats_the_plain_mask(recipe: dict) -> None:
     ({"method": "sparsegpt", "sparsity": 0.5, "group": "layer"}, "group does not apply"),
     ({"method": "sparsegpt", "sparsity": 0.5, "score_options": {"a": 1}}, "its options: blocksize, percdamp"),
     ({"method": "wanda", "sparsity": 0.5, "update": "solve"}, "unknown update"),
+    ({"method": "admm", "nm": (2, 4), "update": "refit"}, "already finishes with the refit"),
+    ({"method": "admm", "sparsity": 0.5, "score_options": {"growth": 0.5}}, "growth >= 1"),
+    ({"method": "admm", "sparsity": 0.5, "refine": "dsnot"}, "refine applies to score masks"),
     ({"method": "wanda", "sparsity": 0.5, "update_options": {"percdamp": 0.1}}, "without update"),
 ])
 def test_reconstruction_recipes_are_checked(kwargs: dict, message: str) -> None:

@@ -10,6 +10,7 @@
 #include "symprune/errors.h"
 #include "symprune/export.h"
 #include "symprune/mask.h"
+#include "symprune/reconstruct.h"
 #include "symprune/score.h"
 
 #include <cstdint>
@@ -35,9 +36,10 @@ SYMPRUNE_API MethodInfo method_info(ScoreMethod method);
 
 enum class Refinement { None, Dsnot, R2Dsnot };
 
-// How the pattern is chosen: from the score's mask, or by SparseGPT (mask and weight updates
-// together, from the Gram of the layer's inputs; reconstruct.h). Method "sparsegpt".
-enum class Solver { Mask, SparseGpt };
+// How the pattern is chosen: from the score's mask, by SparseGPT (mask and weight updates
+// together, from the Gram of the layer's inputs; reconstruct.h; method "sparsegpt"), or by
+// ADMM from Wanda's mask (the Gram's diagonal gives the input norms; method "admm").
+enum class Solver { Mask, SparseGpt, Admm };
 
 // What happens to the kept weights last: nothing, or the exact least-squares refit on the final
 // mask (reconstruct.h).
@@ -63,7 +65,8 @@ struct SYMPRUNE_API Recipe {
   Solver solver = Solver::Mask;
   Update update = Update::None;
   int64_t blocksize = 128;  // sparsegpt's column blocks
-  double percdamp = 0.01;   // damping of the Gram (sparsegpt, refit): percdamp * mean(diag H)
+  double percdamp = 0.01;   // damping of the Gram (sparsegpt, admm, refit): percdamp * mean(diag H)
+  AdmmOptions admm;         // admm's schedule (its pattern and percdamp are the recipe's)
 
   // Throws ValueError naming the first problem.
   void validate() const;
@@ -91,7 +94,7 @@ struct SYMPRUNE_API Recipe {
 
 struct SYMPRUNE_API RecipeArgs {
   // magnitude, wanda, ria, stochria, symwanda, owanda, symmetric (scores), or sparsegpt
-  std::string method;
+  std::string method;  // ... or admm
   std::optional<double> sparsity;
   std::optional<NM> nm;
   std::string group = "row";          // row or layer

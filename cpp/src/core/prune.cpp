@@ -6,7 +6,10 @@
 
 #include <ATen/TensorOperators.h>
 #include <ATen/core/grad_mode.h>
+#include <ATen/ops/clamp_min.h>
+#include <ATen/ops/diagonal.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/sqrt.h>
 #include <ATen/ops/ne.h>
 #include <ATen/ops/sum.h>
 
@@ -65,6 +68,20 @@ Pruned prune(const at::Tensor& weight, const LayerStats& stats, const Recipe& re
     result.weight = sparsegpt(weight, stats.gram, options);
     result.keep = result.weight != 0;
     if (recipe.update == Update::Refit) result.weight = refit(weight, result.keep, stats.gram, recipe.percdamp);
+    return result;
+  }
+  if (recipe.solver == Solver::Admm) {
+    // The start is Wanda's mask; the Gram's diagonal orders inputs as in_norm does.
+    ScoreOptions wanda;
+    wanda.in_norm = stats.gram.diagonal().clamp_min(0).sqrt().to(at::kFloat);
+    const auto scores = score(weight, ScoreMethod::Wanda, wanda);
+    const auto start = recipe.nm ? nm_mask(scores, *recipe.nm) : unstructured_mask(scores, *recipe.sparsity, MaskGroup::Row);
+    AdmmOptions options = recipe.admm;
+    options.sparsity = recipe.sparsity;
+    options.nm = recipe.nm;
+    options.percdamp = recipe.percdamp;
+    result.weight = admm(weight, stats.gram, start, options);
+    result.keep = result.weight != 0;
     return result;
   }
   const auto scores = score(weight, recipe.method, score_options(recipe, stats));

@@ -82,10 +82,12 @@ std::vector<std::string> fragments(const std::string& list) {
 }
 
 constexpr std::string_view kSparseGpt = "sparsegpt";
+constexpr std::string_view kAdmm = "admm";
 
 // Which options each method reads: an option the method ignores is refused.
 std::set<std::string> score_option_keys(const Recipe& r) {
   if (r.solver == Solver::SparseGpt) return {"blocksize", "percdamp"};
+  if (r.solver == Solver::Admm) return {"percdamp", "rho0", "growth", "max_iterations", "patience"};
   switch (r.method) {
     case ScoreMethod::Ria: return {"a", "p"};
     case ScoreMethod::StochRia: return {"a", "beta", "seed"};
@@ -100,7 +102,9 @@ std::string joined(const std::set<std::string>& keys) {
 }
 
 std::string method_name(const Recipe& r) {
-  return r.solver == Solver::SparseGpt ? std::string(kSparseGpt) : std::string(score_method_name(r.method));
+  if (r.solver == Solver::SparseGpt) return std::string(kSparseGpt);
+  if (r.solver == Solver::Admm) return std::string(kAdmm);
+  return std::string(score_method_name(r.method));
 }
 
 void set_score_option(Recipe& r, const std::string& key, const OptionValue& v) {
@@ -112,6 +116,10 @@ void set_score_option(Recipe& r, const std::string& key, const OptionValue& v) {
   auto& o = r.score;
   if (key == "blocksize") r.blocksize = integer(v, what);
   else if (key == "percdamp") r.percdamp = number(v, what);
+  else if (key == "rho0") r.admm.rho0 = number(v, what);
+  else if (key == "growth") r.admm.growth = number(v, what);
+  else if (key == "max_iterations") r.admm.max_iterations = integer(v, what);
+  else if (key == "patience") r.admm.patience = integer(v, what);
   else if (key == "a") o.a = number(v, what);
   else if (key == "p") o.p = number(v, what);
   else if (key == "beta") o.beta = number(v, what);
@@ -186,6 +194,7 @@ Relative parse_relative(std::string_view name) {
 std::vector<std::string> method_names() {
   auto names = score_method_names();
   names.emplace_back(kSparseGpt);
+  names.emplace_back(kAdmm);
   return names;
 }
 
@@ -204,6 +213,7 @@ Options r2dsnot_defaults() { return {{"gamma1", 0.1}, {"gamma2", 0.0}}; }
 Recipe make_recipe(const RecipeArgs& args) {
   Recipe r;
   if (args.method == kSparseGpt) r.solver = Solver::SparseGpt;
+  else if (args.method == kAdmm) r.solver = Solver::Admm;
   else r.method = parse_score_method(args.method);
   r.sparsity = args.sparsity;
   r.nm = args.nm;
@@ -254,12 +264,21 @@ void Recipe::validate() const {
   detail::check_score_options(method, score);
   detail::check_dsnot_options(refine_options);
   if (!std::isfinite(percdamp) || percdamp < 0) throw ValueError("percdamp must be >= 0, got " + std::to_string(percdamp));
-  if (solver == Solver::SparseGpt) {
+  if (solver != Solver::Mask) {
+    const auto name = method_name(*this);
     if (refine != Refinement::None)
-      throw ValueError("sparsegpt chooses its mask together with its weight updates: refine applies to score masks");
-    if (permute) throw ValueError("sparsegpt does not support permute");
+      throw ValueError(name + " chooses its mask together with its weight updates: refine applies to score masks");
+    if (permute) throw ValueError(name + " does not support permute");
     if (!nm && group != MaskGroup::Row)
-      throw ValueError("sparsegpt chooses its mask per block of columns: group does not apply");
+      throw ValueError(name + " chooses its own mask for each row or block: group does not apply");
+  }
+  if (solver == Solver::Admm) {
+    if (update != Update::None) throw ValueError("admm already finishes with the refit: drop update");
+    if (!std::isfinite(admm.rho0) || admm.rho0 <= 0 || !std::isfinite(admm.growth) || admm.growth < 1 ||
+        admm.max_iterations < 0 || admm.patience < 1)
+      throw ValueError("admm needs rho0 > 0, growth >= 1, max_iterations >= 0 and patience >= 1");
+  }
+  if (solver == Solver::SparseGpt) {
     if (blocksize < 1) throw ValueError("blocksize must be >= 1, got " + std::to_string(blocksize));
     if (nm && (nm->m > 64 || blocksize % nm->m != 0))
       throw ValueError("sparsegpt needs M <= 64 and a blocksize that is a multiple of M (blocksize " +
@@ -275,7 +294,7 @@ bool Recipe::needs_refine_stats() const { return refine != Refinement::None; }
 bool Recipe::needs_output_stats() const {
   return solver == Solver::Mask && method_info(method).needs_output_stats;
 }
-bool Recipe::needs_gram() const { return solver == Solver::SparseGpt || update == Update::Refit; }
+bool Recipe::needs_gram() const { return solver != Solver::Mask || update == Update::Refit; }
 
 bool Recipe::refines(std::string_view name) const {
   if (refine == Refinement::None) return false;
@@ -298,6 +317,11 @@ std::map<std::string, OptionValue> Recipe::score_option_values() const {
   const auto keys = score_option_keys(*this);
   if (keys.count("blocksize") && blocksize != recipe_defaults.blocksize) out["blocksize"] = blocksize;
   if (keys.count("percdamp") && percdamp != recipe_defaults.percdamp) out["percdamp"] = percdamp;
+  const AdmmOptions a;
+  if (keys.count("rho0") && admm.rho0 != a.rho0) out["rho0"] = admm.rho0;
+  if (keys.count("growth") && admm.growth != a.growth) out["growth"] = admm.growth;
+  if (keys.count("max_iterations") && admm.max_iterations != a.max_iterations) out["max_iterations"] = admm.max_iterations;
+  if (keys.count("patience") && admm.patience != a.patience) out["patience"] = admm.patience;
   if (keys.count("a") && score.a != defaults.a) out["a"] = score.a;
   if (keys.count("p") && score.p != defaults.p) out["p"] = score.p;
   if (keys.count("beta") && score.beta != defaults.beta) out["beta"] = score.beta;
@@ -337,6 +361,9 @@ std::string Recipe::to_json() const {
   if (nm) j["nm"] = {nm->n, nm->m};
   if (needs_gram()) j["percdamp"] = percdamp;
   if (solver == Solver::SparseGpt) j["blocksize"] = blocksize;
+  if (solver == Solver::Admm)
+    j["admm"] = {{"rho0", admm.rho0}, {"growth", admm.growth}, {"max_iterations", admm.max_iterations},
+                 {"patience", admm.patience}};
   if (update == Update::Refit) j["update"] = "refit";
   if (refine != Refinement::None) {
     const auto& r = refine_options;
