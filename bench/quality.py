@@ -25,7 +25,7 @@ SCORERS = ["magnitude", "wanda", "ria", "stochria", "symwanda", "owanda", "symme
 REFINED = [("wanda", "dsnot"), ("ria", "dsnot"), ("wanda", "r2dsnot"), ("ria", "r2dsnot")]
 # Weight reconstruction: (method, refine, update).
 RECONSTRUCTED = [("sparsegpt", None, None), ("wanda", None, "refit"), ("ria", None, "refit"),
-                 ("ria", "r2dsnot", "refit"), ("sparsegpt", None, "refit")]
+                 ("ria", "r2dsnot", "refit"), ("sparsegpt", None, "refit"), ("admm", None, None)]
 PATTERNS = ["0.5", "0.6", "2:4"]
 PATTERN_ORDER = ["50%", "60%", "2:4"]  # as pattern_of() writes them
 
@@ -107,7 +107,7 @@ def write_report(rows: list[dict[str, Any]], grid_size: int, model: str, out_md:
         "2-core CPU). `prune s` is the whole sequential pipeline; `× dense fwd` divides it by the time "
         "of one dense forward of the calibration set through all blocks."),
         "",
-        (f"{len(rows)} of the grid's {grid_size} configurations (dense; 7 scorers, 4 refined variants and 5 with weight reconstruction "
+        (f"{len(rows)} of the grid's {grid_size} configurations (dense; 7 scorers, 4 refined variants and 6 with weight reconstruction "
         "at 50 %, 60 % and 2:4) are measured"
         + ("; rerunning the command resumes the rest" if len(rows) < grid_size else "")
         + ". Times depend on what else ran on the machine: runs shared it with test suites, builds"

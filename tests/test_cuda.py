@@ -195,3 +195,26 @@ def test_pruning_a_model_on_gpu_agrees_with_the_cpu(tiny_model_dir: Path, text_f
             differ += int(((w == 0) != (cpu[name] == 0)).sum())
             total += w.numel()
     assert total > 0 and differ <= 0.01 * total, (differ, total)
+
+
+def _reconstruction_layer(rows: int = 96, cols: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4 * cols, cols, generator=g) * (torch.rand(cols, generator=g) + 0.1)
+    return torch.randn(rows, cols, generator=g), (x.T @ x).double()
+
+
+@pytest.mark.parametrize("pattern", [{"sparsity": 0.5}, {"nm": (2, 4)}], ids=str)
+def test_reconstruction_matches_cpu(pattern: dict) -> None:
+    """sparsegpt (the column backend on the GPU), refit and admm on CUDA tensors agree with the
+    CPU up to fp32 rounding (a near-tie may flip a few mask entries)."""
+    w, gram = _reconstruction_layer()
+    sparsity, nm = pattern.get("sparsity"), pattern.get("nm")
+    cpu = symprune.sparsegpt(w, gram, sparsity, nm=nm)
+    gpu = symprune.sparsegpt(w.cuda(), gram.cuda(), sparsity, nm=nm)
+    assert gpu.is_cuda and ((gpu.cpu() == 0) != (cpu == 0)).float().mean() < 0.01
+    keep = cpu != 0
+    torch.testing.assert_close(symprune.refit(w.cuda(), keep.cuda(), gram.cuda()).cpu(),
+                               symprune.refit(w, keep, gram), rtol=1e-3, atol=1e-3)
+    a_cpu = symprune.admm(w, gram, keep, sparsity, nm=nm, max_iterations=30)
+    a_gpu = symprune.admm(w.cuda(), gram.cuda(), keep.cuda(), sparsity, nm=nm, max_iterations=30)
+    assert ((a_gpu.cpu() == 0) != (a_cpu == 0)).float().mean() < 0.02

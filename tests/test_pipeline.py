@@ -238,8 +238,8 @@ def test_first_block_stats_equal_dense_hooks(monkeypatch: pytest.MonkeyPatch) ->
     seen: list[tuple[Any, list[torch.Tensor]]] = []
     original = pipeline.collect_block_stats
 
-    def spy(block: Any, hidden: Any, calls: Any, *, need_outputs: bool) -> Any:
-        stats, outputs = original(block, hidden, calls, need_outputs=need_outputs)
+    def spy(block: Any, hidden: Any, calls: Any, **kwargs: Any) -> Any:
+        stats, outputs = original(block, hidden, calls, **kwargs)
         seen.append((stats, [h.clone() for h in hidden]))
         return stats, outputs
 

@@ -143,8 +143,8 @@ def add_pruning_options(p: argparse.ArgumentParser, *, required: bool = True) ->
     built and checked by :func:`recipe_from_args`."""
     p.add_argument("--method", required=required, choices=methods(),
                    help="importance score: magnitude and symmetric are data-free; wanda, ria, "
-                   "stochria use input activations; owanda/symwanda also outputs; sparsegpt chooses "
-                   "the mask and updates the kept weights from the Gram of the inputs")
+                   "stochria use input activations; owanda/symwanda also outputs; sparsegpt and admm choose "
+                   "the mask and re-solve the kept weights from the Gram of the inputs")
     pattern = p.add_mutually_exclusive_group(required=required)
     pattern.add_argument("--sparsity", type=float,
                          help="fraction of weights pruned (0.5 = half), per --group")
@@ -161,7 +161,8 @@ def add_pruning_options(p: argparse.ArgumentParser, *, required: bool = True) ->
                    "attention projections only); repeatable")
     p.add_argument("--score-option", action="append", metavar="KEY=VALUE",
                    help="option of the method: a and p (ria), a, beta and seed (stochria), blocksize and "
-                   "percdamp (sparsegpt); repeatable")
+                   "percdamp (sparsegpt), rho0, growth, max_iterations, patience and percdamp (admm); "
+                   "repeatable")
     p.add_argument("--update", choices=updates(),
                    help="last, re-solve the kept weights: refit = exact least squares on the final mask")
     p.add_argument("--update-option", action="append", metavar="KEY=VALUE",

@@ -8,11 +8,11 @@
 #include <ATen/Parallel.h>
 #include <ATen/TensorOperators.h>
 #include <ATen/core/grad_mode.h>
-#include <ATen/ops/cholesky_solve.h>
+#include <ATen/ops/flip.h>
+#include <ATen/ops/linalg_solve_triangular.h>
 #include <ATen/ops/eye.h>
 #include <ATen/ops/diagonal.h>
 #include <ATen/ops/kthvalue.h>
-#include <ATen/ops/linalg_cholesky_ex.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/sort.h>
 #include <ATen/ops/zeros.h>
@@ -118,15 +118,15 @@ at::Tensor sparsegpt(const at::Tensor& weight, const at::Tensor& gram, const Spa
   check(weight, o);
   const int64_t rows = weight.size(0), cols = weight.size(1);
   const auto prepared = detail::damped_gram(gram.to(weight.device()), cols, o.percdamp, /*dead_to_one=*/true);
-  // U: the upper Cholesky factor of the damped Gram's inverse, computed in fp64 (the inverse by
-  // cholesky_solve: fp64 cholesky_inverse is 30x slower on some CPU builds).
-  const auto lower_h = detail::cholesky_or_throw(prepared.h, o.percdamp, "gram");
-  const auto inverse = at::cholesky_solve(at::eye(cols, prepared.h.options()), lower_h);
-  auto [lower, info] = at::linalg_cholesky_ex(inverse);
-  SYMPRUNE_CHECK(info.item<int64_t>() == 0, "the inverse of the damped gram is not positive definite (percdamp=",
-                 o.percdamp, "); raise percdamp");
+  // U: the upper Cholesky factor of the damped Gram's inverse, in fp64, without forming the
+  // inverse: with J the reversal of rows and columns and J H J = M M^T, H^-1 = (J M^-1 J)^T (J M^-1 J),
+  // so U = J M^-1 J, one factorisation and one triangular solve.
+  const auto reversed_factor = detail::cholesky_or_throw(prepared.h.flip({0, 1}), o.percdamp, "gram");
   const auto compute = weight.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const auto u = lower.mH().to(compute).contiguous();
+  const auto u = at::linalg_solve_triangular(reversed_factor, at::eye(cols, prepared.h.options()), /*upper=*/false)
+                     .flip({0, 1})
+                     .to(compute)
+                     .contiguous();
   auto w = weight.to(compute, /*non_blocking=*/false, /*copy=*/true).contiguous();
   w.masked_fill_(prepared.dead.unsqueeze(0), 0);
 
