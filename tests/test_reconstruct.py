@@ -192,9 +192,15 @@ def test_linears_reading_one_input_share_one_gram() -> None:
     assert stats["mlp.gate_proj"].gram is stats["mlp.up_proj"].gram
     assert stats["mlp.down_proj"].gram is not stats["mlp.up_proj"].gram
     assert stats["self_attn.o_proj"].gram is not attn[0]
+    # The MLP's input has the attention input's shape and may be allocated where that input was.
+    assert stats["mlp.gate_proj"].gram is not attn[0]
     for name, linear in block_linears(block).items():
         assert stats[name].gram.tokens == 32, name  # once per window, not once per Linear
         assert stats[name].gram.features == linear.in_features
+    # Each Gram is X^T X of its own input: the input's statistics have its diagonal.
+    for name in ("self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj"):
+        torch.testing.assert_close(torch.diag(stats[name].gram.gram).float(), stats[name].inputs.in_sq,
+                                   rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("recipe", [
@@ -239,3 +245,4 @@ def test_streaming_and_calibrate_refuse_gram_recipes(sharded_model_dir, tiny_mod
         symprune.calibrate(tiny_model_dir, torch.zeros(1, 8, dtype=torch.long),
                            prune=symprune.Recipe("wanda", 0.5, update="refit"), progress=False)
     assert not (tmp_path / "out").exists()
+

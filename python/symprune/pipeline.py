@@ -81,11 +81,16 @@ class LinearStats:
 
 class SharedGrams:
     """One Gram per distinct input: Linears that read the same tensor (q/k/v, gate/up) share
-    one accumulator, updated once per window."""
+    one accumulator, updated once per window.
+
+    Inputs are recognised by their memory; each window's inputs are kept alive until the next
+    window, so that a later input (the MLP's) cannot reuse a freed one's (the attention's)
+    memory and be taken for it."""
 
     def __init__(self) -> None:
         self.of_linear: dict[str, Any] = {}
-        self._inputs: dict[tuple[int, tuple[int, ...]], Any] = {}  # this window's, by tensor
+        # This window's inputs: (data pointer, shape, strides) -> (the input, its Gram).
+        self._inputs: dict[tuple[int, tuple[int, ...], tuple[int, ...]], tuple[torch.Tensor, Any]] = {}
         self._updated: set[int] = set()
 
     def new_window(self) -> None:
@@ -93,12 +98,12 @@ class SharedGrams:
         self._updated.clear()
 
     def update(self, name: str, x: torch.Tensor) -> Any:
-        key = (x.data_ptr(), tuple(x.shape))
+        key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()))
         gram = self.of_linear.get(name)
         if gram is None:  # the first window decides who shares
-            gram = self._inputs.get(key) or symprune.GramStats(x.shape[-1])
+            gram = self._inputs[key][1] if key in self._inputs else symprune.GramStats(x.shape[-1])
             self.of_linear[name] = gram
-        self._inputs.setdefault(key, gram)
+        self._inputs.setdefault(key, (x, gram))
         if id(gram) not in self._updated:
             gram.update(x)
             self._updated.add(id(gram))
