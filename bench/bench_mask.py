@@ -13,22 +13,11 @@ from __future__ import annotations
 
 import argparse
 import resource
-import time
-from collections.abc import Callable
 
 import torch
 
 import symprune
-
-
-def best_of(repeats: int, fn: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    assert result is not None
-    return best, result
+from timing import best_of
 
 
 def reference_scores(weight: torch.Tensor, method: str, in_norm: torch.Tensor) -> torch.Tensor:

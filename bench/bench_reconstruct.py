@@ -8,9 +8,9 @@ the channels, at least one) and a shared rank-8 component (correlated channels).
 
 (a) SparseGPT, 50 % and 2:4: symprune.sparsegpt against torch_sparsegpt_factor + _walk
     below, the algorithm of docs/semantics.md#sparsegpt written with the reference code's
-    column-at-a-time tensor ops. Its factorisations are the reference's (cholesky, cholesky_inverse, cholesky) but in
-    fp64, as symprune computes them, so that the two results are comparable (the reference
-    factorises in fp32); its walk runs in fp32 (fp64 for --dtype float64). Its time is shown
+    column-at-a-time tensor ops. Its factorisations are the reference's (cholesky,
+    cholesky_inverse, cholesky, in fp32; symprune factorises once in fp64, without forming the
+    inverse); its walk runs in fp32 (fp64 for --dtype float64). Its time is shown
     split into factorisation and walk. Check: the masks agree up to a tiny fraction of
     near-ties, and in rows with the same mask the values agree to the compute dtype's precision.
 (b) Refit on the Wanda mask of the same pattern: symprune.refit against a per-row
@@ -37,12 +37,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
 
 import symprune
+from timing import best_of
 
 CASES = {"50%": {"sparsity": 0.5, "nm": None}, "2:4": {"sparsity": None, "nm": (2, 4)}}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
@@ -90,8 +90,9 @@ def make_inputs(rows: int, cols: int, tokens: int, dtype: torch.dtype, seed: int
 
 
 def torch_sparsegpt_factor(gram: torch.Tensor, percdamp: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """U (upper Cholesky factor of the damped Gram's inverse) and the dead inputs, in fp64."""
-    h = gram.double().clone()
+    """U (upper Cholesky factor of the damped Gram's inverse) and the dead inputs, computed as the
+    reference code does: cholesky, cholesky_inverse, cholesky, in fp32."""
+    h = gram.float().clone()
     dead = torch.diag(h) == 0
     h[dead, dead] = 1
     h.diagonal().add_(percdamp * torch.mean(torch.diag(h)))
@@ -161,16 +162,6 @@ def refit_objective(weight: torch.Tensor, refitted: torch.Tensor, gram: torch.Te
 
 
 # --------------------------------------------------------------------------- one measurement
-
-
-def best_of(repeats: int, fn: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    assert result is not None
-    return best, result
 
 
 def measure(job: str, case: str, inputs: dict[str, torch.Tensor],
