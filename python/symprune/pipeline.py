@@ -177,12 +177,12 @@ def prune_linear(weight: torch.Tensor, stats: LinearStats, recipe: Recipe, name:
     ``weight`` (the pruned copy), ``keep`` (True = kept, in the original column order also with
     ``permute``) and ``refined`` (mask entries the refinement changed). ``name`` (the
     weight's) is matched against the recipe's refine option ``skip``."""
-    inputs, outputs = stats.inputs, stats.outputs
+    inputs, outputs, refined = stats.inputs, stats.outputs, recipe.refines(name)
     result = symprune.prune(
         weight, recipe, name=name,
         in_norm=inputs.in_norm if recipe.needs_input_stats else None,
-        in_mean=inputs.in_mean if recipe.refines(name) else None,
-        in_var=inputs.in_var if recipe.refines(name) else None,
+        in_mean=inputs.in_mean if refined else None,
+        in_var=inputs.in_var if refined else None,
         out_norm=outputs.out_norm if recipe.needs_output_stats and outputs is not None else None,
         gram=stats.gram.gram if recipe.needs_gram else None,
     )
