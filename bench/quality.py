@@ -26,23 +26,28 @@ REFINED = [("wanda", "dsnot"), ("ria", "dsnot"), ("wanda", "r2dsnot"), ("ria", "
 # Weight reconstruction: (method, refine, update).
 RECONSTRUCTED = [("sparsegpt", None, None), ("wanda", None, "refit"), ("ria", None, "refit"),
                  ("ria", "r2dsnot", "refit"), ("sparsegpt", None, "refit"), ("admm", None, None)]
+# OWL block sparsities (unstructured patterns only): methods.
+OWL = ["wanda"]
 PATTERNS = ["0.5", "0.6", "2:4"]
 PATTERN_ORDER = ["50%", "60%", "2:4"]  # as pattern_of() writes them
 
 
-def config_for(method: str, refine: str | None, pattern: str, update: str | None = None) -> dict[str, Any]:
+def config_for(method: str, refine: str | None, pattern: str, update: str | None = None,
+               owl: bool = False) -> dict[str, Any]:
     config: dict[str, Any] = {"method": method}
     config.update({"nm": pattern} if ":" in pattern else {"sparsity": float(pattern)})
     if refine:
         config["refine"] = refine
     if update:
         config["update"] = update
+    if owl:
+        config["owl"] = True
     return config
 
 
 def label(config: dict[str, Any]) -> str:
     return (config["method"] + (f"+{config['refine']}" if "refine" in config else "")
-            + (f"+{config['update']}" if "update" in config else ""))
+            + (f"+{config['update']}" if "update" in config else "") + ("+owl" if config.get("owl") else ""))
 
 
 def pattern_of(config: dict[str, Any]) -> str:
@@ -58,6 +63,10 @@ EXPECTATIONS = [
     ("DSnoT improves RIA's mask", "ria+dsnot", "ria"),
     ("R²-DSnoT ≤ DSnoT (Wanda)", "wanda+r2dsnot", "wanda+dsnot"),
     ("R²-DSnoT ≤ DSnoT (RIA)", "ria+r2dsnot", "ria+dsnot"),
+    ("SparseGPT ≤ Wanda", "sparsegpt", "wanda"),
+    ("the refit improves Wanda's mask", "wanda+refit", "wanda"),
+    ("ADMM ≤ SparseGPT", "admm", "sparsegpt"),
+    ("OWL improves Wanda", "wanda+owl", "wanda"),
 ]
 
 
@@ -91,6 +100,8 @@ def grid(patterns: list[str], model: str) -> list[dict[str, Any]]:
         configs += [config_for(m, None, pattern) for m in SCORERS]
         configs += [config_for(m, r, pattern) for m, r in REFINED]
         configs += [config_for(m, r, pattern, u) for m, r, u in RECONSTRUCTED]
+        if ":" not in pattern:
+            configs += [config_for(m, None, pattern, owl=True) for m in OWL]
     if model != "smollm2":  # SmolLM2's rows keep their original keys
         configs = [{**c, "model": model} for c in configs]
     return configs
@@ -107,7 +118,7 @@ def write_report(rows: list[dict[str, Any]], grid_size: int, model: str, out_md:
         "2-core CPU). `prune s` is the whole sequential pipeline; `× dense fwd` divides it by the time "
         "of one dense forward of the calibration set through all blocks."),
         "",
-        (f"{len(rows)} of the grid's {grid_size} configurations (dense; 7 scorers, 4 refined variants and 6 with weight reconstruction "
+        (f"{len(rows)} of the grid's {grid_size} configurations (dense; 7 scorers, 4 refined variants, 6 with weight reconstruction and OWL "
         "at 50 %, 60 % and 2:4) are measured"
         + ("; rerunning the command resumes the rest" if len(rows) < grid_size else "")
         + ". Times depend on what else ran on the machine: runs shared it with test suites, builds"

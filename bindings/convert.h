@@ -35,6 +35,7 @@ inline DsnotBackend parse_backend(const std::string& backend) {
 void bind_recipe(pybind11::module_& m);
 // Registers GramStats, sparsegpt and refit (recipe.cpp).
 void bind_reconstruct(pybind11::module_& m);
+void bind_owl(pybind11::module_& m);
 // Registers the safetensors and streaming functions (io.cpp).
 void bind_io(pybind11::module_& m);
 

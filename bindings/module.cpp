@@ -102,6 +102,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("version", [] { return std::string(SYMPRUNE_VERSION); }, "The core's version (symprune/version.h).");
   bind_recipe(m);
   bind_reconstruct(m);
+  bind_owl(m);
   bind_io(m);
 
   // The core's errors (symprune/errors.h) as ValueError / OSError; torch's own errors as torch

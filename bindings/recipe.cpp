@@ -41,7 +41,8 @@ Options options(const std::optional<py::dict>& dict) {
 Recipe make(const std::string& method, std::optional<double> sparsity, const std::optional<PyNM>& nm,
             const std::string& group, bool permute, const std::optional<std::string>& refine,
             const std::optional<py::dict>& refine_options, const std::optional<py::dict>& score_options,
-            const std::optional<std::string>& update, const std::optional<py::dict>& update_options) {
+            const std::optional<std::string>& update, const std::optional<py::dict>& update_options, bool owl,
+            const std::optional<py::dict>& owl_options) {
   RecipeArgs args;
   args.method = method;
   args.sparsity = sparsity;
@@ -53,6 +54,8 @@ Recipe make(const std::string& method, std::optional<double> sparsity, const std
   args.score_options = options(score_options);
   args.update = update;
   args.update_options = options(update_options);
+  args.owl = owl;
+  args.owl_options = options(owl_options);
   return make_recipe(args);
 }
 
@@ -68,7 +71,7 @@ void bind_recipe(py::module_& m) {
            py::arg("nm") = py::none(), py::arg("group") = "row", py::arg("permute") = false,
            py::arg("refine") = py::none(), py::arg("refine_options") = py::none(),
            py::arg("score_options") = py::none(), py::arg("update") = py::none(),
-           py::arg("update_options") = py::none())
+           py::arg("update_options") = py::none(), py::arg("owl") = false, py::arg("owl_options") = py::none())
       .def_property_readonly("method",
                              [](const Recipe& r) {
                                if (r.solver == Solver::SparseGpt) return std::string("sparsegpt");
@@ -81,6 +84,15 @@ void bind_recipe(py::module_& m) {
                                return "refit";
                              })
       .def_readonly("percdamp", &Recipe::percdamp)
+      .def_property_readonly("owl", [](const Recipe& r) { return r.owl.has_value(); })
+      .def_property_readonly("owl_options",
+                             [](const Recipe& r) {
+                               Options out;
+                               if (r.owl) out = {{"m", r.owl->outlier_multiple}, {"lambda", r.owl->lambda}};
+                               return out;
+                             })
+      .def("at_sparsity", &Recipe::at_sparsity, py::arg("sparsity"),
+           "This recipe at another sparsity and without OWL: what one block is pruned with under OWL.")
       .def_readonly("sparsity", &Recipe::sparsity)
       .def_property_readonly("nm",
                              [](const Recipe& r) -> std::optional<std::tuple<int64_t, int64_t>> {
@@ -149,6 +161,26 @@ void bind_recipe(py::module_& m) {
         py::arg("gram") = py::none(), py::arg("name") = "", py::call_guard<py::gil_scoped_release>(),
         "Prunes one weight by a Recipe (score -> mask -> refinement); the weight itself is not changed. "
         "`name` is matched against the recipe's refine option 'skip'.");
+}
+
+void bind_owl(py::module_& m) {
+  m.def("count_outliers",
+        [](const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& in_norms, double outlier_multiple) {
+          py::gil_scoped_release release;
+          const auto count = count_outliers(weights, in_norms, outlier_multiple);
+          return std::make_tuple(count.outliers, count.entries);
+        },
+        py::arg("weights"), py::arg("in_norms"), py::arg("outlier_multiple") = 5.0,
+        "OWL: (outliers, entries) of |W| * in_norm over all the weights together; an outlier exceeds "
+        "outlier_multiple times their mean.");
+  m.def("owl_sparsities",
+        [](const std::vector<double>& ratios, double sparsity, double lambda) {
+          OwlOptions options;
+          options.lambda = lambda;
+          return owl_sparsities(ratios, sparsity, options);
+        },
+        py::arg("ratios"), py::arg("sparsity"), py::kw_only(), py::arg("lambda_") = 0.08,
+        "OWL's block sparsities from the blocks' outlier ratios; their mean is `sparsity`.");
 }
 
 void bind_reconstruct(py::module_& m) {

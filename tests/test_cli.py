@@ -104,6 +104,9 @@ def test_prune_refuses_to_clobber(
         (["--nm", "2-4"], "must look like '2:4'", 2),
         (["--nm", "4:2"], "1 <= n < m", 2),
         (["--nm", "2:4", "--group", "layer"], "N:M groups are fixed", 2),
+        (["--nm", "2:4", "--owl"], "not N:M", 2),
+        (["--sparsity", "0.5", "--owl-m", "3"], "owl options given without owl", 2),
+        (["--sparsity", "0.5", "--owl", "--owl-lambda", "-1"], "lambda must be >= 0", 2),
         # Bad data: exit 1.
         (["--sparsity", "0.5", "--nsamples", "2", "--seqlen", "100000"], "too short", 1),
     ],

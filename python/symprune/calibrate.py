@@ -27,13 +27,12 @@ from tqdm.auto import tqdm
 
 from ._C import Recipe, save_safetensors
 from .blocks import capture_block_inputs, find_decoder_blocks
+from .block_stats import LinearStats, collect_block_stats
 from .checkpoint import CheckpointFolder
 from .pipeline import (
-    LinearStats,
     as_windows,
     blocks_prefix,
     check_nm_fits,
-    collect_block_stats,
     new_report,
     peak_rss_mb,
     prune_block,
@@ -98,6 +97,9 @@ def calibrate(
         calibration: token windows, shape ``(windows, seqlen)``.
         prune: the recipe each block is pruned with before it feeds the next (None: dense).
     """
+    if prune is not None and prune.owl:
+        raise ValueError(f"recipe '{prune.describe()}' uses OWL, whose block sparsities come from a dense pass "
+                         "over every block first, which calibrate does not make: use `symprune prune`")
     if prune is not None and prune.needs_gram:
         raise ValueError(f"recipe '{prune.describe()}' needs the Gram of each layer's inputs, which the "
                          "statistics file does not hold (apply could not reproduce it): use `symprune prune`")

@@ -167,15 +167,24 @@ def add_pruning_options(p: argparse.ArgumentParser, *, required: bool = True) ->
                    help="last, re-solve the kept weights: refit = exact least squares on the final mask")
     p.add_argument("--update-option", action="append", metavar="KEY=VALUE",
                    help="option for --update (percdamp, default 0.01); repeatable")
+    p.add_argument("--owl", action="store_true",
+                   help="OWL layer sparsity (unstructured --sparsity only): blocks with more outliers keep "
+                   "more weights, the model-wide sparsity stays --sparsity")
+    p.add_argument("--owl-m", type=float, metavar="M",
+                   help="OWL's outlier multiple: |W|*||X|| above M times its block mean is an outlier (5)")
+    p.add_argument("--owl-lambda", type=float, metavar="LAMBDA",
+                   help="OWL's spread: block sparsities lie within --sparsity -/+ 2*LAMBDA (0.08)")
 
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe | None:
     """The command's Recipe from its pruning options, validated by the core (ValueError);
     None for a command run without --method (calibrate's dense statistics)."""
     if getattr(args, "method", None) is None:
-        given = ("sparsity", "nm", "refine", "refine_option", "score_option", "update", "update_option")
-        if any(getattr(args, name, None) is not None for name in given) or getattr(args, "group", "row") != "row":
-            raise ValueError("--sparsity, --nm, --group, --refine, --update and their options need --method")
+        given = ("sparsity", "nm", "refine", "refine_option", "score_option", "update", "update_option",
+                 "owl_m", "owl_lambda")
+        if any(getattr(args, name, None) is not None for name in given) or getattr(args, "group", "row") != "row" \
+                or getattr(args, "owl", False):
+            raise ValueError("--sparsity, --nm, --group, --refine, --update, --owl and their options need --method")
         return None
     sparsity, nm = getattr(args, "sparsity", None), getattr(args, "nm", None)
     if sparsity is None and nm is None:
@@ -187,7 +196,14 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe | None:
         score_options=parse_options(getattr(args, "score_option", None), "--score-option"),
         update=getattr(args, "update", None),
         update_options=parse_options(getattr(args, "update_option", None), "--update-option"),
+        owl=getattr(args, "owl", False), owl_options=_owl_options(args),
     )
+
+
+def _owl_options(args: argparse.Namespace) -> dict[str, float] | None:
+    given = {key: getattr(args, f"owl_{key}", None) for key in ("m", "lambda")}
+    options = {key: value for key, value in given.items() if value is not None}
+    return options or None
 
 
 def add_calibration_options(p: argparse.ArgumentParser) -> None:

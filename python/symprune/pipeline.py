@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import symprune
+from symprune.block_stats import LinearStats, collect_block_stats
 from symprune.blocks import (
     BlockCall,
     block_linears,
@@ -34,6 +35,7 @@ from symprune.blocks import (
     find_decoder_blocks,
 )
 from symprune._C import Recipe
+from symprune.owl import owl_plan
 from symprune.report import BlockReport, LayerReport, PruneReport
 
 
@@ -50,12 +52,15 @@ def as_recipe(
     score_options: Mapping[str, Any] | None = None,
     update: str | None = None,
     update_options: Mapping[str, Any] | None = None,
+    owl: bool = False,
+    owl_options: Mapping[str, Any] | None = None,
 ) -> Recipe:
     """``recipe`` itself, or the core's :class:`symprune.Recipe` built (and validated) from the
     keyword arguments; ValueError for an invalid one or for both at once."""
     if recipe is not None:
-        given = (method, sparsity, nm, refine, refine_options, score_options, update, update_options)
-        if any(v is not None for v in given) or permute or group != "row":
+        given = (method, sparsity, nm, refine, refine_options, score_options, update, update_options,
+                 owl_options)
+        if any(v is not None for v in given) or permute or owl or group != "row":
             raise ValueError("give either a recipe or its fields (method, sparsity, ...), not both")
         return recipe
     if method is None:
@@ -63,110 +68,8 @@ def as_recipe(
     return Recipe(method, sparsity, nm=nm, group=group, permute=permute, refine=refine,
                   refine_options=None if refine_options is None else dict(refine_options),
                   score_options=None if score_options is None else dict(score_options),
-                  update=update, update_options=None if update_options is None else dict(update_options))
-
-
-# --------------------------------------------------------------------------- statistics
-
-
-@dataclass
-class LinearStats:
-    """Calibration statistics of one Linear: inputs always, outputs when a score needs them,
-    the Gram of the inputs when the recipe reconstructs weights."""
-
-    inputs: Any  # symprune.ActivationStats
-    outputs: Any | None  # symprune.OutputStats
-    gram: Any | None = None  # symprune.GramStats, shared by the Linears that read the same input
-
-
-class SharedGrams:
-    """One Gram per distinct input: Linears that read the same tensor (q/k/v, gate/up) share
-    one accumulator, updated once per window.
-
-    Inputs are recognised by their memory; each window's inputs are kept alive until the next
-    window, so that a later input (the MLP's) cannot reuse a freed one's (the attention's)
-    memory and be taken for it."""
-
-    def __init__(self) -> None:
-        self.of_linear: dict[str, Any] = {}
-        # This window's inputs: (data pointer, shape, strides) -> (the input, its Gram).
-        self._inputs: dict[tuple[int, tuple[int, ...], tuple[int, ...]], tuple[torch.Tensor, Any]] = {}
-        self._updated: set[int] = set()
-
-    def new_window(self) -> None:
-        self._inputs.clear()
-        self._updated.clear()
-
-    def update(self, name: str, x: torch.Tensor) -> Any:
-        key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()))
-        gram = self.of_linear.get(name)
-        if gram is None:  # the first window decides who shares
-            gram = self._inputs[key][1] if key in self._inputs else symprune.GramStats(x.shape[-1])
-            self.of_linear[name] = gram
-        self._inputs.setdefault(key, (x, gram))
-        if id(gram) not in self._updated:
-            gram.update(x)
-            self._updated.add(id(gram))
-        return gram
-
-
-def _sequences(x: torch.Tensor) -> Iterator[torch.Tensor]:
-    """Split activations into single sequences: DSnoT's variance is per sequence."""
-    if x.dim() <= 2:
-        yield x
-    else:
-        yield from x.reshape(-1, x.shape[-2], x.shape[-1])
-
-
-def collect_block_stats(
-    block: nn.Module,
-    hidden: Sequence[torch.Tensor],
-    calls: Sequence[BlockCall],
-    *,
-    need_outputs: bool,
-    need_gram: bool = False,
-) -> tuple[dict[str, LinearStats], list[torch.Tensor]]:
-    """Dense forward of every window through ``block`` with hooks on its Linears.
-
-    Returns the statistics per Linear name and the dense block outputs.
-    """
-    grams = SharedGrams() if need_gram else None
-    linears = block_linears(block)
-    stats = {
-        name: LinearStats(
-            symprune.ActivationStats(m.in_features),
-            symprune.OutputStats(m.out_features) if need_outputs else None,
-        )
-        for name, m in linears.items()
-    }
-
-    def hook(name: str) -> Any:
-        entry = stats[name]
-
-        def fn(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-            x = args[0] if args else kwargs["input"]
-            for seq in _sequences(x.detach()):
-                entry.inputs.update(seq)
-            if entry.outputs is not None:
-                for seq in _sequences(out.detach()):
-                    entry.outputs.update(seq)
-            if grams is not None:
-                entry.gram = grams.update(name, x.detach())
-
-        return fn
-
-    def run(h: torch.Tensor, call: BlockCall) -> torch.Tensor:
-        if grams is not None:
-            grams.new_window()
-        return call.run(block, h)
-
-    handles = [m.register_forward_hook(hook(name), with_kwargs=True) for name, m in linears.items()]
-    try:
-        outputs = [run(h, call) for h, call in zip(hidden, calls)]
-    finally:
-        for handle in handles:
-            handle.remove()
-    return stats, outputs
+                  update=update, update_options=None if update_options is None else dict(update_options),
+                  owl=owl, owl_options=None if owl_options is None else dict(owl_options))
 
 
 # --------------------------------------------------------------------------- pruning
@@ -272,6 +175,8 @@ def prune_model(
     score_options: Mapping[str, Any] | None = None,
     update: str | None = None,
     update_options: Mapping[str, Any] | None = None,
+    owl: bool = False,
+    owl_options: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> PruneReport:
     """Prune every Linear inside the decoder blocks of ``model``, in place.
@@ -291,13 +196,16 @@ def prune_model(
             ``beta``, ``seed``; sparsegpt: ``blocksize``, ``percdamp``).
         update: ``"refit"``: the exact least-squares refit of the kept weights, last.
         update_options: ``{"percdamp": ...}`` (0.01).
+        owl: OWL layer sparsity: ``sparsity`` is the model-wide target and each block gets its
+            own, from the outlier ratios of the dense model (one extra dense pass).
+        owl_options: ``{"m": 5.0, "lambda": 0.08}``: the outlier multiple and the spread.
         progress: show tqdm bars.
 
     Embeddings, norms, biases and ``lm_head`` are never touched.
     """
     recipe = as_recipe(recipe, method=method, sparsity=sparsity, nm=nm, group=group, permute=permute,
                        refine=refine, refine_options=refine_options, score_options=score_options,
-                       update=update, update_options=update_options)
+                       update=update, update_options=update_options, owl=owl, owl_options=owl_options)
     windows = as_windows(calibration)
     blocks = find_decoder_blocks(model)
     check_nm_fits(blocks, recipe.nm)
@@ -313,10 +221,17 @@ def prune_model(
             captured = capture_block_inputs(model, windows, progress=progress)
             report.capture_seconds = time.perf_counter() - t
             hidden = captured.hidden
+            block_recipes = [recipe] * len(blocks)
+            if recipe.owl:
+                t = time.perf_counter()
+                plan = owl_plan(blocks, hidden, captured.calls, recipe, progress=progress)
+                report.owl = plan.to_dict(recipe)
+                report.owl_seconds = time.perf_counter() - t
+                block_recipes = [recipe.at_sparsity(s) for s in plan.sparsities]
             bar = tqdm(list(enumerate(blocks)), desc=f"pruning ({recipe.method})",
                        unit="block", disable=not progress)
             for index, block in bar:
-                hidden = prune_block(index, block, hidden, captured.calls[index], recipe,
+                hidden = prune_block(index, block, hidden, captured.calls[index], block_recipes[index],
                                       need_outputs, f"{prefix}.{index}", report)
     finally:
         model.train(was_training)

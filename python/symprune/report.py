@@ -61,6 +61,8 @@ class PruneReport:
     nsamples: int
     seqlen: int
     update: str | None = None
+    # OWL: its options, each block's outlier ratio and the sparsity it was pruned at.
+    owl: dict[str, Any] | None = None
     layers: list[LayerReport] = field(default_factory=list)
     blocks: list[BlockReport] = field(default_factory=list)
     pruned_weights: int = 0
@@ -71,6 +73,7 @@ class PruneReport:
     dense_forward_seconds: float = 0.0
     prune_seconds: float = 0.0
     pruned_forward_seconds: float = 0.0
+    owl_seconds: float = 0.0  # OWL's dense pass
     peak_rss_mb: float = 0.0
     # Filled by callers that evaluate (the CLI); free-form, e.g. {"pruned": 31.2}.
     perplexity: dict[str, float] = field(default_factory=dict)
@@ -94,6 +97,7 @@ class PruneReport:
         """A few lines for a terminal."""
         refine = f" + {self.refine}" if self.refine else ""
         refine += f" + {self.update}" if self.update else ""
+        refine += " + owl" if self.owl else ""
         lines = [
             (f"method {self.method}{refine}, pattern {self.pattern()}, "
              f"{len(self.layers)} Linear layers in {len(self.blocks)} blocks"),

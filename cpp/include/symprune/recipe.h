@@ -10,6 +10,7 @@
 #include "symprune/errors.h"
 #include "symprune/export.h"
 #include "symprune/mask.h"
+#include "symprune/owl.h"
 #include "symprune/reconstruct.h"
 #include "symprune/score.h"
 
@@ -67,6 +68,9 @@ struct SYMPRUNE_API Recipe {
   int64_t blocksize = 128;  // sparsegpt's column blocks
   double percdamp = 0.01;   // damping of the Gram (sparsegpt, admm, refit): percdamp * mean(diag H)
   AdmmOptions admm;         // admm's schedule (its pattern and percdamp are the recipe's)
+  // OWL: the sparsity is the model-wide target and each block gets its own (owl.h); a front end
+  // prunes block b with at_sparsity(its OWL sparsity). Unstructured patterns only.
+  std::optional<OwlOptions> owl;
 
   // Throws ValueError naming the first problem.
   void validate() const;
@@ -77,11 +81,14 @@ struct SYMPRUNE_API Recipe {
   bool needs_refine_stats() const;      // in_mean and in_var (refinement)
   bool needs_output_stats() const;      // out_norm
   bool needs_gram() const;              // the Gram of the inputs (sparsegpt, refit)
-  bool data_free() const { return !needs_input_stats() && !needs_output_stats() && !needs_gram(); }
+  bool data_free() const { return !needs_input_stats() && !needs_output_stats() && !needs_gram() && !owl; }
   // Whether the weight called `name` is refined (refinement on and no skip fragment matches).
   bool refines(std::string_view name) const;
   // Rows of a weight are pruned independently of each other: they can go in blocks.
   bool rows_independent() const;
+
+  // This recipe at another sparsity and without OWL: what one block is pruned with under OWL.
+  Recipe at_sparsity(double block_sparsity) const;
 
   // Options that differ from their defaults, by key (the keys make_recipe accepts).
   Options score_option_values() const;
@@ -108,6 +115,8 @@ struct SYMPRUNE_API RecipeArgs {
   Options refine_options;
   std::optional<std::string> update;  // refit
   Options update_options;             // percdamp
+  bool owl = false;                   // OWL block sparsities
+  Options owl_options;                // m (outlier multiple, 5), lambda (spread, 0.08)
 };
 
 // The validated recipe; r2dsnot is dsnot with r2dsnot_defaults() under the given options.

@@ -4,6 +4,7 @@
 #include "symprune/dsnot.h"
 #include "symprune/errors.h"
 #include "symprune/mask.h"
+#include "symprune/owl.h"
 #include "symprune/prune.h"
 #include "symprune/recipe.h"
 #include "symprune/reconstruct.h"

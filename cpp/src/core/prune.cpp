@@ -51,11 +51,19 @@ int64_t block_rows(const at::Tensor& weight, const Recipe& recipe) {
   return std::clamp<int64_t>(elements / cols, 1, rows);
 }
 
+// A valid recipe for one weight: OWL's target is model-wide, each block has its own sparsity.
+void check_layer_recipe(const Recipe& recipe) {
+  recipe.validate();
+  if (recipe.owl)
+    throw ValueError("recipe '" + recipe.describe() + "' sets one sparsity per block (OWL): prune each weight "
+                     "with recipe.at_sparsity(its block's sparsity)");
+}
+
 }  // namespace
 
 Pruned prune(const at::Tensor& weight, const LayerStats& stats, const Recipe& recipe, std::string_view name) {
   at::NoGradGuard no_grad;  // pruned weights are data, not part of a graph
-  recipe.validate();
+  check_layer_recipe(recipe);
   const bool refined = recipe.refines(name);
   check_stats(stats, recipe, refined);
   Pruned result;
@@ -109,7 +117,7 @@ Pruned prune(const at::Tensor& weight, const LayerStats& stats, const Recipe& re
 at::Tensor& prune_into(const at::Tensor& weight, const LayerStats& stats, const Recipe& recipe, at::Tensor& out,
                        std::string_view name) {
   at::NoGradGuard no_grad;
-  recipe.validate();
+  check_layer_recipe(recipe);
   detail::check_matrix(weight, "weight", /*check_values=*/false);
   detail::check_out(out, weight);
   const bool refined = recipe.refines(name);

@@ -239,6 +239,16 @@ Recipe make_recipe(const RecipeArgs& args) {
     if (key != "percdamp") throw ValueError("unknown update option '" + key + "' (known: percdamp)");
     r.percdamp = number(value, "update option 'percdamp'");
   }
+  if (args.owl) {
+    r.owl = OwlOptions{};
+    for (const auto& [key, value] : args.owl_options) {
+      if (key == "m") r.owl->outlier_multiple = number(value, "owl option 'm'");
+      else if (key == "lambda") r.owl->lambda = number(value, "owl option 'lambda'");
+      else throw ValueError("unknown owl option '" + key + "' (known: lambda, m)");
+    }
+  } else if (!args.owl_options.empty()) {
+    throw ValueError("owl options given without owl");
+  }
   if (r.refine == Refinement::R2Dsnot)
     for (const auto& [key, value] : r2dsnot_defaults())
       if (!args.refine_options.count(key)) set_refine_option(r, key, value);
@@ -254,6 +264,10 @@ void Recipe::validate() const {
   if (nm) {
     detail::check_nm_pattern(*nm);
     if (group != MaskGroup::Row) throw ValueError("group applies to unstructured patterns only; N:M groups are fixed");
+  }
+  if (owl) {
+    if (!sparsity) throw ValueError("OWL sets a sparsity per block: it applies to unstructured patterns, not N:M");
+    check_owl_options(*owl);
   }
   if (permute && !nm) throw ValueError("permute applies to N:M patterns only (give nm)");
   if (permute && refine != Refinement::None)
@@ -308,6 +322,15 @@ bool Recipe::rows_independent() const {
   const bool relative = refine != Refinement::None && refine_options.relative != Relative::None;
   return solver == Solver::Mask && update == Update::None && method_info(method).row_local && !permute &&
          !relative && (nm || group == MaskGroup::Row);
+}
+
+Recipe Recipe::at_sparsity(double block_sparsity) const {
+  if (!sparsity) throw ValueError("at_sparsity applies to unstructured recipes, not N:M");
+  Recipe block = *this;
+  block.sparsity = block_sparsity;
+  block.owl.reset();
+  block.validate();
+  return block;
 }
 
 std::map<std::string, OptionValue> Recipe::score_option_values() const {
@@ -365,6 +388,7 @@ std::string Recipe::to_json() const {
     j["admm"] = {{"rho0", admm.rho0}, {"growth", admm.growth}, {"max_iterations", admm.max_iterations},
                  {"patience", admm.patience}};
   if (update == Update::Refit) j["update"] = "refit";
+  if (owl) j["owl"] = {{"m", owl->outlier_multiple}, {"lambda", owl->lambda}};
   if (refine != Refinement::None) {
     const auto& r = refine_options;
     j["refine"] = {{"kind", refinement_name(refine)},
@@ -386,6 +410,7 @@ std::string Recipe::describe() const {
   out << method_name(*this) << ' ';
   if (nm) out << nm->n << ':' << nm->m << (permute ? " permuted" : "");
   else out << *sparsity << " per " << (group == MaskGroup::Row ? "row" : "layer");
+  if (owl) out << " + owl (M " << owl->outlier_multiple << ", lambda " << owl->lambda << ")";
   if (refine != Refinement::None) out << " + " << refinement_name(refine);
   if (update == Update::Refit) out << " + refit";
   return out.str();

@@ -237,6 +237,9 @@ StreamingPruner::StreamingPruner(StreamOptions options) : options_(std::move(opt
   if (o.recipe.needs_gram())
     throw ValueError("recipe '" + o.recipe.describe() + "' needs the Gram of each layer's inputs, which a "
                      "statistics file does not hold: prune the model with `symprune prune` instead");
+  if (o.recipe.owl)
+    throw ValueError("OWL is not supported when streaming: its block sparsities come from a dense pass over "
+                     "every block; prune the model with `symprune prune` instead");
   if (o.recipe.permute)
     throw ValueError("permute is not supported when streaming: the permutation would have to be applied to "
                      "the layer's inputs too");

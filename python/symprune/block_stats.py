@@ -1,0 +1,114 @@
+"""Calibration statistics of one decoder block: a dense forward of every window with hooks on
+its Linears, accumulating the core's ActivationStats / OutputStats / GramStats."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+import symprune
+from symprune.blocks import BlockCall, block_linears
+
+
+@dataclass
+class LinearStats:
+    """Calibration statistics of one Linear: inputs always, outputs when a score needs them,
+    the Gram of the inputs when the recipe reconstructs weights."""
+
+    inputs: Any  # symprune.ActivationStats
+    outputs: Any | None  # symprune.OutputStats
+    gram: Any | None = None  # symprune.GramStats, shared by the Linears that read the same input
+
+
+class SharedGrams:
+    """One Gram per distinct input: Linears that read the same tensor (q/k/v, gate/up) share
+    one accumulator, updated once per window.
+
+    Inputs are recognised by their memory; each window's inputs are kept alive until the next
+    window, so that a later input (the MLP's) cannot reuse a freed one's (the attention's)
+    memory and be taken for it."""
+
+    def __init__(self) -> None:
+        self.of_linear: dict[str, Any] = {}
+        # This window's inputs: (data pointer, shape, strides) -> (the input, its Gram).
+        self._inputs: dict[tuple[int, tuple[int, ...], tuple[int, ...]], tuple[torch.Tensor, Any]] = {}
+        self._updated: set[int] = set()
+
+    def new_window(self) -> None:
+        self._inputs.clear()
+        self._updated.clear()
+
+    def update(self, name: str, x: torch.Tensor) -> Any:
+        key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()))
+        gram = self.of_linear.get(name)
+        if gram is None:  # the first window decides who shares
+            gram = self._inputs[key][1] if key in self._inputs else symprune.GramStats(x.shape[-1])
+            self.of_linear[name] = gram
+        self._inputs.setdefault(key, (x, gram))
+        if id(gram) not in self._updated:
+            gram.update(x)
+            self._updated.add(id(gram))
+        return gram
+
+
+def _sequences(x: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Split activations into single sequences: DSnoT's variance is per sequence."""
+    if x.dim() <= 2:
+        yield x
+    else:
+        yield from x.reshape(-1, x.shape[-2], x.shape[-1])
+
+
+def collect_block_stats(
+    block: nn.Module,
+    hidden: Sequence[torch.Tensor],
+    calls: Sequence[BlockCall],
+    *,
+    need_outputs: bool,
+    need_gram: bool = False,
+) -> tuple[dict[str, LinearStats], list[torch.Tensor]]:
+    """Dense forward of every window through ``block`` with hooks on its Linears.
+
+    Returns the statistics per Linear name and the dense block outputs.
+    """
+    grams = SharedGrams() if need_gram else None
+    linears = block_linears(block)
+    stats = {
+        name: LinearStats(
+            symprune.ActivationStats(m.in_features),
+            symprune.OutputStats(m.out_features) if need_outputs else None,
+        )
+        for name, m in linears.items()
+    }
+
+    def hook(name: str) -> Any:
+        entry = stats[name]
+
+        def fn(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+            x = args[0] if args else kwargs["input"]
+            for seq in _sequences(x.detach()):
+                entry.inputs.update(seq)
+            if entry.outputs is not None:
+                for seq in _sequences(out.detach()):
+                    entry.outputs.update(seq)
+            if grams is not None:
+                entry.gram = grams.update(name, x.detach())
+
+        return fn
+
+    def run(h: torch.Tensor, call: BlockCall) -> torch.Tensor:
+        if grams is not None:
+            grams.new_window()
+        return call.run(block, h)
+
+    handles = [m.register_forward_hook(hook(name), with_kwargs=True) for name, m in linears.items()]
+    try:
+        outputs = [run(h, call) for h, call in zip(hidden, calls)]
+    finally:
+        for handle in handles:
+            handle.remove()
+    return stats, outputs
