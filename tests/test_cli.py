@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import symprune
 from symprune.cli import main
 from symprune.report import PruneReport
 
@@ -84,6 +85,37 @@ def test_prune_refuses_to_clobber(
     capsys.readouterr()
     assert main(_prune_args(tiny_model_dir, tiny_model_dir, calib, "--sparsity", "0.5")) == 1
     _one_line_error(capsys, "overwrite the input model")
+
+
+@pytest.mark.parametrize(("requested", "expected"), [("auto", torch.bfloat16), ("float32", torch.float32),
+                                                     ("float16", torch.float16)])
+def test_prune_keeps_the_checkpoint_dtype(
+    text_files: tuple[Path, Path], tmp_path: Path, requested: str, expected: torch.dtype
+) -> None:
+    """A bf16 checkpoint comes back bf16 (same size), or in the --dtype asked for; pruned
+    entries are +0.0 and every row loses half its weights."""
+    from conftest import build_tiny_model, byte_tokenizer
+
+    model_dir, out = tmp_path / "model", tmp_path / "out"
+    build_tiny_model("llama").to(torch.bfloat16).save_pretrained(model_dir)
+    byte_tokenizer().save_pretrained(model_dir)
+    assert main(_prune_args(model_dir, out, text_files[0], "--sparsity", "0.5", "--dtype", requested)) == 0
+    dense = symprune.load_safetensors(str(model_dir / "model.safetensors"))
+    pruned = symprune.load_safetensors(str(out / "model.safetensors"))
+    assert {t.dtype for t in pruned.values()} == {expected}
+    config = json.loads((out / "config.json").read_text())
+    assert config.get("dtype", config.get("torch_dtype")) == str(expected).removeprefix("torch.")
+    if expected == torch.bfloat16:
+        assert (out / "model.safetensors").stat().st_size == (model_dir / "model.safetensors").stat().st_size
+    for name, w in pruned.items():
+        zeros = w == 0
+        assert not torch.signbit(w[zeros]).any(), name
+        if ".layers." in name and name.endswith("proj.weight"):
+            assert torch.all(zeros.sum(1) == w.shape[1] // 2), name
+            kept = ~zeros
+            assert torch.equal(w[kept].to(dense[name].dtype), dense[name][kept]), name
+        else:
+            assert torch.equal(w, dense[name].to(expected)), name
 
 
 @pytest.mark.parametrize(

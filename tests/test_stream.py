@@ -131,19 +131,23 @@ def _all_tensors(folder: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize(("arch", "recipe", "propagation"), [
-    ("llama", ["--nm", "2:4", "--refine", "r2dsnot"], "wanda 2:4 + r2dsnot"),
-    ("gemma3", ["--nm", "2:4", "--refine", "r2dsnot"], "wanda 2:4 + r2dsnot"),
-    ("opt", ["--nm", "2:4", "--refine", "r2dsnot"], "wanda 2:4 + r2dsnot"),
+@pytest.mark.parametrize(("arch", "recipe", "propagation", "dtype"), [
+    ("llama", ["--nm", "2:4", "--refine", "r2dsnot"], "wanda 2:4 + r2dsnot", torch.float32),
+    ("gemma3", ["--nm", "2:4", "--refine", "r2dsnot"], "wanda 2:4 + r2dsnot", torch.float32),
+    ("opt", ["--nm", "2:4", "--refine", "r2dsnot"], "wanda 2:4 + r2dsnot", torch.float32),
     # The refine option skip matches the weight's name in prune and apply alike.
     ("llama", ["--sparsity", "0.5", "--refine", "dsnot", "--refine-option", "skip=mlp",
-               "--refine-option", "threshold=0"], "wanda 0.5 per row + dsnot"),
+               "--refine-option", "threshold=0"], "wanda 0.5 per row + dsnot", torch.float32),
+    # bf16 checkpoints: prune computes in fp32 and saves bf16, apply prunes the bf16 tensors.
+    ("llama", ["--sparsity", "0.5"], "wanda 0.5 per row", torch.bfloat16),
+    ("qwen2", ["--nm", "2:4", "--refine", "r2dsnot"], "wanda 2:4 + r2dsnot", torch.bfloat16),
 ])
 def test_calibrate_then_apply_equals_prune(
-    arch: str, recipe: list[str], propagation: str, tmp_path: Path, text_files: tuple[Path, Path]
+    arch: str, recipe: list[str], propagation: str, dtype: torch.dtype, tmp_path: Path,
+    text_files: tuple[Path, Path]
 ) -> None:
     model_dir = tmp_path / "model"
-    build_tiny_model(arch).save_pretrained(model_dir)
+    build_tiny_model(arch).to(dtype).save_pretrained(model_dir)
     byte_tokenizer().save_pretrained(model_dir)
     calib = ["--calib", str(text_files[0]), "--nsamples", "4", "--seqlen", "32", "--quiet"]
     recipe = ["--method", "wanda", *recipe]
@@ -154,7 +158,8 @@ def test_calibrate_then_apply_equals_prune(
                  "--quiet"]) == 0
     pruned, applied = _all_tensors(tmp_path / "pruned"), _all_tensors(tmp_path / "applied")
     assert pruned.keys() == applied.keys()
-    assert all(torch.equal(pruned[k], applied[k]) for k in pruned)
+    assert all(pruned[k].dtype == applied[k].dtype == dtype for k in pruned)
+    assert all(torch.equal(pruned[k].view(torch.uint8), applied[k].view(torch.uint8)) for k in pruned)
     meta = symprune.safetensors_header(str(stats))["metadata"]
     assert meta["format"] == "symprune-stats" and meta["tokens"] == "128"
     assert meta["propagation"] == f"pruned: {propagation}"

@@ -10,6 +10,7 @@ asked for.
 
 from __future__ import annotations
 
+import math
 import os
 from collections import defaultdict
 from collections.abc import Iterable
@@ -20,6 +21,10 @@ import torch
 from ._C import find_checkpoint, load_safetensors, safetensors_header
 
 
+# safetensors dtype names of the floating-point types a model is stored in.
+_FLOAT_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+
+
 class CheckpointFolder:
     """The safetensors tensors of a Hugging Face folder, by name."""
 
@@ -27,11 +32,21 @@ class CheckpointFolder:
         self.folder = Path(folder)
         shards = [self.folder / name for name in find_checkpoint(str(self.folder))]
         self.shard_of: dict[str, Path] = {}
+        self._float_elements: dict[torch.dtype, int] = defaultdict(int)
         for shard in shards:
-            for name in safetensors_header(str(shard))["tensors"]:
+            for name, info in safetensors_header(str(shard))["tensors"].items():
                 if name in self.shard_of:
                     raise ValueError(f"{shard}: tensor {name!r} is also in {self.shard_of[name].name}")
                 self.shard_of[name] = shard
+                if info["dtype"] in _FLOAT_DTYPES:
+                    self._float_elements[_FLOAT_DTYPES[info["dtype"]]] += math.prod(info["shape"])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating-point dtype holding most of the checkpoint's elements (its storage dtype)."""
+        if not self._float_elements:
+            raise ValueError(f"{self.folder}: the checkpoint holds no floating-point tensor")
+        return max(self._float_elements.items(), key=lambda item: item[1])[0]
 
     def load(self, names: Iterable[str], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """The named tensors (copies), converted to ``dtype`` if given."""
@@ -45,3 +60,4 @@ class CheckpointFolder:
             for name, tensor in load_safetensors(str(shard), wanted).items():
                 tensors[name] = tensor if dtype is None else tensor.to(dtype)
         return tensors
+

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from symprune.cli_common import (
     CliError,
     add_bos,
@@ -26,6 +28,7 @@ from symprune.cli_common import (
     prepare_out_dir,
     recipe_from_args,
 )
+from symprune.checkpoint import CheckpointFolder
 from symprune.cli_stream import add_stream_commands
 from symprune.data import CALIBRATION_FILE, DATA_ENV, EVALUATION_FILE, default_data_dir
 from symprune.evaluate import perplexity
@@ -74,14 +77,16 @@ def cmd_prune(args: argparse.Namespace) -> None:
     eval_text = existing_file(args.eval, "evaluation text") if args.eval else None
 
     tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir, device=args.device)
+    out_dtype = CheckpointFolder(model_dir).dtype if args.dtype == "auto" else getattr(torch, args.dtype)
+    model = load_model(model_dir, device=args.device)  # fp32: statistics and solves in full precision
     windows = load_calib_windows(calib, tokenizer, args.nsamples, args.seqlen, args.seed, args.bos)
     eval_windows = (
         load_eval_windows(eval_text, tokenizer, args.nwindows, args.eval_seqlen, args.bos)
         if eval_text else None
     )
     report = prune_model(model, windows, args.recipe, progress=not args.quiet)
-    report.extra.update(model_dir=str(model_dir), calib=str(calib), seed=args.seed)
+    model.to(out_dtype)
+    report.extra.update(model_dir=str(model_dir), calib=str(calib), seed=args.seed, dtype=str(out_dtype))
     if eval_windows is not None:
         report.perplexity["pruned"] = perplexity(model, eval_windows, progress=not args.quiet)
         report.extra.update(eval=str(eval_text), nwindows=args.nwindows,
@@ -159,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-seqlen", type=positive, default=512,
                    help="tokens per evaluation window (512)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                   help="dtype of the saved model: auto (default) keeps the checkpoint's; pruning itself "
+                   "runs in float32")
     add_bos(p)
     add_device(p)
     add_common(p)
