@@ -186,10 +186,11 @@ def verify(src: Path, out: Path, method: str, stats: Path | None) -> str:
 
 
 def smollm2_memory(work: Path) -> None:
+    from symprune.data import CALIBRATION_FILE, protocol_text
     from symprune.models import ensure_smollm2
 
     model = ensure_smollm2()
-    calib = Path(__file__).resolve().parents[2] / "shared" / "data" / "lee_background.cor"
+    calib = protocol_text(CALIBRATION_FILE)
     recipe = ["--method", "wanda", "--sparsity", "0.5"]
     windows = ["--calib", str(calib), "--nsamples", "64", "--seqlen", "512"]
     stats = work / "stats.safetensors"

@@ -15,10 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from symprune.data import CALIBRATION_FILE, EVALUATION_FILE, protocol_text
+
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-CALIBRATION_TEXT = DATA / "lee_background.cor"
-EVALUATION_TEXT = DATA / "enwiki_excerpt.txt"
+CALIBRATION_TEXT = protocol_text(CALIBRATION_FILE)
+EVALUATION_TEXT = protocol_text(EVALUATION_FILE)
 
 
 # Real models of the benchmarks: display name, and whether every window starts with BOS.

@@ -87,6 +87,23 @@ def test_prune_refuses_to_clobber(
     _one_line_error(capsys, "overwrite the input model")
 
 
+def test_data_free_prune_needs_no_calibration_text(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """magnitude reads no text and runs no forward; wanda without --calib reads the default text,
+    here an empty $SYMPRUNE_DATA, and says so in one line."""
+    monkeypatch.setenv("SYMPRUNE_DATA", str(tmp_path / "nothing"))
+    out = tmp_path / "out"
+    args = ["prune", str(tiny_model_dir), str(out), "--sparsity", "0.5", "--quiet"]
+    assert main([*args, "--method", "magnitude"]) == 0
+    report = PruneReport.from_json(out / "report.json")
+    assert report.nsamples == 0 and report.blocks == [] and report.dense_forward_seconds == 0
+    assert report.overall_sparsity == 0.5 and all(layer.recon_error is None for layer in report.layers)
+    capsys.readouterr()
+    assert main([*args, "--method", "wanda", "--overwrite"]) == 1
+    _one_line_error(capsys, "calibration text (pass --calib or fix $SYMPRUNE_DATA) not found")
+
+
 @pytest.mark.parametrize(("requested", "expected"), [("auto", torch.bfloat16), ("float32", torch.float32),
                                                      ("float16", torch.float16)])
 def test_prune_keeps_the_checkpoint_dtype(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,14 @@ from oracles import oracle_stats
 import symprune
 from symprune import pipeline
 from symprune.blocks import block_linears, hidden_of
-from symprune.data import as_token_stream, calibration_windows, evaluation_windows, with_bos
+from symprune.data import (
+    as_token_stream,
+    calibration_windows,
+    evaluation_windows,
+    protocol_text,
+    read_text,
+    with_bos,
+)
 from symprune.evaluate import perplexity
 from symprune.pipeline import capture_block_inputs, find_decoder_blocks, prune_model
 from symprune.report import PruneReport
@@ -41,6 +49,28 @@ def _linear_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 # --------------------------------------------------------------------------- data
+
+
+@pytest.mark.parametrize(("name", "sha256"), [
+    ("lee_background.cor", "5d78d6dafd953bbf65797bef09a9ffb9ec430583381be705f8fd460000f370fb"),
+    ("enwiki_excerpt.txt", "19c9a27c325c1631b6b92b52cc03c4af822df956db2578f776d554a6b751bcd5"),
+])
+def test_protocol_texts_ship_with_the_package(name: str, sha256: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    monkeypatch.delenv("SYMPRUNE_DATA", raising=False)
+    path = protocol_text(name)
+    assert path.is_relative_to(Path(symprune.__file__).parent) and path.name == name + ".gz"
+    assert hashlib.sha256(read_text(path).encode("utf-8")).hexdigest() == sha256
+
+
+def test_data_free_prune_model_runs_no_forward() -> None:
+    model = build_tiny_model("llama")
+    model.forward = None  # any forward would fail
+    report = prune_model(model, None, method="magnitude", nm=(2, 4), progress=False)
+    assert report.overall_sparsity == 0.5 and report.nsamples == 0
+    with pytest.raises(ValueError, match="needs calibration windows"):
+        prune_model(build_tiny_model("llama"), None, method="wanda", sparsity=0.5, progress=False)
 
 
 def test_calibration_windows_match_global_random() -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from symprune.data import (
-    CALIBRATION_FILE, EVALUATION_FILE, calibration_windows, default_data_dir,
+    CALIBRATION_FILE, EVALUATION_FILE, calibration_windows, protocol_text,
     evaluation_windows, tokenize_file,
 )
 from symprune.evaluate import perplexity
@@ -30,9 +30,8 @@ def smollm2_dir() -> Path:
 def windows(smollm2_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """(4 calibration windows × 128 tokens, 2 evaluation windows × 512 tokens)."""
     tokenizer = load_tokenizer(smollm2_dir)
-    data = default_data_dir()
-    calib = calibration_windows(tokenize_file(data / CALIBRATION_FILE, tokenizer), 4, 128, 0)
-    evaluation = evaluation_windows(tokenize_file(data / EVALUATION_FILE, tokenizer), 2, 512)
+    calib = calibration_windows(tokenize_file(protocol_text(CALIBRATION_FILE), tokenizer), 4, 128, 0)
+    evaluation = evaluation_windows(tokenize_file(protocol_text(EVALUATION_FILE), tokenizer), 2, 512)
     return calib, evaluation
 
 

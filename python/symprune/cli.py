@@ -21,6 +21,9 @@ from symprune.cli_common import (
     add_common,
     add_device,
     add_pruning_options,
+    add_text_option,
+    calibration_file,
+    evaluation_file,
     existing_file,
     load_calib_windows,
     load_eval_windows,
@@ -30,7 +33,7 @@ from symprune.cli_common import (
 )
 from symprune.checkpoint import CheckpointFolder
 from symprune.cli_stream import add_stream_commands
-from symprune.data import CALIBRATION_FILE, DATA_ENV, EVALUATION_FILE, default_data_dir
+from symprune.data import CALIBRATION_FILE, EVALUATION_FILE
 from symprune.evaluate import perplexity
 from symprune.models import ensure_smollm2, load_model, load_tokenizer
 from symprune._C import refinements, score_methods
@@ -73,20 +76,24 @@ def _save_atomically(model: Any, tokenizer: Any, report: Any, out_dir: Path) -> 
 def cmd_prune(args: argparse.Namespace) -> None:
     model_dir, out_dir = Path(args.model_dir), Path(args.out_dir)
     prepare_out_dir(model_dir, out_dir, args.overwrite)
-    calib = existing_file(args.calib, "calibration text")
+    # Data-free recipes (magnitude, symmetric) read no calibration text and run no forwards.
+    calib = None if args.recipe.data_free else calibration_file(args)
     eval_text = existing_file(args.eval, "evaluation text") if args.eval else None
 
     tokenizer = load_tokenizer(model_dir)
     out_dtype = CheckpointFolder(model_dir).dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     model = load_model(model_dir, device=args.device)  # fp32: statistics and solves in full precision
-    windows = load_calib_windows(calib, tokenizer, args.nsamples, args.seqlen, args.seed, args.bos)
+    windows = None if calib is None else \
+        load_calib_windows(calib, tokenizer, args.nsamples, args.seqlen, args.seed, args.bos)
     eval_windows = (
         load_eval_windows(eval_text, tokenizer, args.nwindows, args.eval_seqlen, args.bos)
         if eval_text else None
     )
     report = prune_model(model, windows, args.recipe, progress=not args.quiet)
     model.to(out_dtype)
-    report.extra.update(model_dir=str(model_dir), calib=str(calib), seed=args.seed, dtype=str(out_dtype))
+    report.extra.update(model_dir=str(model_dir), dtype=str(out_dtype))
+    if calib is not None:
+        report.extra.update(calib=str(calib), seed=args.seed)
     if eval_windows is not None:
         report.perplexity["pruned"] = perplexity(model, eval_windows, progress=not args.quiet)
         report.extra.update(eval=str(eval_text), nwindows=args.nwindows,
@@ -98,7 +105,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     model_dir = Path(args.model_dir)
-    text = existing_file(args.text, "evaluation text")
+    text = evaluation_file(args.text)
     tokenizer = load_tokenizer(model_dir)
     windows = load_eval_windows(text, tokenizer, args.nwindows, args.seqlen, args.bos)
     model = load_model(model_dir, device=args.device)
@@ -109,11 +116,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    data = default_data_dir()
-    calib = existing_file(args.calib or str(data / CALIBRATION_FILE),
-                           f"calibration text (pass --calib or set {DATA_ENV})")
-    text = existing_file(args.text or str(data / EVALUATION_FILE),
-                          f"evaluation text (pass --text or set {DATA_ENV})")
+    calib, text = calibration_file(args), evaluation_file(args.text)
     print("preparing SmolLM2-135M-Instruct (converted from GGUF on first use, ~1 min)")
     model_dir = ensure_smollm2()
     tokenizer = load_tokenizer(model_dir)
@@ -178,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         "non-overlapping windows of SEQLEN tokens of the text (tokenized once, no special tokens).",
     )
     e.add_argument("model_dir", metavar="MODEL_DIR", help="Hugging Face model folder")
-    e.add_argument("--text", required=True, metavar="FILE", help="evaluation text")
+    add_text_option(e, "--text", "evaluation", EVALUATION_FILE)
     e.add_argument("--nwindows", type=positive, default=32, help="windows (32)")
     e.add_argument("--seqlen", type=positive, default=512, help="tokens per window (512)")
     add_bos(e)
@@ -202,10 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seqlen", type=positive, default=512, help="calibration window length (512)")
     d.add_argument("--nwindows", type=positive, default=4, help="evaluation windows (4)")
     d.add_argument("--eval-seqlen", type=positive, default=512, help="evaluation window length (512)")
-    d.add_argument("--calib", metavar="FILE",
-                   help=f"calibration text (default: {CALIBRATION_FILE} in ${DATA_ENV}, docs/protocol.md)")
-    d.add_argument("--text", metavar="FILE",
-                   help=f"evaluation text (default: {EVALUATION_FILE} in ${DATA_ENV}, docs/protocol.md)")
+    add_text_option(d, "--calib", "calibration", CALIBRATION_FILE)
+    add_text_option(d, "--text", "evaluation", EVALUATION_FILE)
     add_device(d)
     add_common(d)
     d.set_defaults(func=cmd_demo)

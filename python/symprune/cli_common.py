@@ -10,8 +10,12 @@ from typing import Any
 import torch
 
 from symprune.data import (
+    CALIBRATION_FILE,
+    DATA_ENV,
+    EVALUATION_FILE,
     calibration_windows,
     evaluation_windows,
+    protocol_text,
     tokenize_file,
     with_bos,
 )
@@ -206,10 +210,27 @@ def _owl_options(args: argparse.Namespace) -> dict[str, float] | None:
     return options or None
 
 
+def calibration_file(args: argparse.Namespace) -> Path:
+    """--calib, or the protocol's calibration text shipped with symprune."""
+    return existing_file(args.calib, "calibration text") if args.calib else \
+        existing_file(str(protocol_text(CALIBRATION_FILE)), f"calibration text (pass --calib or fix ${DATA_ENV})")
+
+
+def evaluation_file(path: str | None) -> Path:
+    """``path``, or the protocol's evaluation text shipped with symprune."""
+    return existing_file(path, "evaluation text") if path else \
+        existing_file(str(protocol_text(EVALUATION_FILE)), f"evaluation text (pass --text or fix ${DATA_ENV})")
+
+
+def add_text_option(p: argparse.ArgumentParser, flag: str, role: str, name: str) -> None:
+    p.add_argument(flag, metavar="FILE",
+                   help=f"{role} text (default: {name}, shipped with symprune, or that file in ${DATA_ENV}; "
+                   "docs/protocol.md)")
+
+
 def add_calibration_options(p: argparse.ArgumentParser) -> None:
     """--calib, --nsamples, --seqlen, --seed."""
-    p.add_argument("--calib", required=True, metavar="FILE",
-                   help="calibration text (use a different text from the evaluation)")
+    add_text_option(p, "--calib", "calibration", CALIBRATION_FILE)
     p.add_argument("--nsamples", type=positive, default=64, help="calibration windows (64)")
     p.add_argument("--seqlen", type=positive, default=512, help="tokens per calibration window (512)")
     p.add_argument("--seed", type=int, default=0, help="seed of the window positions (0)")

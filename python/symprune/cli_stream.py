@@ -14,6 +14,7 @@ from symprune.cli_common import (
     add_common,
     add_device,
     add_pruning_options,
+    calibration_file,
     existing_file,
     load_calib_windows,
 )
@@ -24,7 +25,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     from symprune.models import load_tokenizer
 
     model_dir, out = Path(args.model_dir), Path(args.out)
-    calib = existing_file(args.calib, "calibration text")
+    calib = calibration_file(args)
     if out.exists() and not args.overwrite:
         raise CliError(f"{out} exists; pass --overwrite to replace it")
     if not out.parent.is_dir():

@@ -7,9 +7,11 @@ from the token stream. Everything here returns ``int64`` tensors of shape
 
 from __future__ import annotations
 
+import gzip
 import os
 import random
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +25,27 @@ EVALUATION_FILE = "enwiki_excerpt.txt"  # the protocol's evaluation text (docs/p
 Tokens = torch.Tensor | Sequence[int]
 
 
-def default_data_dir() -> Path:
-    """Folder of the protocol's texts: ``$SYMPRUNE_DATA``, else ``shared/data`` beside
-    the repository (``../shared/data`` from the project root)."""
+def protocol_text(name: str) -> Path:
+    """Path of one of the protocol's texts (``CALIBRATION_FILE``, ``EVALUATION_FILE``): the file
+    of that name in ``$SYMPRUNE_DATA`` when it is set, else the copy shipped inside the package
+    (``symprune/texts/NAME.gz``; its README gives provenance and licences)."""
     env = os.environ.get(DATA_ENV)
     if env:
-        return Path(env).expanduser()
-    return Path(__file__).resolve().parents[3] / "shared" / "data"
+        return Path(env).expanduser() / name
+    return Path(str(resources.files("symprune") / "texts" / f"{name}.gz"))
 
 
 def read_text(path: str | os.PathLike[str]) -> str:
-    """Read a UTF-8 text file, with a clear error if it is missing or empty."""
+    """Read a UTF-8 text file (gzip-compressed if its name ends in ``.gz``), with a clear error
+    if it is missing or empty."""
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"text file not found: {p}")
-    text = p.read_text(encoding="utf-8")
+    if p.suffix == ".gz":
+        with gzip.open(p, "rt", encoding="utf-8") as f:
+            text = f.read()
+    else:
+        text = p.read_text(encoding="utf-8")
     if not text.strip():
         raise ValueError(f"text file is empty: {p}")
     return text

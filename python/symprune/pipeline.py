@@ -156,13 +156,13 @@ def new_report(recipe: Recipe, windows: Sequence[torch.Tensor]) -> PruneReport:
         method=recipe.method, sparsity=recipe.sparsity, nm=recipe.nm,
         group=recipe.group, permute=recipe.permute, refine=recipe.refine, update=recipe.update,
         refine_options=dict(recipe.refine_options), score_options=dict(recipe.score_options),
-        nsamples=len(windows), seqlen=max(row.numel() for row in windows),
+        nsamples=len(windows), seqlen=max((row.numel() for row in windows), default=0),
     )
 
 
 def prune_model(
     model: nn.Module,
-    calibration: torch.Tensor | Sequence[torch.Tensor],
+    calibration: torch.Tensor | Sequence[torch.Tensor] | None,
     recipe: Recipe | None = None,
     *,
     method: str | None = None,
@@ -183,7 +183,8 @@ def prune_model(
 
     Args:
         model: a Hugging Face causal LM (Llama, Mistral, Qwen2/3, Gemma-3 text, OPT, ...).
-        calibration: token windows, shape ``(windows, seqlen)`` (see ``data.calibration_windows``).
+        calibration: token windows, shape ``(windows, seqlen)`` (see ``data.calibration_windows``);
+            None for a data-free recipe (magnitude, symmetric): no forward runs at all.
         recipe: a :class:`symprune.Recipe`; or give its fields as the keyword arguments below.
         method: a score (``symprune.score_methods()``) or ``"sparsegpt"``.
         sparsity: fraction pruned per row (``group="row"``) or per matrix (``"layer"``).
@@ -206,10 +207,12 @@ def prune_model(
     recipe = as_recipe(recipe, method=method, sparsity=sparsity, nm=nm, group=group, permute=permute,
                        refine=refine, refine_options=refine_options, score_options=score_options,
                        update=update, update_options=update_options, owl=owl, owl_options=owl_options)
-    windows = as_windows(calibration)
     blocks = find_decoder_blocks(model)
     check_nm_fits(blocks, recipe.nm)
     prefix = blocks_prefix(model, blocks)
+    if calibration is None:
+        return _prune_data_free(blocks, prefix, recipe, progress)
+    windows = as_windows(calibration)
     report = new_report(recipe, windows)
     need_outputs = recipe.needs_output_stats
     was_training = model.training
@@ -241,6 +244,50 @@ def prune_model(
     return report
 
 
+def prune_linears(
+    index: int, block: nn.Module, recipe: Recipe, block_name: str, report: PruneReport,
+    stats: dict[str, LinearStats] | None = None,
+) -> None:
+    """Prune every Linear of one block in place by ``recipe``, with its statistics (None: a
+    data-free recipe without calibration, whose report has no ``recon_error``)."""
+    t = time.perf_counter()
+    for name, layer in block_linears(block).items():
+        weight = layer.weight.detach()
+        dense_zeros = weight.numel() - int(torch.count_nonzero(weight))
+        weight_name = f"{block_name}.{name}.weight"
+        if stats is None:
+            result = symprune.prune(weight, recipe, name=weight_name)
+            recon_error = None
+        else:
+            result = prune_linear(weight, stats[name], recipe, weight_name)
+            dense, lost = _energies(weight, result.keep, stats[name].inputs.in_sq)
+            recon_error = math.sqrt(lost / dense) if dense > 0 else 0.0
+        weight.copy_(result.weight)
+        zeros = weight.numel() - int(torch.count_nonzero(weight))
+        report.layers.append(LayerReport(
+            name=f"{block_name}.{name}", block=index, shape=tuple(weight.shape),
+            numel=weight.numel(), dense_zeros=dense_zeros, zeros=zeros,
+            sparsity=zeros / weight.numel(), recon_error=recon_error, changed=result.refined,
+        ))
+    report.prune_seconds += time.perf_counter() - t
+
+
+def _prune_data_free(blocks: nn.ModuleList, prefix: str, recipe: Recipe, progress: bool) -> PruneReport:
+    if not recipe.data_free:
+        raise ValueError(f"recipe '{recipe.describe()}' needs calibration windows (only magnitude and "
+                         "symmetric are data-free)")
+    report = new_report(recipe, [])
+    start = time.perf_counter()
+    with torch.no_grad():
+        for index, block in enumerate(tqdm(blocks, desc=f"pruning ({recipe.method})", unit="block",
+                                           disable=not progress)):
+            prune_linears(index, block, recipe, f"{prefix}.{index}", report)
+    report.wall_seconds = time.perf_counter() - start
+    report.peak_rss_mb = peak_rss_mb()
+    report.finish_totals()
+    return report
+
+
 def prune_block(
     index: int,
     block: nn.Module,
@@ -263,21 +310,7 @@ def prune_block(
     if on_stats is not None:
         on_stats(stats)
 
-    t = time.perf_counter()
-    for name, layer in block_linears(block).items():
-        weight = layer.weight.detach()
-        dense_zeros = weight.numel() - int(torch.count_nonzero(weight))
-        result = prune_linear(weight, stats[name], recipe, f"{block_name}.{name}.weight")
-        dense, lost = _energies(weight, result.keep, stats[name].inputs.in_sq)
-        weight.copy_(result.weight)
-        zeros = weight.numel() - int(torch.count_nonzero(weight))
-        report.layers.append(LayerReport(
-            name=f"{block_name}.{name}", block=index, shape=tuple(weight.shape),
-            numel=weight.numel(), dense_zeros=dense_zeros, zeros=zeros,
-            sparsity=zeros / weight.numel(),
-            recon_error=math.sqrt(lost / dense) if dense > 0 else 0.0, changed=result.refined,
-        ))
-    report.prune_seconds += time.perf_counter() - t
+    prune_linears(index, block, recipe, block_name, report, stats)
     del stats
 
     t = time.perf_counter()

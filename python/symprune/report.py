@@ -29,7 +29,7 @@ class LayerReport:
     dense_zeros: int
     zeros: int
     sparsity: float
-    recon_error: float
+    recon_error: float | None  # None: pruned without calibration statistics (data-free)
     changed: int = 0
 
 
