@@ -52,8 +52,8 @@ def main() -> None:
         for _, options in VARIANTS:
             config = {"method": "wanda", **shape, "eval_on": "calibration", "nsamples": args.nsamples,
                       "eval_windows": args.eval_windows}
-            if options is not None:
-                config.update(refine="dsnot", refine_options=options)
+            if options is not None:  # every variant refines every layer (skip=none)
+                config.update(refine="dsnot", refine_options={"skip": None, **options})
             configs.append(config)
     rows = run_all(configs, args.results)
 

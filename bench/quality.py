@@ -23,6 +23,9 @@ from protocol import MODELS, ROOT, load_results, run_all, run_key
 
 SCORERS = ["magnitude", "wanda", "ria", "stochria", "symwanda", "owanda", "symmetric"]
 REFINED = [("wanda", "dsnot"), ("ria", "dsnot"), ("wanda", "r2dsnot"), ("ria", "r2dsnot")]
+# DSnoT refining every layer (skip=none): dsnot's default before it followed DSnoT's code
+# (attention only).
+REFINED_ALL_LAYERS = [("wanda", "dsnot"), ("ria", "dsnot")]
 # Weight reconstruction: (method, refine, update).
 RECONSTRUCTED = [("sparsegpt", None, None), ("wanda", None, "refit"), ("ria", None, "refit"),
                  ("ria", "r2dsnot", "refit"), ("sparsegpt", None, "refit"), ("admm", None, None)]
@@ -33,11 +36,13 @@ PATTERN_ORDER = ["50%", "60%", "2:4"]  # as pattern_of() writes them
 
 
 def config_for(method: str, refine: str | None, pattern: str, update: str | None = None,
-               owl: bool = False) -> dict[str, Any]:
+               owl: bool = False, all_layers: bool = False) -> dict[str, Any]:
     config: dict[str, Any] = {"method": method}
     config.update({"nm": pattern} if ":" in pattern else {"sparsity": float(pattern)})
     if refine:
         config["refine"] = refine
+    if all_layers:
+        config["refine_options"] = {"skip": None}
     if update:
         config["update"] = update
     if owl:
@@ -46,7 +51,9 @@ def config_for(method: str, refine: str | None, pattern: str, update: str | None
 
 
 def label(config: dict[str, Any]) -> str:
+    all_layers = "skip" in config.get("refine_options", {}) and config["refine_options"]["skip"] is None
     return (config["method"] + (f"+{config['refine']}" if "refine" in config else "")
+            + (" (all layers)" if all_layers else "")
             + (f"+{config['update']}" if "update" in config else "") + ("+owl" if config.get("owl") else ""))
 
 
@@ -61,8 +68,9 @@ EXPECTATIONS = [
     ("RIA ≤ Wanda", "ria", "wanda"),
     ("DSnoT improves Wanda's mask", "wanda+dsnot", "wanda"),
     ("DSnoT improves RIA's mask", "ria+dsnot", "ria"),
-    ("R²-DSnoT ≤ DSnoT (Wanda)", "wanda+r2dsnot", "wanda+dsnot"),
-    ("R²-DSnoT ≤ DSnoT (RIA)", "ria+r2dsnot", "ria+dsnot"),
+    ("DSnoT on every layer improves Wanda's mask", "wanda+dsnot (all layers)", "wanda"),
+    ("R²-DSnoT ≤ DSnoT, both on every layer (Wanda)", "wanda+r2dsnot", "wanda+dsnot (all layers)"),
+    ("R²-DSnoT ≤ DSnoT, both on every layer (RIA)", "ria+r2dsnot", "ria+dsnot (all layers)"),
     ("SparseGPT ≤ Wanda", "sparsegpt", "wanda"),
     ("the refit improves Wanda's mask", "wanda+refit", "wanda"),
     ("ADMM ≤ SparseGPT", "admm", "sparsegpt"),
@@ -99,6 +107,7 @@ def grid(patterns: list[str], model: str) -> list[dict[str, Any]]:
     for pattern in patterns:
         configs += [config_for(m, None, pattern) for m in SCORERS]
         configs += [config_for(m, r, pattern) for m, r in REFINED]
+        configs += [config_for(m, r, pattern, all_layers=True) for m, r in REFINED_ALL_LAYERS]
         configs += [config_for(m, r, pattern, u) for m, r, u in RECONSTRUCTED]
         if ":" not in pattern:
             configs += [config_for(m, None, pattern, owl=True) for m in OWL]
@@ -118,7 +127,7 @@ def write_report(rows: list[dict[str, Any]], grid_size: int, model: str, out_md:
         "2-core CPU). `prune s` is the whole sequential pipeline; `× dense fwd` divides it by the time "
         "of one dense forward of the calibration set through all blocks."),
         "",
-        (f"{len(rows)} of the grid's {grid_size} configurations (dense; 7 scorers, 4 refined variants, 6 with weight reconstruction and OWL "
+        (f"{len(rows)} of the grid's {grid_size} configurations (dense; 7 scorers, 6 refined variants, 6 with weight reconstruction and OWL "
         "at 50 %, 60 % and 2:4) are measured"
         + ("; rerunning the command resumes the rest" if len(rows) < grid_size else "")
         + ". Times depend on what else ran on the machine: runs shared it with test suites, builds"

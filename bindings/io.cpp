@@ -79,6 +79,11 @@ void bind_io(py::module_& m) {
         "Tensors of a safetensors file (all, or those named), copied out of the file.");
   m.def("save_safetensors", &save_tensors, py::arg("path"), py::arg("tensors"), py::arg("metadata") = py::dict(),
         "Writes tensors to a safetensors file atomically (temporary name, fsync, rename).");
+  m.def("check_output_location",
+        [](const std::string& input, const std::string& output) { check_output_location(input, output); },
+        py::arg("input"), py::arg("output"),
+        "ValueError for an output that is the input, lies inside it or contains it (symlinks resolved), or "
+        "is a dangling symlink.");
   m.def("find_checkpoint", [](const std::string& folder) { return safetensors::find_checkpoint(folder).shards; },
         py::arg("folder"),
         "The shard file names of a checkpoint folder: those its index names (a .safetensors file the index does "

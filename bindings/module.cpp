@@ -8,6 +8,8 @@
 
 #include "convert.h"
 
+#include <algorithm>
+
 #include <cstring>
 #include <optional>
 #include <string>
@@ -60,11 +62,24 @@ at::Tensor prune_row_local_binding(const at::Tensor& weight, const std::string& 
   return prune_row_local_nm_out(weight, parse_score_method(method), options, *p.nm, out);
 }
 
-at::Tensor score_binding(const at::Tensor& weight, const std::string& method,
-                         std::optional<at::Tensor> in_norm, std::optional<at::Tensor> out_norm, double a,
-                         double p, double beta, uint64_t seed) {
-  ScoreOptions options{std::move(in_norm), std::move(out_norm), a, p, beta, seed};
-  return score(weight, parse_score_method(method), options);
+at::Tensor score_binding(const at::Tensor& weight, const std::string& method_name,
+                         std::optional<at::Tensor> in_norm, std::optional<at::Tensor> out_norm, std::optional<double> a,
+                         std::optional<double> p, std::optional<double> beta, std::optional<uint64_t> seed) {
+  const auto method = parse_score_method(method_name);
+  const auto read = score_options_read(method);
+  ScoreOptions options{std::move(in_norm), std::move(out_norm)};
+  // An option the method does not read is refused, not ignored.
+  const auto take = [&](const char* key, const auto& given, auto& field) {
+    if (!given) return;
+    if (std::find(read.begin(), read.end(), key) == read.end())
+      throw ValueError(std::string("score option '") + key + "' is not read by method '" + method_name + "'");
+    field = *given;
+  };
+  take("a", a, options.a);
+  take("p", p, options.p);
+  take("beta", beta, options.beta);
+  take("seed", seed, options.seed);
+  return score(weight, method, options);
 }
 
 at::Tensor dsnot_binding(const at::Tensor& weight, const at::Tensor& keep_mask, const at::Tensor& in_norm,
@@ -131,9 +146,11 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("in_var", &ActivationStats::in_var);
 
   m.def("score", &score_binding, py::arg("weight"), py::arg("method"), py::kw_only(),
-        py::arg("in_norm") = py::none(), py::arg("out_norm") = py::none(), py::arg("a") = 0.5,
-        py::arg("p") = 1.0, py::arg("beta") = 0.1, py::arg("seed") = 0,
-        py::call_guard<py::gil_scoped_release>());
+        py::arg("in_norm") = py::none(), py::arg("out_norm") = py::none(), py::arg("a") = py::none(),
+        py::arg("p") = py::none(), py::arg("beta") = py::none(), py::arg("seed") = py::none(),
+        py::call_guard<py::gil_scoped_release>(),
+        "The score of every weight (fp32). a and p (ria), a, beta and seed (stochria) default to 0.5, 1, 0.1 "
+        "and 0; an option the method does not read is refused.");
   m.def("relative_importance", &relative_importance, py::arg("weight"), py::kw_only(), py::arg("p") = 1.0,
         py::call_guard<py::gil_scoped_release>());
   m.def("mask", &mask, py::arg("score"), py::arg("sparsity") = py::none(), py::kw_only(),

@@ -79,12 +79,60 @@ def test_prune_refuses_to_clobber(
     _one_line_error(capsys, "--overwrite")
     assert (out / "keep.txt").exists()
 
-    assert main(_prune_args(tiny_model_dir, out, calib, "--sparsity", "0.5", "--overwrite")) == 0
-    assert not (out / "keep.txt").exists() and (out / "report.json").exists()
+    assert main(_prune_args(tiny_model_dir, out, calib, "--sparsity", "0.5", "--overwrite")) == 1
+    _one_line_error(capsys, "was not written by symprune")
+    assert (out / "keep.txt").read_text() == "user data"
+
+    (out / "keep.txt").unlink()
+    assert main(_prune_args(tiny_model_dir, out, calib, "--sparsity", "0.5")) == 0
+    (out / "stale.txt").write_text("from before")
+    # --overwrite replaces a folder symprune wrote, as a whole.
+    assert main(_prune_args(tiny_model_dir, out, calib, "--sparsity", "0.6", "--overwrite")) == 0
+    assert not (out / "stale.txt").exists()
+    assert PruneReport.from_json(out / "report.json").sparsity == 0.6
 
     capsys.readouterr()
-    assert main(_prune_args(tiny_model_dir, tiny_model_dir, calib, "--sparsity", "0.5")) == 1
-    _one_line_error(capsys, "overwrite the input model")
+    for bad, fragment in [(tiny_model_dir, "is the input"), (tiny_model_dir / "sub", "lies inside the input"),
+                          (tiny_model_dir.parent, "contains the input")]:
+        assert main(_prune_args(tiny_model_dir, bad, calib, "--sparsity", "0.5", "--overwrite")) == 1
+        _one_line_error(capsys, fragment)
+    assert not (tiny_model_dir / "sub").exists()
+    link = tmp_path / "dangling"
+    link.symlink_to(tmp_path / "nowhere")
+    assert main(_prune_args(tiny_model_dir, link, calib, "--sparsity", "0.5")) == 1
+    _one_line_error(capsys, "dangling symbolic link")
+
+
+def test_prune_cleans_up_after_sigterm_and_killed_runs(
+    tiny_model_dir: Path, text_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The temporary folders of a process that is gone (SIGKILL) are removed by the next save;
+    SIGTERM during a save exits 143 leaving no temporary folder."""
+    import signal
+
+    out = tmp_path / "out"
+    orphan = tmp_path / ".out.tmp-999999999-abc"  # no such process
+    orphan.mkdir()
+    (orphan / "model.safetensors").write_bytes(b"x" * 1000)
+    script = (  # the save stalls after writing the weights into the temporary folder
+        "import sys, time, transformers\n"
+        "from symprune.cli import main\n"
+        "real = transformers.PreTrainedModel.save_pretrained\n"
+        "def slow(self, *a, **k):\n"
+        "    real(self, *a, **k); print('saving', flush=True); time.sleep(60)\n"
+        "transformers.PreTrainedModel.save_pretrained = slow\n"
+        f"sys.exit(main({[str(a) for a in _prune_args(tiny_model_dir, out, text_files[0], '--sparsity', '0.5')]!r}))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "saving"
+    # The orphan went when the save began; this run's temporary folder is there.
+    assert [p.name.startswith(f".out.tmp-{proc.pid}-") for p in tmp_path.iterdir()] == [True]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM and "terminated" in err, err
+    assert list(tmp_path.iterdir()) == []  # its own temporary folder is gone too
+    assert main(_prune_args(tiny_model_dir, out, text_files[0], "--sparsity", "0.5")) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_data_free_prune_needs_no_calibration_text(

@@ -207,3 +207,27 @@ def test_stats_update_wrong_features(shape):
     ost = symprune.OutputStats(OUT)
     with pytest.raises(ValueError, match=r"(?i)feature|shape|size"):
         ost.update(torch.ones(shape))
+
+
+@pytest.mark.parametrize(("method", "option"), [("wanda", "a"), ("magnitude", "p"), ("ria", "beta"),
+                                                ("ria", "seed"), ("symwanda", "a"), ("stochria", "p")])
+def test_score_refuses_options_the_method_does_not_read(method, option):
+    w = torch.randn(OUT, IN)
+    norms = dict(in_norm=torch.rand(IN), out_norm=torch.rand(OUT))
+    with pytest.raises(ValueError, match=f"score option '{option}' is not read by method '{method}'"):
+        symprune.score(w, method, **norms, **{option: 1})
+    symprune.score(w, method, **norms)  # without the option: fine
+
+
+def test_dsnot_refuses_a_mask_that_is_not_nm():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(OUT, 16, generator=g)
+    stats = dict(in_norm=torch.rand(16, generator=g), in_mean=torch.randn(16, generator=g),
+                 in_var=torch.rand(16, generator=g))
+    keep = symprune.mask(w.abs(), nm=(2, 4))
+    assert torch.equal(symprune.dsnot(w, keep, nm=(2, 4), **stats).reshape(OUT, 4, 4).sum(-1),
+                       torch.full((OUT, 4), 2))
+    bad = keep.clone()
+    bad[0, :4] = True  # one group keeps 4
+    with pytest.raises(ValueError, match="keep_mask is not 2:4"):
+        symprune.dsnot(w, bad, nm=(2, 4), **stats)

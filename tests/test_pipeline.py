@@ -250,6 +250,26 @@ def test_refine_skip_leaves_matching_layers_unrefined() -> None:
     assert any(n > 0 for name, n in changed.items() if ".self_attn." in name)
 
 
+def test_dsnot_refines_attention_only_by_default() -> None:
+    """As DSnoT's public code: dsnot leaves the MLP alone unless skip=none; r2dsnot refines all."""
+    def changed(**recipe: Any) -> dict[str, int]:
+        report = prune_model(build_tiny_model("llama"), _windows(2), method="wanda", sparsity=0.5,
+                             progress=False, **recipe)
+        return {layer.name: layer.changed for layer in report.layers}
+
+    default = changed(refine="dsnot", refine_options={"threshold": 0.0})
+    assert all(n == 0 for name, n in default.items() if ".mlp." in name)
+    assert any(n > 0 for name, n in default.items() if ".self_attn." in name)
+    every = changed(refine="dsnot", refine_options={"threshold": 0.0, "skip": None})
+    assert any(n > 0 for name, n in every.items() if ".mlp." in name)
+    # Block 0 sees the same inputs in both runs: its attention is refined identically.
+    first = [name for name in default if name.startswith("model.layers.0.self_attn.")]
+    assert first and all(every[name] == default[name] for name in first)
+    assert symprune.Recipe("wanda", 0.5, refine="dsnot") == \
+        symprune.Recipe("wanda", 0.5, refine="dsnot", refine_options={"skip": "mlp"})
+    assert symprune.Recipe("wanda", 0.5, refine="r2dsnot").refines("model.layers.0.mlp.up_proj.weight")
+
+
 @pytest.mark.parametrize("method", ["magnitude", "symwanda", "owanda", "ria"])
 def test_prune_model_layer_group_and_other_scores(method: str) -> None:
     model = build_tiny_model("qwen3")

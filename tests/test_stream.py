@@ -352,9 +352,16 @@ def test_apply_mixed_dtypes_and_sizes_share_output_buffers(method: str, pattern:
 
 
 def test_apply_refuses_bad_requests(sharded_model_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="output folder is the input folder"):
+    with pytest.raises(ValueError, match="is the input"):
         symprune.prune_checkpoint(sharded_model_dir, sharded_model_dir, method="magnitude", sparsity=0.5,
                                   overwrite=True, progress=False)
+    with pytest.raises(ValueError, match="lies inside the input"):
+        symprune.prune_checkpoint(sharded_model_dir, sharded_model_dir / "out", method="magnitude", sparsity=0.5,
+                                  progress=False)
+    with pytest.raises(ValueError, match="contains the input"):
+        symprune.prune_checkpoint(sharded_model_dir, sharded_model_dir.parent, method="magnitude", sparsity=0.5,
+                                  overwrite=True, progress=False)
+    assert not (sharded_model_dir / "out").exists()
     with pytest.raises(ValueError, match="needs activation statistics"):
         symprune.prune_checkpoint(sharded_model_dir, tmp_path / "a", method="wanda", sparsity=0.5,
                                   progress=False)
@@ -476,13 +483,17 @@ def test_calibrate_cli_refuses_bad_requests(
         ([*base, "--out", str(tmp_path / "s3"), "--method", "wanda"], "needs --sparsity or --nm", 2),
         ([*base, "--out", str(tmp_path / "missing" / "s.safetensors")], "folder of --out does not exist", 1),
         ([*base, "--out", str(tmp_path / "s4"), "--method", "wanda", "--nm", "2:3"], "needs in_features divisible by 3", 1),
+        # The input model is never overwritten, not even with --overwrite.
+        ([*base, "--out", str(tiny_model_dir / "model.safetensors"), "--overwrite"], "lies inside the input", 1),
     ]
+    weights = (tiny_model_dir / "model.safetensors").read_bytes()
     for argv, fragment, status in cases:
         assert main(argv) == status
         err = capsys.readouterr().err.strip()
         assert fragment in err and "\n" not in err, err
     assert out.read_bytes() == b"precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stats.safetensors"]
+    assert (tiny_model_dir / "model.safetensors").read_bytes() == weights
 
 
 @pytest.mark.parametrize(("method", "pattern", "refine"), [
@@ -496,7 +507,7 @@ def test_apply_prunes_large_weights_in_row_chunks_exactly(
     equal the whole-matrix one (out_norm sliced per chunk, DSnoT per row); without, the
     row-at-a-time path must."""
     g = torch.Generator().manual_seed(0)
-    name = "model.layers.0.mlp.down_proj.weight"
+    name = "model.layers.0.self_attn.o_proj.weight"  # refined: dsnot leaves mlp alone by default
     w = (torch.randn(600, 8192, generator=g) * 0.02).to(torch.bfloat16)
     stats = {"in_norm": torch.rand(8192, generator=g) + 0.1, "in_mean": torch.randn(8192, generator=g),
              "in_var": torch.rand(8192, generator=g) + 0.1, "out_norm": torch.rand(600, generator=g) + 0.1}

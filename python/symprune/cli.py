@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,17 +50,22 @@ DEMO_RECIPE: dict[str, Any] = {"method": "wanda", "refine": None}
 
 
 def _save_atomically(model: Any, tokenizer: Any, report: Any, out_dir: Path) -> None:
-    """Write the pruned folder next to OUT_DIR, then swap it in with renames."""
+    """Write the pruned folder next to OUT_DIR, then swap it in with renames.
+
+    The temporary folders are named after this process (``.OUT.tmp-PID-*``), so that those of a
+    killed run (SIGKILL, a crash) are recognised and removed by the next run."""
     out = out_dir.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    _remove_orphans(out)
+    pid = os.getpid()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{pid}-", dir=out.parent))
     old: Path | None = None
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         report.to_json(tmp / "report.json")
         if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{pid}-", dir=out.parent))
             os.rename(out, old / "previous")
         os.rename(tmp, out)
     except BaseException:
@@ -71,6 +78,26 @@ def _save_atomically(model: Any, tokenizer: Any, report: Any, out_dir: Path) -> 
             shutil.rmtree(old, ignore_errors=True)
 
 
+def _remove_orphans(out: Path) -> None:
+    """Remove the temporary folders beside ``out`` of runs whose process is gone."""
+    for entry in out.parent.glob(f".{out.name}.*-*-*"):
+        kind, _, rest = entry.name[len(out.name) + 2:].partition("-")
+        pid = rest.split("-", 1)[0]
+        if kind not in ("tmp", "old") or not pid.isdigit() or not entry.is_dir() or _alive(int(pid)):
+            continue
+        if kind == "old" and not out.exists() and (entry / "previous").is_dir():
+            os.rename(entry / "previous", out)  # killed between the two renames: the old folder returns
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
@@ -226,6 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    # SIGTERM (kill, timeout, Slurm) unwinds like Ctrl-C: temporary files are removed, and an
+    # interrupted apply stays resumable.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         args.func(args)
     except (CliError, ValueError, OSError) as err:
@@ -234,7 +265,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("symprune: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("symprune: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+class Terminated(BaseException):
+    """Raised in the main thread when SIGTERM arrives."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
 
 
 if __name__ == "__main__":

@@ -19,7 +19,11 @@ from symprune.data import (
     tokenize_file,
     with_bos,
 )
-from symprune._C import Recipe, methods, refine_option_keys, refinements, updates
+from symprune._C import Recipe, check_output_location, methods, refine_option_keys, refinements, updates
+
+
+# The job file `symprune apply` keeps in its output folder (symprune::StreamingPruner).
+APPLY_JOB_FILE = ".symprune-apply.json"
 
 
 class CliError(Exception):
@@ -64,13 +68,29 @@ def existing_file(path: str, what: str) -> Path:
 
 def prepare_out_dir(model_dir: Path, out_dir: Path, overwrite: bool) -> None:
     """Refuse outputs that would destroy the input model or unrelated files."""
-    src, dst = model_dir.resolve(), out_dir.resolve()
-    if dst == src or src.is_relative_to(dst):
-        raise CliError(f"OUT_DIR {out_dir} would overwrite the input model {model_dir}")
+    check_output_location(str(model_dir), str(out_dir))
+    dst = out_dir.resolve()
     if dst.exists() and not dst.is_dir():
         raise CliError(f"OUT_DIR {out_dir} exists and is not a folder")
-    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
-        raise CliError(f"OUT_DIR {out_dir} is not empty; pass --overwrite to replace it")
+    if dst.is_dir() and any(dst.iterdir()):
+        if not overwrite:
+            raise CliError(f"OUT_DIR {out_dir} is not empty; pass --overwrite to replace it")
+        if not written_by_symprune(dst):
+            raise CliError(f"OUT_DIR {out_dir} is not empty and was not written by symprune (no report.json "
+                           "of a prune, no apply job file); --overwrite replaces only symprune's output folders")
+
+
+def written_by_symprune(folder: Path) -> bool:
+    """A folder that ``symprune prune`` (its report.json) or ``symprune apply`` (its job file) wrote."""
+    from symprune.report import PruneReport
+
+    if (folder / APPLY_JOB_FILE).is_file():
+        return True
+    try:
+        PruneReport.from_json(folder / "report.json")
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
+    return True
 
 
 def windows_with_bos(windows: torch.Tensor, tokenizer: Any, bos: bool) -> torch.Tensor:
@@ -161,8 +181,8 @@ def add_pruning_options(p: argparse.ArgumentParser, *, required: bool = True) ->
                    help="training-free mask refinement: dsnot, or r2dsnot (DSnoT with "
                    "a regularised decision boundary)")
     p.add_argument("--refine-option", action="append", metavar="KEY=VALUE",
-                   help=f"option for --refine ({', '.join(refine_option_keys())}; skip=mlp refines "
-                   "attention projections only); repeatable")
+                   help=f"option for --refine ({', '.join(refine_option_keys())}; dsnot refines "
+                   "attention projections only (skip=mlp) unless given skip=none); repeatable")
     p.add_argument("--score-option", action="append", metavar="KEY=VALUE",
                    help="option of the method: a and p (ria), a, beta and seed (stochria), blocksize and "
                    "percdamp (sparsegpt), rho0, growth, max_iterations, patience and percdamp (admm); "

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from symprune._C import check_output_location
 from symprune.cli_common import (
     CliError,
     add_bos,
@@ -26,6 +27,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
     model_dir, out = Path(args.model_dir), Path(args.out)
     calib = calibration_file(args)
+    check_output_location(str(model_dir), str(out))
     if out.exists() and not args.overwrite:
         raise CliError(f"{out} exists; pass --overwrite to replace it")
     if not out.parent.is_dir():

@@ -62,6 +62,7 @@ struct SYMPRUNE_API Recipe {
   Refinement refine = Refinement::None;
   DsnotOptions refine_options;       // its nm is the recipe's
   // Weights whose name contains one of these fragments are not refined ("mlp": attention only).
+  // make_recipe starts from default_refine_skip(refine).
   std::vector<std::string> refine_skip;
   Solver solver = Solver::Mask;
   Update update = Update::None;
@@ -131,6 +132,9 @@ SYMPRUNE_API std::vector<std::string> refine_option_keys();
 
 // The options R2-DSnoT adds to DSnoT (chosen on calibration text, see docs/r2dsnot.md).
 SYMPRUNE_API Options r2dsnot_defaults();
+// The refine option skip a refinement starts from: {"mlp"} for dsnot (attention projections
+// only, as DSnoT's public code), none for r2dsnot. skip=none refines every layer.
+SYMPRUNE_API std::vector<std::string> default_refine_skip(Refinement refine);
 
 // Names as the Python API and the command line give them; ValueError for unknown ones.
 SYMPRUNE_API NM parse_nm(std::string_view text);  // "2:4" -> {2, 4}, 1 <= N < M

@@ -29,6 +29,10 @@ struct SYMPRUNE_API ScoreOptions {
   uint64_t seed = 0;   // stochria's sampling seed
 };
 
+// The options of ScoreOptions (besides the norms) that `method` reads: ria a and p; stochria a,
+// beta and seed; none for the others. Front ends refuse the rest instead of ignoring them.
+SYMPRUNE_API std::vector<std::string> score_options_read(ScoreMethod method);
+
 // Scores a weight of shape (out_features, in_features), any floating dtype.
 // Returns an fp32 tensor of the same shape on the weight's device. Row/column norms
 // are accumulated in fp64 and rounded once, so results do not depend on summation order.

@@ -66,6 +66,11 @@ struct SYMPRUNE_API StreamReport {
   double seconds = 0;
 };
 
+// The output policy of every command (prune, calibrate, apply): ValueError for an output that is
+// the input folder, lies inside it or contains it (symlinks resolved), or is a dangling symlink.
+// `output` may be a folder or a file and need not exist.
+SYMPRUNE_API void check_output_location(const std::filesystem::path& input, const std::filesystem::path& output);
+
 class SYMPRUNE_API StreamingPruner {
  public:
   // Validates the options; throws ValueError for bad ones.

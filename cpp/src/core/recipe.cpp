@@ -88,11 +88,8 @@ constexpr std::string_view kAdmm = "admm";
 std::set<std::string> score_option_keys(const Recipe& r) {
   if (r.solver == Solver::SparseGpt) return {"blocksize", "percdamp"};
   if (r.solver == Solver::Admm) return {"percdamp", "rho0", "growth", "max_iterations", "patience"};
-  switch (r.method) {
-    case ScoreMethod::Ria: return {"a", "p"};
-    case ScoreMethod::StochRia: return {"a", "beta", "seed"};
-    default: return {};
-  }
+  const auto read = score_options_read(r.method);
+  return {read.begin(), read.end()};
 }
 
 std::string joined(const std::set<std::string>& keys) {
@@ -210,6 +207,13 @@ std::vector<std::string> refine_option_keys() { return {kRefineKeys.begin(), kRe
 
 Options r2dsnot_defaults() { return {{"gamma1", 0.1}, {"gamma2", 0.0}}; }
 
+std::vector<std::string> default_refine_skip(Refinement refine) {
+  // DSnoT's public code refines attention projections only unless told otherwise; R2-DSnoT's
+  // defaults were chosen refining every layer (docs/r2dsnot.md).
+  if (refine == Refinement::Dsnot) return {"mlp"};
+  return {};
+}
+
 Recipe make_recipe(const RecipeArgs& args) {
   Recipe r;
   if (args.method == kSparseGpt) r.solver = Solver::SparseGpt;
@@ -249,6 +253,7 @@ Recipe make_recipe(const RecipeArgs& args) {
   } else if (!args.owl_options.empty()) {
     throw ValueError("owl options given without owl");
   }
+  r.refine_skip = default_refine_skip(r.refine);
   if (r.refine == Refinement::R2Dsnot)
     for (const auto& [key, value] : r2dsnot_defaults())
       if (!args.refine_options.count(key)) set_refine_option(r, key, value);
@@ -365,10 +370,10 @@ std::map<std::string, OptionValue> Recipe::refine_option_values() const {
   if (o.gamma1 != d.gamma1) out["gamma1"] = optional_value(o.gamma1);
   if (o.gamma2 != d.gamma2) out["gamma2"] = optional_value(o.gamma2);
   if (o.q != d.q) out["q"] = o.q;
-  if (!refine_skip.empty()) {
+  if (refine_skip != default_refine_skip(refine)) {
     std::string skip;
     for (const auto& part : refine_skip) skip += (skip.empty() ? "" : ",") + part;
-    out["skip"] = skip;
+    out["skip"] = skip.empty() ? OptionValue(std::monostate{}) : OptionValue(skip);
   }
   return out;
 }

@@ -115,6 +115,14 @@ std::vector<std::string> score_method_names() {
   return names;
 }
 
+std::vector<std::string> score_options_read(ScoreMethod method) {
+  switch (method) {
+    case ScoreMethod::Ria: return {"a", "p"};
+    case ScoreMethod::StochRia: return {"a", "beta", "seed"};
+    default: return {};
+  }
+}
+
 std::string_view score_method_name(ScoreMethod method) {
   for (const auto& [key, value] : kMethods)
     if (value == method) return key;

@@ -11,6 +11,36 @@
 
 #include <set>
 
+namespace symprune {
+namespace fs = std::filesystem;
+
+namespace {
+
+// `inner` is `outer` or lies below it (both absolute and canonical).
+bool within(const fs::path& inner, const fs::path& outer) {
+  auto i = inner.begin();
+  for (auto o = outer.begin(); o != outer.end(); ++o, ++i)
+    if (i == inner.end() || *i != *o) return false;
+  return true;
+}
+
+}  // namespace
+
+void check_output_location(const fs::path& input, const fs::path& output) {
+  std::error_code ec;
+  if (fs::is_symlink(fs::symlink_status(output, ec)) && !fs::exists(output, ec))
+    throw ValueError(output.string() + ": is a dangling symbolic link; remove it or choose another output");
+  const auto in = fs::weakly_canonical(fs::absolute(input), ec);
+  const auto out = fs::weakly_canonical(fs::absolute(output), ec);
+  if (within(out, in))
+    throw ValueError(output.string() + (out == in ? ": is the input " : ": lies inside the input ") + input.string() +
+                     "; choose an output outside it");
+  if (within(in, out))
+    throw ValueError(output.string() + ": contains the input " + input.string() + "; choose an output outside it");
+}
+
+}  // namespace symprune
+
 namespace symprune::detail {
 namespace fs = std::filesystem;
 
@@ -64,10 +94,9 @@ std::string job_file_text(const std::string& job, bool complete, bool durable) {
 bool prepare_output(const fs::path& model_dir, const fs::path& out_dir, const StreamOptions& o,
                     const std::string& job) {
   std::error_code ec;
+  check_output_location(model_dir, out_dir);
   if (fs::exists(out_dir, ec)) {
     if (!fs::is_directory(out_dir, ec)) throw IoError(out_dir.string() + ": exists and is not a folder");
-    if (fs::equivalent(model_dir, out_dir, ec))
-      throw ValueError(out_dir.string() + ": the output folder is the input folder; choose another");
   } else {
     fs::create_directories(out_dir, ec);
     if (ec) throw IoError(out_dir.string() + ": cannot create: " + ec.message());
