@@ -40,7 +40,7 @@ py::dict stream_prune(const std::string& model_dir, const std::string& out_dir, 
   StreamOptions options;
   options.recipe = recipe;
   if (stats) options.stats = *stats;
-  if (include) options.include = *include;
+  options.include = include;
   options.resume = resume;
   options.overwrite = overwrite;
   options.durable = durable;

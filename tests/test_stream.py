@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -527,3 +528,43 @@ def test_apply_prunes_large_weights_in_row_chunks_exactly(
         keep = symprune.dsnot(w, keep, in_norm=stats["in_norm"], in_mean=stats["in_mean"], in_var=stats["in_var"],
                               nm=pattern.get("nm"), **options)
     assert torch.equal(out, w.masked_fill(~keep, 0))
+
+
+def _in_norms_for_every_block_weight(folder: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        for name, info in symprune.safetensors_header(str(shard))["tensors"].items():
+            if ".layers." in name and len(info["shape"]) == 2:
+                out[f"{name}.in_norm"] = torch.ones(info["shape"][1])
+    return out
+
+
+@pytest.mark.parametrize(("value", "message"), [(float("nan"), "holds NaN or Inf"), (float("inf"), "holds NaN or Inf"),
+                                                (-1.0, "has negative entries, which a norm cannot have")])
+def test_apply_refuses_bad_statistics_before_writing(
+    sharded_model_dir: Path, tmp_path: Path, value: float, message: str
+) -> None:
+    """A bad value in the statistics of the last layer stops apply before its first shard, and the
+    message names the statistics file."""
+    stats = _in_norms_for_every_block_weight(sharded_model_dir)
+    last = sorted(stats)[-1]
+    stats[last][3] = value
+    path = _stats_file(tmp_path / "stats.safetensors", stats)
+    with pytest.raises(ValueError, match=f"{path}: '{re.escape(last)}' {message}"):
+        symprune.prune_checkpoint(sharded_model_dir, tmp_path / "out", method="wanda", sparsity=0.5, stats=path,
+                                  progress=False)
+    out = tmp_path / "out"
+    assert not out.exists() or not any(out.iterdir())  # nothing written
+
+
+def test_apply_honours_include_with_statistics(sharded_model_dir: Path, tmp_path: Path) -> None:
+    stats = _stats_file(tmp_path / "stats.safetensors", _in_norms_for_every_block_weight(sharded_model_dir))
+    every = symprune.prune_checkpoint(sharded_model_dir, tmp_path / "all", method="wanda", sparsity=0.5,
+                                      stats=stats, progress=False)
+    some = symprune.prune_checkpoint(sharded_model_dir, tmp_path / "some", method="wanda", sparsity=0.5,
+                                     stats=stats, include=r"q_proj", progress=False)
+    assert every["tensors_pruned"] == len(_in_norms_for_every_block_weight(sharded_model_dir))
+    assert 0 < some["tensors_pruned"] < every["tensors_pruned"]
+    dense, pruned = _all_tensors(sharded_model_dir), _all_tensors(tmp_path / "some")
+    for name, w in pruned.items():
+        assert torch.equal(w, dense[name]) != ("q_proj" in name), name

@@ -98,7 +98,8 @@ def add_stream_commands(sub: Any) -> None:
     add_pruning_options(a)
     a.add_argument("--stats", metavar="FILE", help="statistics from `symprune calibrate`")
     a.add_argument("--include", metavar="REGEX",
-                   help="without --stats: weights to prune (default: 2-D weights of the decoder blocks)")
+                   help="weights to prune, by name (searched): without --stats the 2-D weights of the decoder "
+                   "blocks by default; with --stats, of the weights that have statistics, those that match")
     a.add_argument("--resume", action="store_true", help="continue an interrupted run of the same job")
     a.add_argument("--overwrite", action="store_true", help="allow a non-empty OUT_DIR")
     a.add_argument("--no-fsync", action="store_true",

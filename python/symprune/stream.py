@@ -41,9 +41,11 @@ def prune_checkpoint(
     The recipe is a :class:`symprune.Recipe` or its fields as keyword arguments, as in
     :func:`symprune.prune_model` (``permute`` excepted).
 
-    Every 2-D weight with statistics in ``stats`` (from ``symprune calibrate``) is pruned; without
-    statistics (data-free methods only) every 2-D weight whose name matches ``include`` (default:
-    the decoder blocks' weights). Other tensors are copied byte for byte, and so are the
+    Every 2-D weight with statistics in ``stats`` (from ``symprune calibrate``) that matches
+    ``include`` (if given) is pruned; without statistics (data-free methods only) every 2-D weight
+    whose name matches ``include`` (default: the decoder blocks' weights). Statistics are checked
+    before anything is written: every one the recipe needs, with the weight's size, finite, and
+    non-negative for norms and variances (ValueError naming the statistics file). Other tensors are copied byte for byte, and so are the
     folder's other files (config, tokenizer). ``resume`` keeps the finished shards of an
     interrupted run of the same job. ``durable=False`` skips fsync: faster where fsync is slow,
     and files still appear only when complete if the process dies, but not if the machine

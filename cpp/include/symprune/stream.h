@@ -37,10 +37,11 @@ struct SYMPRUNE_API StreamOptions {
   // What every pruned weight goes through (symprune::prune); permute is not supported here.
   Recipe recipe;
   // Statistics written by `symprune calibrate`: tensors "<weight name>.in_norm" etc. When
-  // given, exactly the weights that have statistics are pruned.
+  // given, the weights that have statistics are pruned (and match `include`, if given).
   std::filesystem::path stats;
-  // Without statistics: regular expression (ECMAScript, searched) over tensor names.
-  std::string include = kDefaultInclude;
+  // Regular expression (ECMAScript, searched) over tensor names of the weights to prune; without
+  // statistics it defaults to kDefaultInclude.
+  std::optional<std::string> include;
   bool resume = false;     // keep the finished shards of an interrupted run of the same job
   bool overwrite = false;  // allow a non-empty output folder
   // fsync every output file before renaming it into place. false is faster where fsync is

@@ -243,11 +243,11 @@ StreamingPruner::StreamingPruner(StreamOptions options) : options_(std::move(opt
   if (o.recipe.permute)
     throw ValueError("permute is not supported when streaming: the permutation would have to be applied to "
                      "the layer's inputs too");
-  if (o.stats.empty()) {
+  if (o.include) {
     try {
-      std::regex(o.include, std::regex::ECMAScript);
+      std::regex(*o.include, std::regex::ECMAScript);
     } catch (const std::regex_error& e) {
-      throw ValueError("include pattern '" + o.include + "' is not a valid regular expression: " + e.what());
+      throw ValueError("include pattern '" + *o.include + "' is not a valid regular expression: " + e.what());
     }
   }
 }

@@ -4,7 +4,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <ATen/TensorOperators.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/isfinite.h>
 
 #include <array>
 #include <map>
@@ -62,6 +64,11 @@ void require(const at::Tensor& t, const std::string& weight, const char* stat, i
   if (t.numel() != size)
     fail(stats_path.string() + ": '" + weight + "." + stat + "' has " + std::to_string(t.numel()) +
          " entries but the weight needs " + std::to_string(size) + " (statistics of another model?)");
+  if (!at::isfinite(t).all().item<bool>())
+    fail(stats_path.string() + ": '" + weight + "." + stat + "' holds NaN or Inf");
+  if (std::string_view(stat) != "in_mean" && (t < 0).any().item<bool>())
+    fail(stats_path.string() + ": '" + weight + "." + stat + "' has negative entries, which a " +
+         (std::string_view(stat) == "in_var" ? "variance" : "norm") + " cannot have");
 }
 
 // Checks that the index names every tensor of every shard, and nothing else.
@@ -94,9 +101,10 @@ std::string describe_job(const StreamOptions& o, const std::vector<ShardPlan>& s
   // another job, so --resume refuses it.
   nlohmann::json job = {{"version", 2}, {"recipe", nlohmann::json::parse(o.recipe.to_json())}};
   if (o.stats.empty())
-    job["include"] = o.include;
+    job["include"] = o.include.value_or(kDefaultInclude);
   else
     job["stats"] = file_identity(o.stats);
+  if (!o.stats.empty() && o.include) job["include"] = *o.include;
   // Scores with sums (RIA, symmetric) may round differently on a GPU: a resumed run stays on
   // the kind of device it started on.
   if (!o.device.is_cpu()) job["device"] = c10::DeviceTypeName(o.device.type(), /*lower_case=*/true);
@@ -124,8 +132,10 @@ StreamPlan plan_stream(const StreamOptions& options, const fs::path& model_dir) 
     throw ValueError("recipe '" + recipe.describe() +
                      "' needs activation statistics: run `symprune calibrate` and pass them with --stats");
   }
+  const std::string include_text = options.include.value_or(kDefaultInclude);
   std::optional<std::regex> include;
-  if (options.stats.empty()) include.emplace(options.include, std::regex::ECMAScript | std::regex::optimize);
+  if (options.stats.empty() || options.include)
+    include.emplace(include_text, std::regex::ECMAScript | std::regex::optimize);
 
   std::set<std::string> used;
   int64_t pruned = 0;
@@ -136,13 +146,14 @@ StreamPlan plan_stream(const StreamOptions& options, const fs::path& model_dir) 
       plan.bytes_total += info.nbytes();
       TensorJob job{i, false, {}};
       const bool matrix = info.shape.size() == 2 && is_floating(info.dtype);
-      if (include) {
-        job.prune = matrix && std::regex_search(info.name, *include);
+      const bool included = include && std::regex_search(info.name, *include);
+      if (options.stats.empty()) {
+        job.prune = matrix && included;
       } else if (const auto it = stats.find(info.name); it != stats.end()) {
         if (!matrix)
           fail(options.stats.string() + ": has statistics for '" + info.name +
                "', which is not a 2-D floating-point weight in " + shard.name);
-        job.prune = true;
+        job.prune = !include || included;
         job.stats = it->second;
         used.insert(info.name);
       }
@@ -170,7 +181,7 @@ StreamPlan plan_stream(const StreamOptions& options, const fs::path& model_dir) 
       fail(options.stats.string() + ": has statistics for '" + name +
            "' but the checkpoint has no such tensor (statistics of another model?)");
   if (pruned == 0)
-    fail(model_dir.string() + ": no tensor to prune (no name matches --include " + options.include + ")");
+    fail(model_dir.string() + ": no tensor to prune (no name matches --include " + include_text + ")");
   plan.job = describe_job(options, plan.shards);
   return plan;
 }
