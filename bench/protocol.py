@@ -117,7 +117,7 @@ def run_one(config: dict[str, Any]) -> dict[str, Any]:
         start = time.perf_counter()
         report = prune_model(
             model, calib, method=config["method"], sparsity=config.get("sparsity"), nm=config.get("nm"),
-            group=config.get("group", "row"), refine=config.get("refine"),
+            group=config.get("group", "row"), permute=config.get("permute", False), refine=config.get("refine"),
             refine_options=config.get("refine_options"), score_options=config.get("score_options"),
             update=config.get("update"), owl=config.get("owl", False), progress=False,
         )

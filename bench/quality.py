@@ -29,6 +29,8 @@ REFINED_ALL_LAYERS = [("wanda", "dsnot"), ("ria", "dsnot")]
 # Weight reconstruction: (method, refine, update).
 RECONSTRUCTED = [("sparsegpt", None, None), ("wanda", None, "refit"), ("ria", None, "refit"),
                  ("ria", "r2dsnot", "refit"), ("sparsegpt", None, "refit"), ("admm", None, None)]
+# RIA's channel permutation, deployable (N:M patterns only): methods.
+PERMUTED = ["ria"]
 # OWL block sparsities (unstructured patterns only): methods.
 OWL = ["wanda"]
 PATTERNS = ["0.5", "0.6", "2:4"]
@@ -36,7 +38,7 @@ PATTERN_ORDER = ["50%", "60%", "2:4"]  # as pattern_of() writes them
 
 
 def config_for(method: str, refine: str | None, pattern: str, update: str | None = None,
-               owl: bool = False, all_layers: bool = False) -> dict[str, Any]:
+               owl: bool = False, all_layers: bool = False, permute: bool = False) -> dict[str, Any]:
     config: dict[str, Any] = {"method": method}
     config.update({"nm": pattern} if ":" in pattern else {"sparsity": float(pattern)})
     if refine:
@@ -47,6 +49,8 @@ def config_for(method: str, refine: str | None, pattern: str, update: str | None
         config["update"] = update
     if owl:
         config["owl"] = True
+    if permute:
+        config["permute"] = True
     return config
 
 
@@ -54,7 +58,7 @@ def label(config: dict[str, Any]) -> str:
     all_layers = "skip" in config.get("refine_options", {}) and config["refine_options"]["skip"] is None
     return (config["method"] + (f"+{config['refine']}" if "refine" in config else "")
             + (" (all layers)" if all_layers else "")
-            + (f"+{config['update']}" if "update" in config else "") + ("+owl" if config.get("owl") else ""))
+            + (f"+{config['update']}" if "update" in config else "") + ("+owl" if config.get("owl") else "") + ("+permute" if config.get("permute") else ""))
 
 
 def pattern_of(config: dict[str, Any]) -> str:
@@ -75,6 +79,7 @@ EXPECTATIONS = [
     ("the refit improves Wanda's mask", "wanda+refit", "wanda"),
     ("ADMM ≤ SparseGPT", "admm", "sparsegpt"),
     ("OWL improves Wanda", "wanda+owl", "wanda"),
+    ("RIA's permutation improves RIA", "ria+permute", "ria"),
 ]
 
 
@@ -111,6 +116,8 @@ def grid(patterns: list[str], model: str) -> list[dict[str, Any]]:
         configs += [config_for(m, r, pattern, u) for m, r, u in RECONSTRUCTED]
         if ":" not in pattern:
             configs += [config_for(m, None, pattern, owl=True) for m in OWL]
+        else:
+            configs += [config_for(m, None, pattern, permute=True) for m in PERMUTED]
     if model != "smollm2":  # SmolLM2's rows keep their original keys
         configs = [{**c, "model": model} for c in configs]
     return configs

@@ -193,3 +193,4 @@ def test_calibrate_refuses_owl(tiny_model_dir) -> None:  # type: ignore[no-untyp
     with pytest.raises(ValueError, match="OWL"):
         symprune.calibrate(tiny_model_dir, torch.zeros(1, 8, dtype=torch.long),
                            prune=symprune.Recipe("wanda", 0.5, owl=True))
+

@@ -240,6 +240,47 @@ def test_permuted_nm_prunes_n_of_m_in_permuted_order() -> None:
         assert torch.all((w == 0).sum(1) == w.shape[1] // 2)
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "opt"])
+def test_permute_is_deployable(arch: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With permute, every stored weight is N:M; the MLP's down projection is permuted with its
+    producers' rows, and undoing that permutation gives the same outputs (the same function)."""
+    from symprune import permute as permute_module
+
+    applied: list[tuple[torch.nn.Linear, list[torch.nn.Linear], torch.Tensor]] = []
+    real = permute_module.permute_channels
+
+    def record(consumer: torch.nn.Linear, producers: list[torch.nn.Linear], perm: torch.Tensor) -> None:
+        applied.append((consumer, producers, perm.clone()))
+        real(consumer, producers, perm)
+
+    monkeypatch.setattr(pipeline, "permute_channels", record)
+    model = build_tiny_model(arch)
+    report = prune_model(model, _windows(2), method="ria", nm=(2, 4), permute=True, progress=False)
+    mlp_out = "fc2" if arch == "opt" else "mlp.down_proj"
+    assert [layer.name for layer in report.layers if layer.permuted] == \
+        [layer.name for layer in report.layers if layer.name.endswith(mlp_out)]
+    assert len(applied) == 2  # one per block
+    for name, w in _linear_weights(model).items():
+        groups = (w != 0).reshape(w.shape[0], -1, 4).sum(-1)
+        assert torch.all(groups == 2), name  # N:M as stored
+    assert any(not torch.equal(perm, torch.arange(perm.numel())) for _, _, perm in applied)
+
+    # Undo the permutations on a copy: the masks are then N:M only in permuted order, and the
+    # outputs do not change.
+    undone = copy.deepcopy(model)
+    originals = {id(m): c for m, c in zip(model.modules(), undone.modules())}
+    for consumer, producers, perm in applied:
+        inverse = torch.argsort(perm)
+        real(originals[id(consumer)], [originals[id(p)] for p in producers], inverse)
+        stored = originals[id(consumer)].weight
+        assert not torch.all((stored != 0).reshape(stored.shape[0], -1, 4).sum(-1) == 2)
+    windows = _windows(2, seed=5)
+    with torch.no_grad():
+        a = model(input_ids=windows).logits
+        b = undone(input_ids=windows).logits
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_refine_skip_leaves_matching_layers_unrefined() -> None:
     windows = _windows(2)
     report = prune_model(build_tiny_model("llama"), windows, method="wanda", sparsity=0.5,

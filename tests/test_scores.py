@@ -89,10 +89,10 @@ def test_stochria_matches_oracle(shape, dtype, kind, beta):
         _check(got, oracle_score(w, "stochria", beta=beta, seed=seed, **kw), f"seed={seed}")
 
 
-def test_stochria_ignores_p_and_uses_a():
+def test_stochria_refuses_p_and_uses_a():
     w, kw = _inputs((7, 13), "randn", "fp32", "stochria", key=("pa",))
-    base = symprune.score(w, "stochria", seed=5, **kw)
-    assert torch.equal(symprune.score(w, "stochria", seed=5, p=2.0, **kw), base)
+    with pytest.raises(ValueError, match="score option 'p' is not read by method 'stochria'"):
+        symprune.score(w, "stochria", seed=5, p=2.0, **kw)
     _check(symprune.score(w, "stochria", seed=5, a=1.0, **kw),
            oracle_score(w, "stochria", seed=5, a=1.0, **kw))
 

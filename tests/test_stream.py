@@ -568,3 +568,9 @@ def test_apply_honours_include_with_statistics(sharded_model_dir: Path, tmp_path
     dense, pruned = _all_tensors(sharded_model_dir), _all_tensors(tmp_path / "some")
     for name, w in pruned.items():
         assert torch.equal(w, dense[name]) != ("q_proj" in name), name
+
+
+def test_calibrate_refuses_permute(tiny_model_dir: Path) -> None:
+    with pytest.raises(ValueError, match="permutes channels"):
+        symprune.calibrate(tiny_model_dir, torch.zeros(1, 8, dtype=torch.long),
+                           prune=symprune.Recipe("ria", nm=(2, 4), permute=True))

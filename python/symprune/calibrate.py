@@ -97,6 +97,9 @@ def calibrate(
         calibration: token windows, shape ``(windows, seqlen)``.
         prune: the recipe each block is pruned with before it feeds the next (None: dense).
     """
+    if prune is not None and prune.permute:
+        raise ValueError(f"recipe '{prune.describe()}' permutes channels across two Linears, which apply (one "
+                         "weight at a time) cannot reproduce: use `symprune prune`")
     if prune is not None and prune.owl:
         raise ValueError(f"recipe '{prune.describe()}' uses OWL, whose block sparsities come from a dense pass "
                          "over every block first, which calibrate does not make: use `symprune prune`")

@@ -187,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", metavar="OUT_DIR", help="where the pruned folder goes")
     add_pruning_options(p)
     p.add_argument("--permute", action="store_true",
-                   help="with --nm: RIA's channel permutation before choosing the N:M mask")
+                   help="with --nm: RIA's channel permutation for the MLP's down projection, applied to the "
+                   "stored weights (its inputs' producers permuted too): N:M as stored, same function; other "
+                   "layers keep the plain N:M mask")
     add_calibration_options(p)
     p.add_argument("--eval", metavar="FILE", help="also report the pruned model's perplexity here")
     p.add_argument("--nwindows", type=positive, default=32, help="evaluation windows (32)")

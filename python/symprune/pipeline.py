@@ -36,6 +36,7 @@ from symprune.blocks import (
 )
 from symprune._C import Recipe
 from symprune.owl import owl_plan
+from symprune.permute import absorbing_producers, permute_channels
 from symprune.report import BlockReport, LayerReport, PruneReport
 
 
@@ -189,7 +190,11 @@ def prune_model(
         method: a score (``symprune.score_methods()``) or ``"sparsegpt"``.
         sparsity: fraction pruned per row (``group="row"``) or per matrix (``"layer"``).
         nm: N:M pattern instead of ``sparsity``, e.g. ``(2, 4)`` or ``"2:4"`` keeps 2 of 4.
-        permute: RIA's channel permutation for N:M (the mask is N:M only in permuted order).
+        permute: RIA's channel permutation for N:M, made deployable: the MLP's down projection
+            (fc2) is pruned in permuted order and its input channels, with the rows of the
+            Linears that produce them, are permuted in place, so every weight is N:M as stored
+            and the model computes the same function; other Linears keep the unpermuted mask
+            (``LayerReport.permuted`` says which were permuted).
         refine: ``"dsnot"`` or ``"r2dsnot"`` (DSnoT with ``symprune.r2dsnot_defaults()``).
         refine_options: options of the refinement (``symprune.refine_option_keys()``), e.g.
             ``{"skip": "mlp"}`` to refine attention projections only.
@@ -244,6 +249,12 @@ def prune_model(
     return report
 
 
+def _without_permute(recipe: Recipe) -> Recipe:
+    """``recipe`` for the Linears that cannot absorb a permutation: the same N:M mask, unpermuted."""
+    return Recipe(recipe.method, nm=recipe.nm, score_options=dict(recipe.score_options), update=recipe.update,
+                  update_options={"percdamp": recipe.percdamp} if recipe.update else None)
+
+
 def prune_linears(
     index: int, block: nn.Module, recipe: Recipe, block_name: str, report: PruneReport,
     stats: dict[str, LinearStats] | None = None,
@@ -251,24 +262,35 @@ def prune_linears(
     """Prune every Linear of one block in place by ``recipe``, with its statistics (None: a
     data-free recipe without calibration, whose report has no ``recon_error``)."""
     t = time.perf_counter()
-    for name, layer in block_linears(block).items():
+    linears = block_linears(block)
+    # With permute, only Linears whose producers absorb the permutation use it (permute.py).
+    absorbing = absorbing_producers(block) if recipe.permute else {}
+    unpermuted = _without_permute(recipe) if recipe.permute else recipe
+    permutations: dict[str, torch.Tensor] = {}
+    for name, layer in linears.items():
         weight = layer.weight.detach()
         dense_zeros = weight.numel() - int(torch.count_nonzero(weight))
         weight_name = f"{block_name}.{name}.weight"
+        layer_recipe = recipe if name in absorbing else unpermuted
         if stats is None:
-            result = symprune.prune(weight, recipe, name=weight_name)
+            result = symprune.prune(weight, layer_recipe, name=weight_name)
             recon_error = None
         else:
-            result = prune_linear(weight, stats[name], recipe, weight_name)
+            result = prune_linear(weight, stats[name], layer_recipe, weight_name)
             dense, lost = _energies(weight, result.keep, stats[name].inputs.in_sq)
             recon_error = math.sqrt(lost / dense) if dense > 0 else 0.0
         weight.copy_(result.weight)
+        if result.permutation is not None:
+            permutations[name] = result.permutation
         zeros = weight.numel() - int(torch.count_nonzero(weight))
         report.layers.append(LayerReport(
             name=f"{block_name}.{name}", block=index, shape=tuple(weight.shape),
             numel=weight.numel(), dense_zeros=dense_zeros, zeros=zeros,
             sparsity=zeros / weight.numel(), recon_error=recon_error, changed=result.refined,
+            permuted=name in permutations,
         ))
+    for name, permutation in permutations.items():
+        permute_channels(linears[name], [linears[p] for p in absorbing[name]], permutation)
     report.prune_seconds += time.perf_counter() - t
 
 

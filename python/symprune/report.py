@@ -20,6 +20,7 @@ class LayerReport:
     ``‖ΔW X‖_F / ‖W X‖_F`` of the calibration inputs with cross-channel terms dropped
     (the quantity Wanda's score ranks single weights by).
     ``changed`` counts mask entries a refinement (DSnoT) flipped, twice per swap.
+    ``permuted``: pruned with RIA's channel permutation, stored in permuted input order.
     """
 
     name: str
@@ -31,6 +32,7 @@ class LayerReport:
     sparsity: float
     recon_error: float | None  # None: pruned without calibration statistics (data-free)
     changed: int = 0
+    permuted: bool = False  # its input channels (and its producers' rows) were permuted
 
 
 @dataclass
