@@ -39,7 +39,7 @@ def test_prune_writes_loadable_folder(
                               str(evaluation), "--nwindows", "2", "--eval-seqlen", "32"))
     assert status == 0
     assert "sparsity reached 50.0000%" in capsys.readouterr().out
-    assert {"config.json", "model.safetensors", "tokenizer.json", "report.json"} <= {
+    assert {"config.json", "model.safetensors", "tokenizer.json", "symprune_report.json"} <= {
         p.name for p in out.iterdir()
     }
     model = AutoModelForCausalLM.from_pretrained(out)
@@ -49,7 +49,7 @@ def test_prune_writes_loadable_folder(
     assert torch.equal(model.model.embed_tokens.weight, dense.model.embed_tokens.weight)
     AutoTokenizer.from_pretrained(out)
 
-    report = PruneReport.from_json(out / "report.json")
+    report = PruneReport.from_json(out / "symprune_report.json")
     assert report.method == "wanda" and report.overall_sparsity == 0.5
     assert report.nsamples == 4 and report.seqlen == 32
     assert report.perplexity["pruned"] > 1
@@ -63,7 +63,7 @@ def test_prune_nm_with_refine_and_options(
     status = main(_prune_args(tiny_model_dir, out, text_files[0], "--nm", "2:4", "--refine",
                               "dsnot", "--refine-option", "max_cycles=5"))
     assert status == 0
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "symprune_report.json").read_text())
     assert report["nm"] == [2, 4] and report["refine_options"] == {"max_cycles": 5}
 
 
@@ -89,7 +89,7 @@ def test_prune_refuses_to_clobber(
     # --overwrite replaces a folder symprune wrote, as a whole.
     assert main(_prune_args(tiny_model_dir, out, calib, "--sparsity", "0.6", "--overwrite")) == 0
     assert not (out / "stale.txt").exists()
-    assert PruneReport.from_json(out / "report.json").sparsity == 0.6
+    assert PruneReport.from_json(out / "symprune_report.json").sparsity == 0.6
 
     capsys.readouterr()
     for bad, fragment in [(tiny_model_dir, "is the input"), (tiny_model_dir / "sub", "lies inside the input"),
@@ -144,7 +144,7 @@ def test_data_free_prune_needs_no_calibration_text(
     out = tmp_path / "out"
     args = ["prune", str(tiny_model_dir), str(out), "--sparsity", "0.5", "--quiet"]
     assert main([*args, "--method", "magnitude"]) == 0
-    report = PruneReport.from_json(out / "report.json")
+    report = PruneReport.from_json(out / "symprune_report.json")
     assert report.nsamples == 0 and report.blocks == [] and report.dense_forward_seconds == 0
     assert report.overall_sparsity == 0.5 and all(layer.recon_error is None for layer in report.layers)
     capsys.readouterr()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import random
 from pathlib import Path
@@ -476,10 +477,13 @@ def test_report_json_round_trip(tmp_path: Any) -> None:
     model = build_tiny_model("opt")
     report = prune_model(model, _windows(2), method="wanda", nm=(2, 4), progress=False)
     report.perplexity["pruned"] = 12.5
-    path = tmp_path / "report.json"
+    path = tmp_path / "symprune_report.json"
     report.to_json(path)
     assert PruneReport.from_json(path) == report
     assert "2:4" in report.summary()
+    assert report.recipe == json.loads(symprune.Recipe("wanda", nm=(2, 4)).to_json())
+    assert report.versions["torch"] == torch.__version__ and report.versions["symprune"] == symprune.__version__
+    assert [p.name for p in tmp_path.iterdir()] == ["symprune_report.json"]  # no temporary file left
 
 
 def test_core_is_used() -> None:

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import safetensors.torch as st
@@ -24,6 +25,7 @@ from cases import (
 from conftest import build_tiny_model, byte_tokenizer, folder_bytes
 from oracles import oracle_nm_mask, oracle_row_mask, oracle_score
 from symprune.cli import main
+from symprune.report import PruneReport
 from transformers import AutoModelForCausalLM
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -164,7 +166,7 @@ def test_calibrate_then_apply_equals_prune(
     meta = symprune.safetensors_header(str(stats))["metadata"]
     assert meta["format"] == "symprune-stats" and meta["tokens"] == "128"
     assert meta["propagation"] == f"pruned: {propagation}"
-    report = json.loads((tmp_path / "pruned" / "report.json").read_text())
+    report = json.loads((tmp_path / "pruned" / "symprune_report.json").read_text())
     if "skip=mlp" in recipe:
         changed = {layer["name"]: layer["changed"] for layer in report["layers"]}
         assert all(n == 0 for name, n in changed.items() if ".mlp." in name)
@@ -246,25 +248,27 @@ def test_apply_include_and_nm(sharded_model_dir: Path, tmp_path: Path) -> None:
                        _all_tensors(sharded_model_dir)["model.layers.0.mlp.up_proj.weight"])
 
 
-def test_resume_after_losing_shards_is_byte_identical(sharded_model_dir: Path, tmp_path: Path) -> None:
+def test_resume_after_an_interruption_is_byte_identical(sharded_model_dir: Path, tmp_path: Path) -> None:
     reference, out = tmp_path / "reference", tmp_path / "out"
-    kwargs: dict = {"method": "symmetric", "sparsity": 0.6, "progress": False}
+    kwargs: dict = {"method": "magnitude", "sparsity": 0.5, "progress": False}
     symprune.prune_checkpoint(sharded_model_dir, reference, **kwargs)
-    symprune.prune_checkpoint(sharded_model_dir, out, **kwargs)
-    shards = sorted(out.glob("*.safetensors"))
-    shards[-1].unlink()  # as if the run had died while writing it
-    (out / "config.json").unlink()
-    (out / (shards[0].name + ".partial")).write_bytes(b"half-written")
-    report = symprune.prune_checkpoint(sharded_model_dir, out, resume=True, **kwargs)
-    assert report["shards_resumed"] == len(shards) - 1
-    assert folder_bytes(out) == folder_bytes(reference)
+    _interrupted_apply(sharded_model_dir, out)
+    shards = sorted(sharded_model_dir.glob("*.safetensors"))
+    (out / (shards[-1].name + ".partial")).write_bytes(b"half-written")
 
     with pytest.raises(ValueError, match="other options"):
-        symprune.prune_checkpoint(sharded_model_dir, out, method="symmetric", sparsity=0.5, resume=True,
+        symprune.prune_checkpoint(sharded_model_dir, out, method="magnitude", sparsity=0.6, resume=True,
                                   progress=False)
     with pytest.raises(ValueError, match="not empty"):
         symprune.prune_checkpoint(sharded_model_dir, out, **kwargs)
-    symprune.prune_checkpoint(sharded_model_dir, out, method="magnitude", sparsity=0.5, overwrite=True,
+    report = symprune.prune_checkpoint(sharded_model_dir, out, resume=True, **kwargs)
+    assert report["shards_resumed"] == 1 < len(shards)
+
+    def written(folder: Path) -> dict[str, bytes]:  # the report records timings
+        return {name: data for name, data in folder_bytes(folder).items() if name != "symprune_report.json"}
+
+    assert written(out) == written(reference)
+    symprune.prune_checkpoint(sharded_model_dir, out, method="magnitude", sparsity=0.6, overwrite=True,
                               progress=False)
 
 
@@ -275,30 +279,57 @@ def test_no_fsync_writes_the_same_folder(sharded_model_dir: Path, tmp_path: Path
     assert main(["apply", str(sharded_model_dir), str(tmp_path / "cli"), "--method", "magnitude",
                  "--sparsity", "0.5", "--no-fsync", "--quiet"]) == 0
 
-    def written(folder: Path) -> dict[str, bytes]:  # the job file records how it was written
-        return {name: data for name, data in folder_bytes(folder).items() if name != ".symprune-apply.json"}
+    def written(folder: Path) -> dict[str, bytes]:  # the report records timings
+        return {name: data for name, data in folder_bytes(folder).items() if name != "symprune_report.json"}
 
     assert written(tmp_path / "fast") == written(tmp_path / "cli") == written(tmp_path / "durable")
-    assert json.loads((tmp_path / "cli" / ".symprune-apply.json").read_text())["durable"] is False
+    assert not (tmp_path / "cli" / ".symprune-apply.json").exists()  # a finished run leaves no job file
+
+
+def _interrupted_apply(model: Path, out: Path, **options: Any) -> None:
+    """An apply stopped (by an exception in its progress callback) after its first shard."""
+    def stop(shard: str, tensor: str, done: int, total: int) -> None:
+        if shard != first:
+            raise KeyboardInterrupt
+
+    first = sorted(p.name for p in model.glob("*.safetensors"))[0]
+    with pytest.raises(KeyboardInterrupt):
+        symprune._C.stream_prune(str(model), str(out), recipe=symprune.Recipe("magnitude", 0.5), progress=stop,
+                                 **options)
+
+
+def test_apply_report_and_job_file(sharded_model_dir: Path, tmp_path: Path) -> None:
+    """A finished apply leaves symprune_report.json (recipe, versions, totals) and no job file; an
+    interrupted one leaves the job file that --resume reads."""
+    out = tmp_path / "out"
+    _interrupted_apply(sharded_model_dir, out)
+    assert (out / ".symprune-apply.json").exists() and not (out / "symprune_report.json").exists()
+    result = symprune.prune_checkpoint(sharded_model_dir, out, method="magnitude", sparsity=0.5, resume=True,
+                                       progress=False)
+    assert result["shards_resumed"] == 1 and not (out / ".symprune-apply.json").exists()
+    report = PruneReport.from_json(out / "symprune_report.json")
+    assert report.command == "apply" and report.recipe["method"] == "magnitude" and report.recipe["sparsity"] == 0.5
+    assert set(report.versions) == {"symprune", "torch", "transformers"}
+    assert report.extra["shards_resumed"] == 1 and 0 < report.overall_sparsity <= 0.5
+    with pytest.raises(ValueError, match="no interrupted run to resume"):
+        symprune.prune_checkpoint(sharded_model_dir, out, method="magnitude", sparsity=0.5, resume=True,
+                                  progress=False)
 
 
 def test_no_fsync_run_resumes_only_within_the_same_boot(sharded_model_dir: Path, tmp_path: Path) -> None:
     """Without fsync, finished shards are safe only while the page cache lives: after a restart
     of the machine (another boot id) resume must refuse them."""
     kwargs: dict = {"method": "magnitude", "sparsity": 0.5, "progress": False, "durable": False}
-    out, reference = tmp_path / "out", tmp_path / "reference"
-    symprune.prune_checkpoint(sharded_model_dir, reference, **kwargs)
-    symprune.prune_checkpoint(sharded_model_dir, out, **kwargs)
+    out = tmp_path / "out"
+    _interrupted_apply(sharded_model_dir, out, durable=False)
     job_path = out / ".symprune-apply.json"
     job = json.loads(job_path.read_text())
     assert job["durable"] is False and job["boot_id"] == Path("/proc/sys/kernel/random/boot_id").read_text()
-    max(out.glob("*.safetensors")).unlink()
     job_path.write_text(json.dumps({**job, "boot_id": "another boot\n"}))
     with pytest.raises(ValueError, match="before the machine restarted"):
         symprune.prune_checkpoint(sharded_model_dir, out, resume=True, **kwargs)
     job_path.write_text(json.dumps(job))
     assert symprune.prune_checkpoint(sharded_model_dir, out, resume=True, **kwargs)["shards_resumed"] >= 1
-    assert folder_bytes(out) == folder_bytes(reference)
 
 
 def test_failure_in_a_later_shard_keeps_the_finished_ones(sharded_model_dir: Path, tmp_path: Path) -> None:

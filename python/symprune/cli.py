@@ -40,6 +40,7 @@ from symprune.evaluate import perplexity
 from symprune.models import ensure_smollm2, load_model, load_tokenizer
 from symprune._C import refinements, score_methods
 from symprune.pipeline import prune_model
+from symprune.report import REPORT_FILE
 
 # The demo's pruning recipe: the best measured at 50 % under the evaluation protocol
 # (docs/quality.md: wanda 62.4, wanda+r2dsnot 65.1, wanda+dsnot 78.7; dense 25.8).
@@ -63,7 +64,7 @@ def _save_atomically(model: Any, tokenizer: Any, report: Any, out_dir: Path) -> 
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        report.to_json(tmp / "report.json")
+        report.to_json(tmp / REPORT_FILE)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{pid}-", dir=out.parent))
             os.rename(out, old / "previous")
@@ -180,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "prune", help="prune a model folder and save the sparse model",
         description="Prune MODEL_DIR and write a loadable Hugging Face folder with a "
-        "report.json to OUT_DIR. Example: symprune prune model/ out/ --method wanda "
+        f"{REPORT_FILE} (recipe, versions, per-layer sparsity, timings) to OUT_DIR. Example: symprune prune model/ out/ --method wanda "
         "--sparsity 0.5 --calib news.txt",
     )
     p.add_argument("model_dir", metavar="MODEL_DIR", help="Hugging Face model folder")

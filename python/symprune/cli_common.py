@@ -19,6 +19,7 @@ from symprune.data import (
     tokenize_file,
     with_bos,
 )
+from symprune.report import REPORT_FILE, PruneReport
 from symprune._C import Recipe, check_output_location, methods, refine_option_keys, refinements, updates
 
 
@@ -76,18 +77,16 @@ def prepare_out_dir(model_dir: Path, out_dir: Path, overwrite: bool) -> None:
         if not overwrite:
             raise CliError(f"OUT_DIR {out_dir} is not empty; pass --overwrite to replace it")
         if not written_by_symprune(dst):
-            raise CliError(f"OUT_DIR {out_dir} is not empty and was not written by symprune (no report.json "
-                           "of a prune, no apply job file); --overwrite replaces only symprune's output folders")
+            raise CliError(f"OUT_DIR {out_dir} is not empty and was not written by symprune (no {REPORT_FILE}, "
+                           "no apply job file); --overwrite replaces only symprune's output folders")
 
 
 def written_by_symprune(folder: Path) -> bool:
-    """A folder that ``symprune prune`` (its report.json) or ``symprune apply`` (its job file) wrote."""
-    from symprune.report import PruneReport
-
+    """A folder that ``prune`` or ``apply`` wrote (its report), or an unfinished ``apply`` (its job file)."""
     if (folder / APPLY_JOB_FILE).is_file():
         return True
     try:
-        PruneReport.from_json(folder / "report.json")
+        PruneReport.from_json(folder / REPORT_FILE)
     except (OSError, ValueError, TypeError, KeyError):
         return False
     return True

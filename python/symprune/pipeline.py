@@ -15,6 +15,7 @@ every Linear is pruned, and the pruned block is re-run to produce the next block
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -37,7 +38,7 @@ from symprune.blocks import (
 from symprune._C import Recipe
 from symprune.owl import owl_plan
 from symprune.permute import absorbing_producers, permute_channels
-from symprune.report import BlockReport, LayerReport, PruneReport
+from symprune.report import BlockReport, LayerReport, PruneReport, software_versions
 
 
 def as_recipe(
@@ -158,6 +159,7 @@ def new_report(recipe: Recipe, windows: Sequence[torch.Tensor]) -> PruneReport:
         group=recipe.group, permute=recipe.permute, refine=recipe.refine, update=recipe.update,
         refine_options=dict(recipe.refine_options), score_options=dict(recipe.score_options),
         nsamples=len(windows), seqlen=max((row.numel() for row in windows), default=0),
+        recipe=json.loads(recipe.to_json()), versions=software_versions(),
     )
 
 

@@ -1,9 +1,14 @@
-"""What a pruning run did, as plain dataclasses that round-trip through JSON."""
+"""What a pruning run did, as plain dataclasses that round-trip through JSON.
+
+One report type for ``prune``, ``calibrate`` and ``apply``, saved as ``symprune_report.json`` in
+the output folder (``calibrate``: beside its statistics file), with the recipe and the versions of
+the software that made the model."""
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -77,6 +82,9 @@ class PruneReport:
     pruned_forward_seconds: float = 0.0
     owl_seconds: float = 0.0  # OWL's dense pass
     peak_rss_mb: float = 0.0
+    command: str = "prune"  # prune, calibrate or apply
+    recipe: dict[str, Any] = field(default_factory=dict)  # Recipe.to_json(), every field
+    versions: dict[str, str] = field(default_factory=dict)  # symprune, torch, transformers
     # Filled by callers that evaluate (the CLI); free-form, e.g. {"pruned": 31.2}.
     perplexity: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -116,10 +124,19 @@ class PruneReport:
         return asdict(self)
 
     def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
-        """Serialise to JSON; also write it to ``path`` when given."""
+        """Serialise to JSON; also write it to ``path`` when given (atomically: a temporary file
+        renamed into place)."""
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
-            Path(path).write_text(text + "\n", encoding="utf-8")
+            target = Path(path)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(text + "\n")
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
         return text
 
     @classmethod
@@ -141,3 +158,21 @@ class PruneReport:
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> PruneReport:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+REPORT_FILE = "symprune_report.json"
+
+
+def software_versions() -> dict[str, str]:
+    """The versions of symprune, torch and transformers (when importable) in this process."""
+    import torch
+
+    import symprune
+
+    versions = {"symprune": symprune.__version__, "torch": torch.__version__}
+    try:
+        import transformers
+    except ImportError:
+        return versions
+    versions["transformers"] = transformers.__version__
+    return versions

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from ._C import Recipe, stream_prune
-from .pipeline import as_recipe
+from .pipeline import as_recipe, new_report, peak_rss_mb
+from .report import REPORT_FILE
 
 
 def prune_checkpoint(
@@ -53,7 +55,8 @@ def prune_checkpoint(
     or a ``torch.device``) prunes on the GPU (pinned host buffers, separate streams for the copies
     and the pruning); files are still read and written by the CPU, and a GPU run resumes only on
     a GPU. Other devices, or cuda where torch has none, raise ValueError before anything is
-    written. Returns the engine's report.
+    written. Returns the engine's report; ``out_dir/symprune_report.json`` records it with the
+    recipe and the software versions, and the job file that allows resuming is removed.
     """
     recipe = as_recipe(recipe, method=method, sparsity=sparsity, nm=nm, group=group, refine=refine,
                        refine_options=refine_options, score_options=score_options)
@@ -68,7 +71,7 @@ def prune_checkpoint(
         bar.update(done - bar.n)
 
     try:
-        return stream_prune(
+        result = stream_prune(
             str(model_dir), str(out_dir), recipe=recipe, stats=None if stats is None else str(stats),
             include=include, resume=resume, overwrite=overwrite, durable=durable, device=str(device),
             progress=report,
@@ -76,3 +79,19 @@ def prune_checkpoint(
     finally:
         if bar is not None:
             bar.close()
+    _write_report(recipe, result, Path(out_dir))
+    return result
+
+
+def _write_report(recipe: Recipe, result: dict[str, Any], out_dir: Path) -> None:
+    """``symprune_report.json`` of a finished run: the recipe, versions and the engine's counts
+    (per tensor only in total: the engine streams tensors, it keeps no per-layer record)."""
+    report = new_report(recipe, [])
+    report.command = "apply"
+    report.total_weights = result["pruned_numel"]
+    report.pruned_weights = result["pruned_zeros"]
+    report.overall_sparsity = result["pruned_zeros"] / result["pruned_numel"] if result["pruned_numel"] else 0.0
+    report.wall_seconds = result["seconds"]
+    report.peak_rss_mb = peak_rss_mb()
+    report.extra = dict(result)
+    report.to_json(out_dir / REPORT_FILE)

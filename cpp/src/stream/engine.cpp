@@ -258,7 +258,7 @@ StreamReport StreamingPruner::run(const fs::path& model_dir, const fs::path& out
   const bool resuming = detail::prepare_output(model_dir, out_dir, options_, plan.job);
   const detail::FolderLock lock(out_dir);
   detail::remove_partials(out_dir);
-  safetensors::write_file_atomically(out_dir / detail::kJobFile, detail::job_file_text(plan.job, false, options_.durable), options_.durable);
+  safetensors::write_file_atomically(out_dir / detail::kJobFile, detail::job_file_text(plan.job, options_.durable), options_.durable);
   Compute compute(options_, plan.largest_pruned_bytes);
 
   StreamReport report;
@@ -290,7 +290,8 @@ StreamReport StreamingPruner::run(const fs::path& model_dir, const fs::path& out
   if (plan.index_json)
     safetensors::write_file_atomically(out_dir / safetensors::kIndexName, *plan.index_json, options_.durable);
   detail::copy_other_files(model_dir, out_dir, options_.durable);
-  safetensors::write_file_atomically(out_dir / detail::kJobFile, detail::job_file_text(plan.job, true, options_.durable), options_.durable);
+  // Finished: the job file (there only to resume) would otherwise ship with the model.
+  detail::remove_job_file(out_dir);
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return report;
 }

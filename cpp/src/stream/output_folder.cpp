@@ -85,8 +85,8 @@ FolderLock::FolderLock(const fs::path& dir) : fd_(::open(dir.c_str(), O_RDONLY |
 
 FolderLock::~FolderLock() { ::close(fd_); }
 
-std::string job_file_text(const std::string& job, bool complete, bool durable) {
-  nlohmann::json text{{"job", nlohmann::json::parse(job)}, {"complete", complete}, {"durable", durable}};
+std::string job_file_text(const std::string& job, bool durable) {
+  nlohmann::json text{{"job", nlohmann::json::parse(job)}, {"durable", durable}};
   if (!durable) text["boot_id"] = boot_id();
   return text.dump(2) + "\n";
 }
@@ -124,6 +124,11 @@ bool prepare_output(const fs::path& model_dir, const fs::path& out_dir, const St
                                                    : ": is not empty") +
                       "; pass --overwrite to replace its contents");
   return false;
+}
+
+void remove_job_file(const fs::path& out_dir) {
+  // Not synced: should a crash bring it back, a --resume finds every shard finished.
+  fs::remove(out_dir / kJobFile);
 }
 
 void remove_partials(const fs::path& out_dir) {

@@ -10,10 +10,10 @@
 
 namespace symprune::detail {
 
-// Describes the run in the output folder: its job (options, statistics, input files), whether
-// it completed, and whether it was durable.
+// Describes an unfinished run in the output folder: its job (options, statistics, input files)
+// and whether it is durable. Removed once the run finishes.
 inline constexpr const char* kJobFile = ".symprune-apply.json";
-std::string job_file_text(const std::string& job, bool complete, bool durable);
+std::string job_file_text(const std::string& job, bool durable);
 
 // Holds an exclusive lock on the output folder so that two runs never write it at once.
 class FolderLock {
@@ -33,6 +33,8 @@ bool prepare_output(const std::filesystem::path& model_dir, const std::filesyste
 
 // Removes the .partial files an interrupted run left.
 void remove_partials(const std::filesystem::path& out_dir);
+// A finished run's job file: removed so that it does not ship with the model.
+void remove_job_file(const std::filesystem::path& out_dir);
 
 // A shard left by an interrupted run is complete if it exists at all (files appear under
 // their final name only once complete) and describes the same tensors as `input`.
