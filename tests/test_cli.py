@@ -271,3 +271,16 @@ def test_console_error_has_no_traceback(tmp_path: Path) -> None:
     assert result.stderr.strip() == (
         f"symprune eval: error: evaluation text not found: {tmp_path / 'missing.txt'}"
     )
+
+
+def test_missing_optional_package_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import symprune.cli as cli
+
+    def needs_gguf() -> None:
+        raise ModuleNotFoundError("No module named 'gguf'", name="gguf")
+
+    monkeypatch.setattr(cli, "ensure_smollm2", needs_gguf)
+    assert main(["demo", "--quiet"]) == 1
+    _one_line_error(capsys, "needs the Python package 'gguf': pip install 'symprune[gguf]'")
