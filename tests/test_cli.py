@@ -284,3 +284,30 @@ def test_missing_optional_package_is_one_line(
     monkeypatch.setattr(cli, "ensure_smollm2", needs_gguf)
     assert main(["demo", "--quiet"]) == 1
     _one_line_error(capsys, "needs the Python package 'gguf': pip install 'symprune[gguf]'")
+
+
+def test_model_may_be_a_hub_id_in_the_local_cache(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An `org/name` that is not a folder is looked up in the Hugging Face cache, offline."""
+    import shutil
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--tiny-org--tiny-llama" / "snapshots" / "0123abcd"
+    shutil.copytree(tiny_model_dir, snapshot)
+    (cache / "models--tiny-org--tiny-llama" / "refs").mkdir()
+    (cache / "models--tiny-org--tiny-llama" / "refs" / "main").write_text("0123abcd")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))  # read at import otherwise
+    monkeypatch.chdir(tmp_path)
+    from symprune.models import resolve_model_dir
+
+    assert resolve_model_dir("tiny-org/tiny-llama") == snapshot
+    out = tmp_path / "out"
+    assert main(["prune", "tiny-org/tiny-llama", str(out), "--method", "magnitude", "--sparsity", "0.5",
+                 "--quiet"]) == 0
+    assert (out / "model.safetensors").exists()
+    capsys.readouterr()
+    assert main(["eval", "tiny-org/not-cached", "--quiet"]) == 1
+    _one_line_error(capsys, "not in the local Hugging Face cache")

@@ -37,7 +37,7 @@ from symprune.checkpoint import CheckpointFolder
 from symprune.cli_stream import add_stream_commands
 from symprune.data import CALIBRATION_FILE, EVALUATION_FILE
 from symprune.evaluate import perplexity
-from symprune.models import ensure_smollm2, load_model, load_tokenizer
+from symprune.models import ensure_smollm2, load_model, load_tokenizer, resolve_model_dir
 from symprune._C import refinements, score_methods
 from symprune.pipeline import prune_model
 from symprune.report import REPORT_FILE
@@ -102,7 +102,7 @@ def _alive(pid: int) -> bool:
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
-    model_dir, out_dir = Path(args.model_dir), Path(args.out_dir)
+    model_dir, out_dir = resolve_model_dir(args.model_dir), Path(args.out_dir)
     prepare_out_dir(model_dir, out_dir, args.overwrite)
     # Data-free recipes (magnitude, symmetric) read no calibration text and run no forwards.
     calib = None if args.recipe.data_free else calibration_file(args)
@@ -132,7 +132,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    model_dir = Path(args.model_dir)
+    model_dir = resolve_model_dir(args.model_dir)
     text = evaluation_file(args.text)
     tokenizer = load_tokenizer(model_dir)
     windows = load_eval_windows(text, tokenizer, args.nwindows, args.seqlen, args.bos)
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"{REPORT_FILE} (recipe, versions, per-layer sparsity, timings) to OUT_DIR. Example: symprune prune model/ out/ --method wanda "
         "--sparsity 0.5 --calib news.txt",
     )
-    p.add_argument("model_dir", metavar="MODEL_DIR", help="Hugging Face model folder")
+    p.add_argument("model_dir", metavar="MODEL", help="Hugging Face model folder, or a Hub id in the local cache")
     p.add_argument("out_dir", metavar="OUT_DIR", help="where the pruned folder goes")
     add_pruning_options(p)
     p.add_argument("--permute", action="store_true",
@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Perplexity = exp(mean cross-entropy) over the first NWINDOWS "
         "non-overlapping windows of SEQLEN tokens of the text (tokenized once, no special tokens).",
     )
-    e.add_argument("model_dir", metavar="MODEL_DIR", help="Hugging Face model folder")
+    e.add_argument("model_dir", metavar="MODEL", help="Hugging Face model folder, or a Hub id in the local cache")
     add_text_option(e, "--text", "evaluation", EVALUATION_FILE)
     e.add_argument("--nwindows", type=positive, default=32, help="windows (32)")
     e.add_argument("--seqlen", type=positive, default=512, help="tokens per window (512)")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from symprune._C import check_output_location
+from symprune.models import resolve_model_dir
 from symprune.cli_common import (
     CliError,
     add_bos,
@@ -25,7 +26,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     from symprune.calibrate import calibrate
     from symprune.models import load_tokenizer
 
-    model_dir, out = Path(args.model_dir), Path(args.out)
+    model_dir, out = resolve_model_dir(args.model_dir), Path(args.out)
     calib = calibration_file(args)
     check_output_location(str(model_dir), str(out))
     if out.exists() and not args.overwrite:
@@ -49,7 +50,7 @@ def cmd_apply(args: argparse.Namespace) -> None:
 
     stats = existing_file(args.stats, "statistics file") if args.stats else None
     report = prune_checkpoint(
-        args.model_dir, args.out_dir, args.recipe, stats=stats, include=args.include, resume=args.resume, overwrite=args.overwrite,
+        resolve_model_dir(args.model_dir), args.out_dir, args.recipe, stats=stats, include=args.include, resume=args.resume, overwrite=args.overwrite,
         durable=not args.no_fsync, device=args.device, progress=not args.quiet,
     )
     _print_apply_report(report)

@@ -126,6 +126,22 @@ def ensure_smollm2(model_dir: str | os.PathLike[str] | None = None) -> Path:
     return convert_gguf(find_smollm2_gguf(), out)
 
 
+def resolve_model_dir(name: str | os.PathLike[str]) -> Path:
+    """A model folder, or a Hugging Face Hub id (``org/name``) resolved from the local Hugging
+    Face cache as transformers does offline; ValueError when it is neither."""
+    path = Path(name)
+    if path.exists() or "/" not in str(name) or str(name).count("/") != 1 or str(name).startswith((".", "/")):
+        return path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(str(name), local_files_only=True))
+    except (LocalEntryNotFoundError, HFValidationError, OSError) as err:
+        raise ValueError(f"{name}: no such model folder, and not in the local Hugging Face cache "
+                         f"(download it first: `hf download {name}`)") from err
+
+
 def _check_model_dir(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if not p.is_dir():
