@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import signal
@@ -41,6 +42,8 @@ from symprune.models import ensure_smollm2, load_model, load_tokenizer, resolve_
 from symprune._C import refinements, score_methods
 from symprune.pipeline import prune_model
 from symprune.report import REPORT_FILE
+
+log = logging.getLogger("symprune")
 
 # The demo's pruning recipe: the best measured at 50 % under the evaluation protocol
 # (docs/quality.md: wanda 62.4, wanda+r2dsnot 65.1, wanda+dsnot 78.7; dense 25.8).
@@ -128,7 +131,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
                             eval_seqlen=args.eval_seqlen)
     _save_atomically(model, tokenizer, report, out_dir)
     print(report.summary())
-    print(f"wrote {out_dir}")
+    log.info("wrote %s", out_dir)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -145,7 +148,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     calib, text = calibration_file(args), evaluation_file(args.text)
-    print("preparing SmolLM2-135M-Instruct (converted from GGUF on first use, ~1 min)")
+    log.info("preparing SmolLM2-135M-Instruct (converted from GGUF on first use, ~1 min)")
     model_dir = ensure_smollm2()
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir, device=args.device)
@@ -252,6 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"symprune {args.command}: error: {err}", file=sys.stderr)
         return 2
+    # Results go to stdout; messages (what was written, what is being prepared) through logging to
+    # stderr, silenced by --quiet together with the progress bars.
+    logging.basicConfig(format="%(message)s", level=logging.WARNING if args.quiet else logging.INFO)
     if args.quiet:
         from transformers.utils import logging as hf_logging
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from symprune.cli_common import (
     existing_file,
     load_calib_windows,
 )
+
+log = logging.getLogger("symprune")
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
@@ -42,7 +45,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     print(f"statistics of {layers} Linear layers over {result.metadata['tokens']} tokens "
           f"({result.metadata['propagation']}) in {result.seconds:.1f} s, peak RSS "
           f"{result.peak_rss_mb:.0f} MB")
-    print(f"wrote {out}")
+    log.info("wrote %s", out)
 
 
 def cmd_apply(args: argparse.Namespace) -> None:
@@ -54,7 +57,7 @@ def cmd_apply(args: argparse.Namespace) -> None:
         durable=not args.no_fsync, device=args.device, progress=not args.quiet,
     )
     _print_apply_report(report)
-    print(f"wrote {args.out_dir}")
+    log.info("wrote %s", args.out_dir)
 
 
 def _print_apply_report(report: dict[str, Any]) -> None:
