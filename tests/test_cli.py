@@ -205,7 +205,8 @@ def test_prune_keeps_the_checkpoint_dtype(
         (["--sparsity", "0.5", "--owl-m", "3"], "owl options given without owl", 2),
         (["--sparsity", "0.5", "--owl", "--owl-lambda", "-1"], "lambda must be >= 0", 2),
         # Bad data: exit 1.
-        (["--sparsity", "0.5", "--nsamples", "2", "--seqlen", "100000"], "too short", 1),
+        (["--sparsity", "0.5", "--nsamples", "2", "--seqlen", "100000"], "exceeds the model's context of 256", 1),
+        (["--sparsity", "0.5", "--seqlen", "256", "--bos"], "--seqlen 256 + BOS exceeds the model's context", 1),
     ],
 )
 def test_prune_errors_are_one_line(
@@ -257,8 +258,10 @@ def test_eval_prints_perplexity(
     assert main([*args, "--bos"]) == 0  # the byte tokenizer has a BOS token
     assert main([*args, "--device", "cpu"]) == 0
     assert main(["eval", str(tiny_model_dir), "--text", str(text_files[1]), "--nwindows",
-                 "1000", "--quiet"]) == 1
+                 "100000", "--seqlen", "64", "--quiet"]) == 1
     _one_line_error(capsys, "evaluation text too short")
+    assert main(["eval", str(tiny_model_dir), "--text", str(text_files[1]), "--quiet"]) == 1
+    _one_line_error(capsys, "--seqlen 512 exceeds the model's context of 256 tokens")
 
 
 def test_console_error_has_no_traceback(tmp_path: Path) -> None:
@@ -269,7 +272,7 @@ def test_console_error_has_no_traceback(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        f"symprune eval: error: evaluation text not found: {tmp_path / 'missing.txt'}"
+        f"symprune eval: error: {tmp_path} is not a Hugging Face model folder (no config.json)"
     )
 
 

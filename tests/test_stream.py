@@ -508,7 +508,7 @@ def test_calibrate_cli_refuses_bad_requests(
 ) -> None:
     out = tmp_path / "stats.safetensors"
     out.write_bytes(b"precious")
-    base = ["calibrate", str(tiny_model_dir), "--calib", str(text_files[0]), "--quiet"]
+    base = ["calibrate", str(tiny_model_dir), "--calib", str(text_files[0]), "--seqlen", "32", "--quiet"]
     cases = [  # (arguments, message, exit status: 2 for an invalid recipe)
         ([*base, "--out", str(out)], "exists; pass --overwrite", 1),
         ([*base, "--out", str(tmp_path / "s2"), "--sparsity", "0.5"], "need --method", 2),

@@ -26,6 +26,7 @@ from symprune.cli_common import (
     add_pruning_options,
     add_text_option,
     calibration_file,
+    check_context,
     evaluation_file,
     existing_file,
     load_calib_windows,
@@ -111,6 +112,10 @@ def cmd_prune(args: argparse.Namespace) -> None:
     calib = None if args.recipe.data_free else calibration_file(args)
     eval_text = existing_file(args.eval, "evaluation text") if args.eval else None
 
+    if calib is not None:
+        check_context(model_dir, "--seqlen", args.seqlen, args.bos)
+    if eval_text is not None:
+        check_context(model_dir, "--eval-seqlen", args.eval_seqlen, args.bos)
     tokenizer = load_tokenizer(model_dir)
     out_dtype = CheckpointFolder(model_dir).dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     model = load_model(model_dir, device=args.device)  # fp32: statistics and solves in full precision
@@ -137,6 +142,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     model_dir = resolve_model_dir(args.model_dir)
     text = evaluation_file(args.text)
+    check_context(model_dir, "--seqlen", args.seqlen, args.bos)
     tokenizer = load_tokenizer(model_dir)
     windows = load_eval_windows(text, tokenizer, args.nwindows, args.seqlen, args.bos)
     model = load_model(model_dir, device=args.device)

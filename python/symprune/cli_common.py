@@ -100,6 +100,20 @@ def windows_with_bos(windows: torch.Tensor, tokenizer: Any, bos: bool) -> torch.
     return with_bos(windows, tokenizer.bos_token_id)
 
 
+def check_context(model_dir: Path, flag: str, seqlen: int, bos: bool) -> None:
+    """Refuse windows longer than the model's context (its config's max_position_embeddings):
+    past it, some models fail (OPT's position table), others silently extrapolate."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    config = getattr(config, "text_config", None) or config
+    limit = next((getattr(config, key) for key in ("max_position_embeddings", "n_positions", "max_sequence_length")
+                  if isinstance(getattr(config, key, None), int)), None)
+    tokens = seqlen + int(bos)
+    if limit is not None and tokens > limit:
+        raise CliError(f"{flag} {seqlen}{' + BOS' if bos else ''} exceeds the model's context of {limit} tokens")
+
+
 def load_eval_windows(path: Path, tokenizer: Any, nwindows: int, seqlen: int, bos: bool) -> torch.Tensor:
     return windows_with_bos(
         evaluation_windows(tokenize_file(path, tokenizer), nwindows, seqlen), tokenizer, bos

@@ -18,6 +18,7 @@ from symprune.cli_common import (
     add_device,
     add_pruning_options,
     calibration_file,
+    check_context,
     existing_file,
     load_calib_windows,
 )
@@ -32,6 +33,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     model_dir, out = resolve_model_dir(args.model_dir), Path(args.out)
     calib = calibration_file(args)
     check_output_location(str(model_dir), str(out))
+    check_context(model_dir, "--seqlen", args.seqlen, args.bos)
     if out.exists() and not args.overwrite:
         raise CliError(f"{out} exists; pass --overwrite to replace it")
     if not out.parent.is_dir():
@@ -53,7 +55,7 @@ def cmd_apply(args: argparse.Namespace) -> None:
 
     stats = existing_file(args.stats, "statistics file") if args.stats else None
     report = prune_checkpoint(
-        resolve_model_dir(args.model_dir), args.out_dir, args.recipe, stats=stats, include=args.include, resume=args.resume, overwrite=args.overwrite,
+        resolve_model_dir(args.model_dir, require_config=False), args.out_dir, args.recipe, stats=stats, include=args.include, resume=args.resume, overwrite=args.overwrite,
         durable=not args.no_fsync, device=args.device, progress=not args.quiet,
     )
     _print_apply_report(report)

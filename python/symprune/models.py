@@ -126,17 +126,21 @@ def ensure_smollm2(model_dir: str | os.PathLike[str] | None = None) -> Path:
     return convert_gguf(find_smollm2_gguf(), out)
 
 
-def resolve_model_dir(name: str | os.PathLike[str]) -> Path:
-    """A model folder, or a Hugging Face Hub id (``org/name``) resolved from the local Hugging
-    Face cache as transformers does offline; ValueError when it is neither."""
+def resolve_model_dir(name: str | os.PathLike[str], *, require_config: bool = True) -> Path:
+    """A model folder (with a config.json), or a Hugging Face Hub id (``org/name``) resolved from
+    the local Hugging Face cache as transformers does offline; ValueError when it is neither.
+    ``require_config=False``: any folder (``apply`` prunes folders of tensors too)."""
     path = Path(name)
-    if path.exists() or "/" not in str(name) or str(name).count("/") != 1 or str(name).startswith((".", "/")):
+    text = str(name)
+    if path.is_dir() and not require_config:
         return path
+    if path.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")):
+        return _check_model_dir(path)
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(str(name), local_files_only=True))
+        return _check_model_dir(snapshot_download(text, local_files_only=True))
     except (LocalEntryNotFoundError, HFValidationError, OSError) as err:
         raise ValueError(f"{name}: no such model folder, and not in the local Hugging Face cache "
                          f"(download it first: `hf download {name}`)") from err
