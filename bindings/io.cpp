@@ -36,8 +36,10 @@ c10::Device parse_device(const std::string& name) {
 
 py::dict stream_prune(const std::string& model_dir, const std::string& out_dir, const Recipe& recipe,
                       const std::optional<std::string>& stats, const std::optional<std::string>& include, bool resume,
-                      bool overwrite, bool durable, const std::string& device, const py::object& progress) {
+                      bool overwrite, bool durable, const std::string& device, const py::object& progress,
+                      bool allow_other_recipe) {
   StreamOptions options;
+  options.allow_other_recipe = allow_other_recipe;
   options.recipe = recipe;
   if (stats) options.stats = *stats;
   options.include = include;
@@ -91,7 +93,7 @@ void bind_io(py::module_& m) {
   m.def("stream_prune", &stream_prune, py::arg("model_dir"), py::arg("out_dir"), py::kw_only(), py::arg("recipe"),
         py::arg("stats") = py::none(), py::arg("include") = py::none(), py::arg("resume") = false,
         py::arg("overwrite") = false, py::arg("durable") = true, py::arg("device") = "cpu",
-        py::arg("progress") = py::none(),
+        py::arg("progress") = py::none(), py::arg("allow_other_recipe") = false,
         "Prunes a safetensors checkpoint folder tensor by tensor into out_dir (see symprune::StreamingPruner).");
 }
 

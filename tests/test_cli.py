@@ -129,7 +129,7 @@ def test_prune_cleans_up_after_sigterm_and_killed_runs(
     assert [p.name.startswith(f".out.tmp-{proc.pid}-") for p in tmp_path.iterdir()] == [True]
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM and "terminated" in err, err
+    assert proc.returncode == 128 + signal.SIGTERM and "terminated (SIGTERM)" in err, err
     assert list(tmp_path.iterdir()) == []  # its own temporary folder is gone too
     assert main(_prune_args(tiny_model_dir, out, text_files[0], "--sparsity", "0.5")) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

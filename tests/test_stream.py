@@ -605,3 +605,27 @@ def test_calibrate_refuses_permute(tiny_model_dir: Path) -> None:
     with pytest.raises(ValueError, match="permutes channels"):
         symprune.calibrate(tiny_model_dir, torch.zeros(1, 8, dtype=torch.long),
                            prune=symprune.Recipe("ria", nm=(2, 4), permute=True))
+
+
+def test_apply_refuses_statistics_of_another_recipe(
+    tiny_model_dir: Path, text_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Statistics propagated through a wanda 2:4 model are refused for ria 60% (the weights would not
+    be those prune writes) unless --allow-other-recipe; dense statistics serve any recipe."""
+    calib = ["--calib", str(text_files[0]), "--nsamples", "2", "--seqlen", "32", "--quiet"]
+    pruned, dense = tmp_path / "pruned.safetensors", tmp_path / "dense.safetensors"
+    assert main(["calibrate", str(tiny_model_dir), "--out", str(pruned), "--method", "wanda", "--nm", "2:4", *calib]) == 0
+    assert main(["calibrate", str(tiny_model_dir), "--out", str(dense), *calib]) == 0
+    assert symprune.Recipe("wanda", nm=(2, 4)).to_json() == \
+        symprune.safetensors_header(str(pruned))["metadata"]["recipe"]
+    other = ["--method", "ria", "--sparsity", "0.6", "--quiet"]
+    capsys.readouterr()
+    assert main(["apply", str(tiny_model_dir), str(tmp_path / "a"), "--stats", str(pruned), *other]) == 1
+    err = capsys.readouterr().err
+    assert "calibrated through another recipe (pruned: wanda 2:4)" in err and "--allow-other-recipe" in err, err
+    assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
+    assert main(["apply", str(tiny_model_dir), str(tmp_path / "b"), "--stats", str(pruned), *other,
+                 "--allow-other-recipe"]) == 0
+    assert main(["apply", str(tiny_model_dir), str(tmp_path / "c"), "--stats", str(pruned), "--method", "wanda",
+                 "--nm", "2:4", "--quiet"]) == 0
+    assert main(["apply", str(tiny_model_dir), str(tmp_path / "d"), "--stats", str(dense), *other]) == 0

@@ -149,6 +149,8 @@ def calibrate(
         seqlen=str(max(row.numel() for row in windows)),
         propagation="dense" if prune is None else f"pruned: {prune.describe()}",
     )
+    if prune is not None:  # apply refuses these statistics for another recipe
+        result.metadata["recipe"] = prune.to_json()
     result.seconds = time.perf_counter() - start
     result.peak_rss_mb = peak_rss_mb()
     return result

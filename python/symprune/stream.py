@@ -37,6 +37,7 @@ def prune_checkpoint(
     durable: bool = True,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    allow_other_recipe: bool = False,
 ) -> dict[str, Any]:
     """Write a pruned copy of the checkpoint in ``model_dir`` to ``out_dir``.
 
@@ -55,7 +56,8 @@ def prune_checkpoint(
     or a ``torch.device``) prunes on the GPU (pinned host buffers, separate streams for the copies
     and the pruning); files are still read and written by the CPU, and a GPU run resumes only on
     a GPU. Other devices, or cuda where torch has none, raise ValueError before anything is
-    written. Returns the engine's report; ``out_dir/symprune_report.json`` records it with the
+    written. Statistics that ``calibrate`` propagated through a pruned model record its recipe and
+    are refused for another one unless ``allow_other_recipe``. Returns the engine's report; ``out_dir/symprune_report.json`` records it with the
     recipe and the software versions, and the job file that allows resuming is removed.
     """
     recipe = as_recipe(recipe, method=method, sparsity=sparsity, nm=nm, group=group, refine=refine,
@@ -74,7 +76,7 @@ def prune_checkpoint(
         result = stream_prune(
             str(model_dir), str(out_dir), recipe=recipe, stats=None if stats is None else str(stats),
             include=include, resume=resume, overwrite=overwrite, durable=durable, device=str(device),
-            progress=report,
+            progress=report, allow_other_recipe=allow_other_recipe,
         )
     finally:
         if bar is not None:

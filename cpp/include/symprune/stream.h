@@ -42,6 +42,9 @@ struct SYMPRUNE_API StreamOptions {
   // Regular expression (ECMAScript, searched) over tensor names of the weights to prune; without
   // statistics it defaults to kDefaultInclude.
   std::optional<std::string> include;
+  // Statistics calibrated through a pruned model record its recipe; by default they are refused
+  // for another recipe (the weights would not be those `symprune prune` writes). true: use them.
+  bool allow_other_recipe = false;
   bool resume = false;     // keep the finished shards of an interrupted run of the same job
   bool overwrite = false;  // allow a non-empty output folder
   // fsync every output file before renaming it into place. false is faster where fsync is

@@ -71,6 +71,21 @@ void require(const at::Tensor& t, const std::string& weight, const char* stat, i
          (std::string_view(stat) == "in_var" ? "variance" : "norm") + " cannot have");
 }
 
+// Statistics propagated through a pruned model were made for its recipe: refuse them for another.
+void check_stats_recipe(const StreamOptions& options) {
+  const safetensors::Reader reader(options.stats);
+  const auto& metadata = reader.header().metadata;
+  const auto recorded = metadata.find("recipe");
+  if (recorded == metadata.end() || options.allow_other_recipe) return;
+  const std::string wanted = options.recipe.to_json();
+  if (nlohmann::json::parse(recorded->second, nullptr, false) == nlohmann::json::parse(wanted)) return;
+  const auto propagation = metadata.find("propagation");
+  fail(options.stats.string() + ": calibrated through another recipe (" +
+       (propagation == metadata.end() ? recorded->second : propagation->second) + ") than '" +
+       options.recipe.describe() + "'; calibrate again with this recipe, or pass --allow-other-recipe "
+       "(StreamOptions::allow_other_recipe) to use them anyway");
+}
+
 // Checks that the index names every tensor of every shard, and nothing else.
 void check_index(const std::string& text, const std::vector<ShardPlan>& shards, const fs::path& index) {
   const auto weight_map = nlohmann::json::parse(text)["weight_map"];
@@ -128,6 +143,7 @@ StreamPlan plan_stream(const StreamOptions& options, const fs::path& model_dir) 
   std::map<std::string, LayerStats> stats;
   if (!options.stats.empty()) {
     stats = load_stats(options.stats);
+    check_stats_recipe(options);
   } else if (needs_in || needs_out) {
     throw ValueError("recipe '" + recipe.describe() +
                      "' needs activation statistics: run `symprune calibrate` and pass them with --stats");
