@@ -1,5 +1,6 @@
 #include "stream/plan.h"
 
+#include "core/checks.h"
 #include "io/tensor_view.h"
 
 #include <nlohmann/json.hpp>
@@ -8,6 +9,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/isfinite.h>
 
+#include <algorithm>
 #include <array>
 #include <map>
 #include <regex>
@@ -69,6 +71,28 @@ void require(const at::Tensor& t, const std::string& weight, const char* stat, i
   if (std::string_view(stat) != "in_mean" && (t < 0).any().item<bool>())
     fail(stats_path.string() + ": '" + weight + "." + stat + "' has negative entries, which a " +
          (std::string_view(stat) == "in_var" ? "variance" : "norm") + " cannot have");
+}
+
+// Every weight to prune is finite, checked before anything is written: one read of the mapping, a
+// block of rows at a time, its pages dropped afterwards.
+void check_weights_finite(const StreamPlan& plan, const fs::path& model_dir) {
+  for (const auto& shard : plan.shards) {
+    const auto& tensors = shard.reader.header().tensors;
+    for (const auto& job : shard.jobs) {
+      if (!job.prune) continue;
+      const TensorInfo& info = tensors[job.tensor];
+      const auto weight = detail::tensor_view(shard.reader, info);
+      if (!detail::is_supported_float(weight.scalar_type())) continue;  // refused with its dtype later
+      const int64_t step = std::max<int64_t>(1, (int64_t{1} << 22) / std::max<int64_t>(weight.size(1), 1));
+      bool finite = true;
+      for (int64_t r = 0; finite && r < weight.size(0); r += step)
+        finite = at::isfinite(weight.narrow(0, r, std::min(step, weight.size(0) - r))).all().item<bool>();
+      shard.reader.release(info);
+      if (!finite)
+        throw ValueError((model_dir / shard.name).string() + ": tensor '" + info.name +
+                         "': holds NaN or Inf; refused before anything was written");
+    }
+  }
 }
 
 // Statistics propagated through a pruned model were made for its recipe: refuse them for another.
@@ -192,6 +216,7 @@ StreamPlan plan_stream(const StreamOptions& options, const fs::path& model_dir) 
       shard.jobs.push_back(std::move(job));
     }
   }
+  check_weights_finite(plan, model_dir);
   for (const auto& [name, s] : stats)
     if (!used.count(name))
       fail(options.stats.string() + ": has statistics for '" + name +
