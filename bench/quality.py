@@ -134,7 +134,7 @@ def write_report(rows: list[dict[str, Any]], grid_size: int, model: str, out_md:
         "2-core CPU). `prune s` is the whole sequential pipeline; `× dense fwd` divides it by the time "
         "of one dense forward of the calibration set through all blocks."),
         "",
-        (f"{len(rows)} of the grid's {grid_size} configurations (dense; 7 scorers, 6 refined variants, 6 with weight reconstruction and OWL "
+        (f"{len(rows)} of the grid's {grid_size} configurations (dense; 7 scorers, 6 refined variants, 6 with weight reconstruction, OWL and RIA's deployable permutation "
         "at 50 %, 60 % and 2:4) are measured"
         + ("; rerunning the command resumes the rest" if len(rows) < grid_size else "")
         + ". Times depend on what else ran on the machine: runs shared it with test suites, builds"
