@@ -81,6 +81,7 @@ void bind_io(py::module_& m) {
         "Tensors of a safetensors file (all, or those named), copied out of the file.");
   m.def("save_safetensors", &save_tensors, py::arg("path"), py::arg("tensors"), py::arg("metadata") = py::dict(),
         "Writes tensors to a safetensors file atomically (temporary name, fsync, rename).");
+  m.attr("APPLY_JOB_FILE") = kApplyJobFile;
   m.def("check_output_location",
         [](const std::string& input, const std::string& output) { check_output_location(input, output); },
         py::arg("input"), py::arg("output"),

@@ -93,6 +93,8 @@ void bind_recipe(py::module_& m) {
                              })
       .def("at_sparsity", &Recipe::at_sparsity, py::arg("sparsity"),
            "This recipe at another sparsity and without OWL: what one block is pruned with under OWL.")
+      .def("without_permute", &Recipe::without_permute,
+           "This recipe without the channel permutation: the plain N:M mask.")
       .def_readonly("sparsity", &Recipe::sparsity)
       .def_property_readonly("nm",
                              [](const Recipe& r) -> std::optional<std::tuple<int64_t, int64_t>> {

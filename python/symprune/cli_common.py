@@ -20,11 +20,7 @@ from symprune.data import (
     with_bos,
 )
 from symprune.report import REPORT_FILE, PruneReport
-from symprune._C import Recipe, check_output_location, methods, refine_option_keys, refinements, updates
-
-
-# The job file `symprune apply` keeps in its output folder (symprune::StreamingPruner).
-APPLY_JOB_FILE = ".symprune-apply.json"
+from symprune._C import APPLY_JOB_FILE, Recipe, check_output_location, methods, refine_option_keys, refinements, updates
 
 
 class CliError(Exception):

@@ -251,12 +251,6 @@ def prune_model(
     return report
 
 
-def _without_permute(recipe: Recipe) -> Recipe:
-    """``recipe`` for the Linears that cannot absorb a permutation: the same N:M mask, unpermuted."""
-    return Recipe(recipe.method, nm=recipe.nm, score_options=dict(recipe.score_options), update=recipe.update,
-                  update_options={"percdamp": recipe.percdamp} if recipe.update else None)
-
-
 def prune_linears(
     index: int, block: nn.Module, recipe: Recipe, block_name: str, report: PruneReport,
     stats: dict[str, LinearStats] | None = None,
@@ -267,7 +261,7 @@ def prune_linears(
     linears = block_linears(block)
     # With permute, only Linears whose producers absorb the permutation use it (permute.py).
     absorbing = absorbing_producers(block) if recipe.permute else {}
-    unpermuted = _without_permute(recipe) if recipe.permute else recipe
+    unpermuted = recipe.without_permute() if recipe.permute else recipe
     permutations: dict[str, torch.Tensor] = {}
     for name, layer in linears.items():
         weight = layer.weight.detach()

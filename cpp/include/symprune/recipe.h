@@ -90,6 +90,9 @@ struct SYMPRUNE_API Recipe {
 
   // This recipe at another sparsity and without OWL: what one block is pruned with under OWL.
   Recipe at_sparsity(double block_sparsity) const;
+  // This recipe without the channel permutation: the plain N:M mask, for a Linear whose inputs'
+  // producers cannot absorb a permutation.
+  Recipe without_permute() const;
 
   // Options that differ from their defaults, by key (the keys make_recipe accepts).
   Options score_option_values() const;

@@ -23,6 +23,10 @@
 
 namespace symprune {
 
+// The job file an unfinished run keeps in its output folder (what --resume reads); a finished
+// run removes it.
+inline constexpr const char* kApplyJobFile = ".symprune-apply.json";
+
 // Without statistics, data-free methods prune the 2-D weights of the decoder blocks.
 inline constexpr const char* kDefaultInclude = R"((^|\.)(layers|h|blocks)\.[0-9]+\..*\.weight$)";
 

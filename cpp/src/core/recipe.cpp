@@ -338,6 +338,13 @@ Recipe Recipe::at_sparsity(double block_sparsity) const {
   return block;
 }
 
+Recipe Recipe::without_permute() const {
+  Recipe plain = *this;
+  plain.permute = false;
+  plain.validate();
+  return plain;
+}
+
 std::map<std::string, OptionValue> Recipe::score_option_values() const {
   const ScoreOptions defaults;
   const Recipe recipe_defaults;

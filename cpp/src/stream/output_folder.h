@@ -12,7 +12,7 @@ namespace symprune::detail {
 
 // Describes an unfinished run in the output folder: its job (options, statistics, input files)
 // and whether it is durable. Removed once the run finishes.
-inline constexpr const char* kJobFile = ".symprune-apply.json";
+inline constexpr const char* kJobFile = kApplyJobFile;
 std::string job_file_text(const std::string& job, bool durable);
 
 // Holds an exclusive lock on the output folder so that two runs never write it at once.

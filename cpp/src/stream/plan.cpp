@@ -38,13 +38,29 @@ at::Tensor& slot(LayerStats& stats, const std::string& stat) {
   return stats.out_norm;
 }
 
-// Statistics per weight name from a file written by `symprune calibrate`.
-std::map<std::string, LayerStats> load_stats(const fs::path& path) {
+// Statistics propagated through a pruned model were made for its recipe: refuse them for another.
+void check_stats_recipe(const std::map<std::string, std::string>& metadata, const StreamOptions& options) {
+  const auto recorded = metadata.find("recipe");
+  if (recorded == metadata.end() || options.allow_other_recipe) return;
+  if (nlohmann::json::parse(recorded->second, nullptr, false) == nlohmann::json::parse(options.recipe.to_json()))
+    return;
+  const auto propagation = metadata.find("propagation");
+  fail(options.stats.string() + ": calibrated through another recipe (" +
+       (propagation == metadata.end() ? recorded->second : propagation->second) + ") than '" +
+       options.recipe.describe() + "'; calibrate again with this recipe, or pass --allow-other-recipe "
+       "(StreamOptions::allow_other_recipe) to use them anyway");
+}
+
+// Statistics per weight name from the file written by `symprune calibrate` that `options` names,
+// made for its recipe.
+std::map<std::string, LayerStats> load_stats(const StreamOptions& options) {
+  const fs::path& path = options.stats;
   const safetensors::Reader reader(path);
   const auto& header = reader.header();
   const auto format = header.metadata.find("format");
   if (format == header.metadata.end() || format->second != "symprune-stats")
     fail(path.string() + ": not a symprune statistics file (its metadata lacks format=symprune-stats)");
+  check_stats_recipe(header.metadata, options);
   std::map<std::string, LayerStats> stats;
   for (const auto& info : header.tensors) {
     const auto dot = info.name.rfind('.');
@@ -93,21 +109,6 @@ void check_weights_finite(const StreamPlan& plan, const fs::path& model_dir) {
                          "': holds NaN or Inf; refused before anything was written");
     }
   }
-}
-
-// Statistics propagated through a pruned model were made for its recipe: refuse them for another.
-void check_stats_recipe(const StreamOptions& options) {
-  const safetensors::Reader reader(options.stats);
-  const auto& metadata = reader.header().metadata;
-  const auto recorded = metadata.find("recipe");
-  if (recorded == metadata.end() || options.allow_other_recipe) return;
-  const std::string wanted = options.recipe.to_json();
-  if (nlohmann::json::parse(recorded->second, nullptr, false) == nlohmann::json::parse(wanted)) return;
-  const auto propagation = metadata.find("propagation");
-  fail(options.stats.string() + ": calibrated through another recipe (" +
-       (propagation == metadata.end() ? recorded->second : propagation->second) + ") than '" +
-       options.recipe.describe() + "'; calibrate again with this recipe, or pass --allow-other-recipe "
-       "(StreamOptions::allow_other_recipe) to use them anyway");
 }
 
 // Checks that the index names every tensor of every shard, and nothing else.
@@ -166,8 +167,7 @@ StreamPlan plan_stream(const StreamOptions& options, const fs::path& model_dir) 
   const bool needs_out = recipe.needs_output_stats();
   std::map<std::string, LayerStats> stats;
   if (!options.stats.empty()) {
-    stats = load_stats(options.stats);
-    check_stats_recipe(options);
+    stats = load_stats(options);
   } else if (needs_in || needs_out) {
     throw ValueError("recipe '" + recipe.describe() +
                      "' needs activation statistics: run `symprune calibrate` and pass them with --stats");
