@@ -23,9 +23,11 @@ from protocol import MODELS, ROOT, load_results, run_all, run_key
 
 SCORERS = ["magnitude", "wanda", "ria", "stochria", "symwanda", "owanda", "symmetric"]
 REFINED = [("wanda", "dsnot"), ("ria", "dsnot"), ("wanda", "r2dsnot"), ("ria", "r2dsnot")]
-# DSnoT refining every layer (skip=none): dsnot's default before it followed DSnoT's code
-# (attention only).
-REFINED_ALL_LAYERS = [("wanda", "dsnot"), ("ria", "dsnot")]
+# The other layer choice of each refiner: DSnoT on every layer (skip=none; its default follows
+# DSnoT's code, attention only), R²-DSnoT on attention only (skip=mlp; its default is every layer).
+REFINED_OTHER_LAYERS = [("wanda", "dsnot", None), ("ria", "dsnot", None),
+                        ("wanda", "r2dsnot", "mlp"), ("ria", "r2dsnot", "mlp")]
+SKIP_LABELS = {None: " (all layers)", "mlp": " (attention only)"}
 # Weight reconstruction: (method, refine, update).
 RECONSTRUCTED = [("sparsegpt", None, None), ("wanda", None, "refit"), ("ria", None, "refit"),
                  ("ria", "r2dsnot", "refit"), ("sparsegpt", None, "refit"), ("admm", None, None)]
@@ -38,13 +40,13 @@ PATTERN_ORDER = ["50%", "60%", "2:4"]  # as pattern_of() writes them
 
 
 def config_for(method: str, refine: str | None, pattern: str, update: str | None = None,
-               owl: bool = False, all_layers: bool = False, permute: bool = False) -> dict[str, Any]:
+               owl: bool = False, skip: str | None = "default", permute: bool = False) -> dict[str, Any]:
     config: dict[str, Any] = {"method": method}
     config.update({"nm": pattern} if ":" in pattern else {"sparsity": float(pattern)})
     if refine:
         config["refine"] = refine
-    if all_layers:
-        config["refine_options"] = {"skip": None}
+    if refine and skip != "default":  # only a non-default choice is recorded, so old rows keep their keys
+        config["refine_options"] = {"skip": skip}
     if update:
         config["update"] = update
     if owl:
@@ -55,9 +57,8 @@ def config_for(method: str, refine: str | None, pattern: str, update: str | None
 
 
 def label(config: dict[str, Any]) -> str:
-    all_layers = "skip" in config.get("refine_options", {}) and config["refine_options"]["skip"] is None
-    return (config["method"] + (f"+{config['refine']}" if "refine" in config else "")
-            + (" (all layers)" if all_layers else "")
+    layers = SKIP_LABELS[config["refine_options"]["skip"]] if "skip" in config.get("refine_options", {}) else ""
+    return (config["method"] + (f"+{config['refine']}" if "refine" in config else "") + layers
             + (f"+{config['update']}" if "update" in config else "") + ("+owl" if config.get("owl") else "") + ("+permute" if config.get("permute") else ""))
 
 
@@ -112,7 +113,7 @@ def grid(patterns: list[str], model: str) -> list[dict[str, Any]]:
     for pattern in patterns:
         configs += [config_for(m, None, pattern) for m in SCORERS]
         configs += [config_for(m, r, pattern) for m, r in REFINED]
-        configs += [config_for(m, r, pattern, all_layers=True) for m, r in REFINED_ALL_LAYERS]
+        configs += [config_for(m, r, pattern, skip=skip) for m, r, skip in REFINED_OTHER_LAYERS]
         configs += [config_for(m, r, pattern, u) for m, r, u in RECONSTRUCTED]
         if ":" not in pattern:
             configs += [config_for(m, None, pattern, owl=True) for m in OWL]
@@ -134,7 +135,7 @@ def write_report(rows: list[dict[str, Any]], grid_size: int, model: str, out_md:
         "2-core CPU). `prune s` is the whole sequential pipeline; `× dense fwd` divides it by the time "
         "of one dense forward of the calibration set through all blocks."),
         "",
-        (f"{len(rows)} of the grid's {grid_size} configurations (dense; 7 scorers, 6 refined variants, 6 with weight reconstruction, OWL and RIA's deployable permutation "
+        (f"{len(rows)} of the grid's {grid_size} configurations (dense; 7 scorers, 8 refined variants (DSnoT and R²-DSnoT on attention only and on every layer), 6 with weight reconstruction, OWL and RIA's deployable permutation "
         "at 50 %, 60 % and 2:4) are measured"
         + ("; rerunning the command resumes the rest" if len(rows) < grid_size else "")
         + ". Times depend on what else ran on the machine: runs shared it with test suites, builds"

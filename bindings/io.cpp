@@ -34,10 +34,9 @@ c10::Device parse_device(const std::string& name) {
   }
 }
 
-py::dict stream_prune(const std::string& model_dir, const std::string& out_dir, const Recipe& recipe,
-                      const std::optional<std::string>& stats, const std::optional<std::string>& include, bool resume,
-                      bool overwrite, bool durable, const std::string& device, const py::object& progress,
-                      bool allow_other_recipe) {
+StreamOptions stream_options(const Recipe& recipe, const std::optional<std::string>& stats,
+                             const std::optional<std::string>& include, bool resume, bool overwrite, bool durable,
+                             const std::string& device, const py::object& progress, bool allow_other_recipe) {
   StreamOptions options;
   options.allow_other_recipe = allow_other_recipe;
   options.recipe = recipe;
@@ -54,12 +53,10 @@ py::dict stream_prune(const std::string& model_dir, const std::string& out_dir, 
       progress(state.shard, state.tensor, state.bytes_done, state.bytes_total);
     };
   }
-  const StreamingPruner pruner(std::move(options));
-  StreamReport report;
-  {
-    py::gil_scoped_release release;
-    report = pruner.run(model_dir, out_dir);
-  }
+  return options;
+}
+
+py::dict as_dict(const StreamReport& report) {
   py::dict out;
   out["shards"] = report.shards;
   out["shards_resumed"] = report.shards_resumed;
@@ -91,11 +88,37 @@ void bind_io(py::module_& m) {
         py::arg("folder"),
         "The shard file names of a checkpoint folder: those its index names (a .safetensors file the index does "
         "not name is refused), else its .safetensors files, sorted.");
-  m.def("stream_prune", &stream_prune, py::arg("model_dir"), py::arg("out_dir"), py::kw_only(), py::arg("recipe"),
-        py::arg("stats") = py::none(), py::arg("include") = py::none(), py::arg("resume") = false,
-        py::arg("overwrite") = false, py::arg("durable") = true, py::arg("device") = "cpu",
-        py::arg("progress") = py::none(), py::arg("allow_other_recipe") = false,
-        "Prunes a safetensors checkpoint folder tensor by tensor into out_dir (see symprune::StreamingPruner).");
+  m.attr("REPORT_FILE") = kReportFile;
+  py::class_<StreamJob>(m, "StreamJob",
+                        "A streaming run in its steps (see symprune::StreamJob): construct (plans and validates this "
+                        "process's shards), prepare() on one process, write(resuming) on every process, finish() on one.")
+      .def(py::init([](const std::string& model_dir, const std::string& out_dir, const Recipe& recipe,
+                       const std::optional<std::string>& stats, const std::optional<std::string>& include, bool resume,
+                       bool overwrite, bool durable, const std::string& device, const py::object& progress,
+                       bool allow_other_recipe, int rank, int world) {
+             const StreamingPruner pruner(stream_options(recipe, stats, include, resume, overwrite, durable, device,
+                                                         progress, allow_other_recipe));
+             py::gil_scoped_release release;  // planning reads every weight to prune once
+             return std::make_unique<StreamJob>(pruner, model_dir, out_dir, rank, world);
+           }),
+           py::arg("model_dir"), py::arg("out_dir"), py::kw_only(), py::arg("recipe"), py::arg("stats") = py::none(),
+           py::arg("include") = py::none(), py::arg("resume") = false, py::arg("overwrite") = false,
+           py::arg("durable") = true, py::arg("device") = "cpu", py::arg("progress") = py::none(),
+           py::arg("allow_other_recipe") = false, py::arg("rank") = 0, py::arg("world") = 1)
+      .def("prepare", &StreamJob::prepare, py::call_guard<py::gil_scoped_release>(),
+           "Output policy, folder lock and job file; returns whether an interrupted run is resumed.")
+      .def("write", [](StreamJob& job, bool resuming) {
+             StreamReport report;
+             {
+               py::gil_scoped_release release;
+               report = job.write(resuming);
+             }
+             return as_dict(report);
+           }, py::arg("resuming"), "Prunes this process's shards; returns the engine's counts.")
+      .def("finish", &StreamJob::finish, py::call_guard<py::gil_scoped_release>(),
+           "Writes the index and the folder's other files, removes the job files.")
+      .def_property_readonly("part_bytes", &StreamJob::part_bytes)
+      .def_property_readonly("total_bytes", &StreamJob::total_bytes);
 }
 
 }  // namespace symprune::bindings

@@ -272,6 +272,50 @@ def test_resume_after_an_interruption_is_byte_identical(sharded_model_dir: Path,
                               progress=False)
 
 
+def test_resume_checks_finished_shards_by_content(sharded_model_dir: Path, tmp_path: Path) -> None:
+    """A finished shard whose bytes changed after it was recorded (same size, same mtime) is redone."""
+    reference, out = tmp_path / "reference", tmp_path / "out"
+    kwargs: dict = {"method": "magnitude", "sparsity": 0.5, "progress": False}
+    symprune.prune_checkpoint(sharded_model_dir, reference, **kwargs)
+    _interrupted_apply(sharded_model_dir, out)
+    job = json.loads((out / ".symprune-apply.json").read_text())
+    (finished,) = job["finished"]  # the first shard, with its checksum
+    shard = out / finished
+    stat = shard.stat()
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0x01  # one bit of the last weight
+    shard.write_bytes(bytes(data))
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    report = symprune.prune_checkpoint(sharded_model_dir, out, resume=True, **kwargs)
+    assert report["shards_resumed"] == 0
+
+    def written(folder: Path) -> dict[str, bytes]:  # the report records timings
+        return {name: data for name, data in folder_bytes(folder).items() if name != "symprune_report.json"}
+
+    assert written(out) == written(reference)
+
+
+def test_apply_overwrite_replaces_the_whole_folder(tiny_model_dir: Path, sharded_model_dir: Path,
+                                                    tmp_path: Path) -> None:
+    """--overwrite leaves nothing of the previous run (a stale single-file checkpoint beside new
+    shards would be what transformers loads), and replaces only folders that symprune wrote."""
+    out = tmp_path / "out"
+    kwargs: dict = {"method": "magnitude", "sparsity": 0.5, "progress": False}
+    symprune.prune_checkpoint(tiny_model_dir, out, **kwargs)
+    assert (out / "model.safetensors").exists()
+    symprune.prune_checkpoint(sharded_model_dir, out, overwrite=True, **kwargs)
+    fresh = tmp_path / "fresh"
+    symprune.prune_checkpoint(sharded_model_dir, fresh, **kwargs)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in fresh.iterdir())
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not written by symprune"):
+        symprune.prune_checkpoint(sharded_model_dir, foreign, overwrite=True, **kwargs)
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+
+
 def test_no_fsync_writes_the_same_folder(sharded_model_dir: Path, tmp_path: Path) -> None:
     kwargs: dict = {"method": "magnitude", "sparsity": 0.5, "progress": False}
     symprune.prune_checkpoint(sharded_model_dir, tmp_path / "durable", **kwargs)
@@ -286,6 +330,14 @@ def test_no_fsync_writes_the_same_folder(sharded_model_dir: Path, tmp_path: Path
     assert not (tmp_path / "cli" / ".symprune-apply.json").exists()  # a finished run leaves no job file
 
 
+def _stream(model: Path, out: Path, recipe: symprune.Recipe, **options: Any) -> dict[str, Any]:
+    """The core's streaming run, step by step, without the Python wrapper's report."""
+    job = symprune._C.StreamJob(str(model), str(out), recipe=recipe, **options)
+    report = job.write(job.prepare())
+    job.finish()
+    return report
+
+
 def _interrupted_apply(model: Path, out: Path, **options: Any) -> None:
     """An apply stopped (by an exception in its progress callback) after its first shard."""
     def stop(shard: str, tensor: str, done: int, total: int) -> None:
@@ -294,8 +346,7 @@ def _interrupted_apply(model: Path, out: Path, **options: Any) -> None:
 
     first = sorted(p.name for p in model.glob("*.safetensors"))[0]
     with pytest.raises(KeyboardInterrupt):
-        symprune._C.stream_prune(str(model), str(out), recipe=symprune.Recipe("magnitude", 0.5), progress=stop,
-                                 **options)
+        _stream(model, out, symprune.Recipe("magnitude", 0.5), progress=stop, **options)
 
 
 def test_apply_report_and_job_file(sharded_model_dir: Path, tmp_path: Path) -> None:
@@ -479,8 +530,8 @@ def test_apply_on_full_disk_loses_nothing(sharded_model_dir: Path, tmp_path: Pat
 
 def test_progress_reports_bytes(sharded_model_dir: Path, tmp_path: Path) -> None:
     seen: list[tuple[int, int]] = []
-    symprune._C.stream_prune(str(sharded_model_dir), str(tmp_path / "o"), recipe=symprune.Recipe("magnitude", 0.5),
-                             progress=lambda shard, tensor, done, total: seen.append((done, total)))
+    _stream(sharded_model_dir, tmp_path / "o", symprune.Recipe("magnitude", 0.5),
+            progress=lambda shard, tensor, done, total: seen.append((done, total)))
     total = sum(os.path.getsize(p) for p in sharded_model_dir.glob("*.safetensors"))
     assert seen[-1][0] == seen[-1][1] and 0.9 * total < seen[-1][1] <= total
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)

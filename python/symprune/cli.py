@@ -35,6 +35,7 @@ from symprune.cli_common import (
     prepare_out_dir,
     recipe_from_args,
 )
+from symprune import distributed
 from symprune.checkpoint import CheckpointFolder
 from symprune.cli_stream import add_stream_commands
 from symprune.data import CALIBRATION_FILE, EVALUATION_FILE
@@ -261,6 +262,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"symprune {args.command}: error: {err}", file=sys.stderr)
         return 2
+    where = args.command
+    if distributed.launched_by_torchrun():
+        if args.command not in _DISTRIBUTED_COMMANDS:
+            print(f"symprune {args.command}: error: runs in one process; launch it without torchrun "
+                  f"(under torchrun: {', '.join(_DISTRIBUTED_COMMANDS)})", file=sys.stderr)
+            return 2
+        distributed.init_from_environment()
+        rank, world = distributed.rank_and_world()
+        where = f"{args.command} (rank {rank} of {world})"
+        args.quiet = args.quiet or rank != 0  # one rank speaks for the job; every rank reports its errors
     # Results go to stdout; messages (what was written, what is being prepared) through logging to
     # stderr, silenced by --quiet together with the progress bars.
     logging.basicConfig(format="%(message)s", level=logging.WARNING if args.quiet else logging.INFO)
@@ -274,12 +285,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = {sig: signal.signal(sig, _terminate) for sig in _TERMINATING} if main_thread else {}
     try:
         args.func(args)
-    except (CliError, ValueError, OSError) as err:
-        print(f"symprune {args.command}: error: {err}", file=sys.stderr)
+    except (CliError, ValueError, OSError, distributed.RankFailed) as err:
+        print(f"symprune {where}: error: {err}", file=sys.stderr, flush=True)
+        distributed.wait_for_every_rank_after_a_failure()
         return 1
     except ModuleNotFoundError as err:  # an optional dependency (gguf for the demo's model)
         package = (err.name or "").split(".")[0]
-        print(f"symprune {args.command}: error: this needs the Python package '{package}': "
+        print(f"symprune {where}: error: this needs the Python package '{package}': "
               f"pip install {_PIP_NAMES.get(package, package)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -291,7 +303,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        distributed.shutdown()
     return 0
+
+
+# Commands that spread their work over the ranks of a torchrun launch.
+_DISTRIBUTED_COMMANDS = ("apply",)
 
 
 # pip names of the optional packages, where they differ from the module's.

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from symprune import distributed
 from symprune._C import check_output_location
 from symprune.models import resolve_model_dir
 from symprune.cli_common import (
@@ -59,8 +60,9 @@ def cmd_apply(args: argparse.Namespace) -> None:
         durable=not args.no_fsync, device=args.device, progress=not args.quiet,
         allow_other_recipe=args.allow_other_recipe,
     )
-    _print_apply_report(report)
-    log.info("wrote %s", args.out_dir)
+    if distributed.is_main():
+        _print_apply_report(report)
+        log.info("wrote %s", args.out_dir)
 
 
 def _print_apply_report(report: dict[str, Any]) -> None:

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from . import _C
+
 
 @dataclass
 class LayerReport:
@@ -160,7 +162,7 @@ class PruneReport:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
-REPORT_FILE = "symprune_report.json"
+REPORT_FILE = _C.REPORT_FILE  # the core recognises symprune's folders by it
 
 
 def software_versions() -> dict[str, str]:

@@ -6,6 +6,7 @@ Memory stays at a few tensors whatever the model size; see ``symprune::Streaming
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ._C import Recipe, stream_prune
+from . import distributed
+from ._C import Recipe, StreamJob
 from .pipeline import as_recipe, new_report, peak_rss_mb
 from .report import REPORT_FILE
 
@@ -59,29 +61,45 @@ def prune_checkpoint(
     written. Statistics that ``calibrate`` propagated through a pruned model record its recipe and
     are refused for another one unless ``allow_other_recipe``. Returns the engine's report; ``out_dir/symprune_report.json`` records it with the
     recipe and the software versions, and the job file that allows resuming is removed.
+
+    Under torchrun (torch.distributed initialised) the shards are split between the ranks by
+    bytes: each rank validates and writes its own, rank 0 prepares the folder and, once every
+    rank is done, writes the index, the other files and the report. If any rank fails, every
+    rank stops with an error, the finished shards stay (with their checksums) and ``resume``
+    continues, with any number of ranks. The folder is byte-identical to a single process's.
     """
     recipe = as_recipe(recipe, method=method, sparsity=sparsity, nm=nm, group=group, refine=refine,
                        refine_options=refine_options, score_options=score_options)
     bar: tqdm | None = None  # drawn at the first progress report: errors found while planning show no bar
 
-    def report(shard: str, tensor: str, done: int, total: int) -> None:
+    rank, world = distributed.rank_and_world()
+
+    def report(shard: str, tensor: str, done: int, total: int) -> None:  # every rank: signals are seen here
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"pruning ({recipe.method})",
-                       disable=not progress)
+            bar = tqdm(total=total, unit="B", unit_scale=True, disable=not progress or rank != 0,
+                       desc=f"pruning ({recipe.method})" + (f", rank 0 of {world}" if world > 1 else ""))
         bar.set_postfix_str(shard, refresh=False)
         bar.update(done - bar.n)
 
+    start = time.perf_counter()
     try:
-        result = stream_prune(
+        job = distributed.together(lambda: StreamJob(
             str(model_dir), str(out_dir), recipe=recipe, stats=None if stats is None else str(stats),
             include=include, resume=resume, overwrite=overwrite, durable=durable, device=str(device),
-            progress=report, allow_other_recipe=allow_other_recipe,
-        )
+            progress=report, allow_other_recipe=allow_other_recipe, rank=rank, world=world,
+        ))
+        resuming = distributed.broadcast_flag(distributed.together(lambda: job.prepare() if rank == 0 else None))
+        result = distributed.sum_counts(distributed.together(lambda: job.write(resuming)))
+        distributed.together(lambda: job.finish() if rank == 0 else None)
     finally:
         if bar is not None:
             bar.close()
-    _write_report(recipe, result, Path(out_dir))
+    result["seconds"] = time.perf_counter() - start
+    if world > 1:
+        result["ranks"] = world
+    if rank == 0:
+        _write_report(recipe, result, Path(out_dir))
     return result
 
 

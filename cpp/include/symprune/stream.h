@@ -18,14 +18,18 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 
 namespace symprune {
 
-// The job file an unfinished run keeps in its output folder (what --resume reads); a finished
-// run removes it.
+// The job file an unfinished run keeps in its output folder (what --resume reads: the job, and
+// a checksum of every finished shard); a finished run removes it.
 inline constexpr const char* kApplyJobFile = ".symprune-apply.json";
+// The report that `symprune prune` and `apply` write in a finished folder. With the job file, it
+// marks a folder as symprune's: the only kind that --overwrite replaces.
+inline constexpr const char* kReportFile = "symprune_report.json";
 
 // Without statistics, data-free methods prune the 2-D weights of the decoder blocks.
 inline constexpr const char* kDefaultInclude = R"((^|\.)(layers|h|blocks)\.[0-9]+\..*\.weight$)";
@@ -50,7 +54,9 @@ struct SYMPRUNE_API StreamOptions {
   // for another recipe (the weights would not be those `symprune prune` writes). true: use them.
   bool allow_other_recipe = false;
   bool resume = false;     // keep the finished shards of an interrupted run of the same job
-  bool overwrite = false;  // allow a non-empty output folder
+  // Replace a non-empty output folder: only one that symprune wrote (its report or job file),
+  // whose contents are removed, once everything is validated, before the first shard is written.
+  bool overwrite = false;
   // fsync every output file before renaming it into place. false is faster where fsync is
   // slow; files still appear only when complete if the process dies, but not if the machine
   // does (power loss): after a machine crash, start over instead of resuming.
@@ -88,8 +94,42 @@ class SYMPRUNE_API StreamingPruner {
   // and every other file of the folder (config, tokenizer) except other weight formats.
   StreamReport run(const std::filesystem::path& model_dir, const std::filesystem::path& out_dir) const;
 
+  const StreamOptions& options() const { return options_; }
+
  private:
   StreamOptions options_;
+};
+
+// One streaming run in its steps, for callers that spread the shards over processes (symprune
+// under torchrun). Every process constructs the job with its `rank` of `world`: the shards are
+// split by bytes, and each process plans and validates its own (statistics, NaN/Inf) before any
+// process writes. Then one process calls `prepare`, every process `write` (after prepare), and
+// one process `finish` (after every write). Each process records the checksums of the shards it
+// finished (rank 0 in the job file, rank R in .symprune-apply.rank-R.json), so a resumed run,
+// whatever its world size, keeps exactly the shards whose bytes are those written.
+class SYMPRUNE_API StreamJob {
+ public:
+  StreamJob(const StreamingPruner& pruner, const std::filesystem::path& model_dir,
+            const std::filesystem::path& out_dir, int rank = 0, int world = 1);
+  ~StreamJob();
+  StreamJob(const StreamJob&) = delete;
+  StreamJob& operator=(const StreamJob&) = delete;
+
+  // The output policy, the lock on the folder (held until the job is destroyed) and the job
+  // file. Returns whether an interrupted run is resumed.
+  bool prepare();
+  // Prunes this process's shards; with `resuming`, keeps those an earlier run finished.
+  StreamReport write(bool resuming);
+  // The index and the folder's other files; removes the job files.
+  void finish();
+
+  // Bytes of tensor data in this process's shards, and in the whole checkpoint.
+  uint64_t part_bytes() const;
+  uint64_t total_bytes() const;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
 };
 
 }  // namespace symprune

@@ -5,6 +5,7 @@
 #include "io/tensor_view.h"
 #include "stream/bounded_queue.h"
 #include "stream/buffers.h"
+#include "stream/checksum.h"
 #include "stream/count_zeros.h"
 #include "stream/device.h"
 #include "stream/output_folder.h"
@@ -252,46 +253,95 @@ StreamingPruner::StreamingPruner(StreamOptions options) : options_(std::move(opt
   }
 }
 
-StreamReport StreamingPruner::run(const fs::path& model_dir, const fs::path& out_dir) const {
+struct StreamJob::State {
+  StreamOptions options;
+  fs::path model_dir, out_dir;
+  int rank;
+  StreamPlan plan;
+  std::optional<detail::FolderLock> lock;  // held by the process that prepared the folder
+};
+
+StreamJob::StreamJob(const StreamingPruner& pruner, const fs::path& model_dir, const fs::path& out_dir, int rank,
+                     int world) {
+  check_output_location(model_dir, out_dir);
+  state_.reset(new State{pruner.options(), model_dir, out_dir, rank,
+                         detail::plan_stream(pruner.options(), model_dir, rank, world), {}});
+}
+
+StreamJob::~StreamJob() = default;
+
+uint64_t StreamJob::part_bytes() const { return state_->plan.bytes_mine; }
+uint64_t StreamJob::total_bytes() const { return state_->plan.bytes_total; }
+
+bool StreamJob::prepare() {
+  auto& s = *state_;
+  const bool resuming = detail::prepare_output(s.model_dir, s.out_dir, s.options, s.plan.job);
+  s.lock.emplace(s.out_dir);
+  detail::remove_partials(s.out_dir);
+  if (!resuming)
+    safetensors::write_file_atomically(s.out_dir / detail::kJobFile,
+                                       detail::job_file_text(s.plan.job, s.options.durable), s.options.durable);
+  return resuming;
+}
+
+StreamReport StreamJob::write(bool resuming) {
   const auto start = std::chrono::steady_clock::now();
-  StreamPlan plan = detail::plan_stream(options_, model_dir);
-  const bool resuming = detail::prepare_output(model_dir, out_dir, options_, plan.job);
-  const detail::FolderLock lock(out_dir);
-  detail::remove_partials(out_dir);
-  safetensors::write_file_atomically(out_dir / detail::kJobFile, detail::job_file_text(plan.job, options_.durable), options_.durable);
-  Compute compute(options_, plan.largest_pruned_bytes);
+  auto& s = *state_;
+  const auto& options = s.options;
+  Compute compute(options, s.plan.largest_pruned_bytes);
+  std::multimap<std::string, std::string> recorded;
+  if (resuming) recorded = detail::FinishedShards::recorded(s.out_dir);
+  detail::FinishedShards finished(s.out_dir, s.rank, options.durable);
 
   StreamReport report;
   StreamProgress progress;
-  progress.bytes_total = plan.bytes_total;
-  // A finished shard's fsync and rename run while the next shard is pruned.
+  progress.bytes_total = s.plan.bytes_mine;
+  // A finished shard's fsync, rename and checksum run while the next shard is pruned.
   std::future<void> committing;
   try {
-    for (auto& shard : plan.shards) {
+    for (auto& shard : s.plan.shards) {
+      if (!shard.mine) continue;
       ++report.shards;
       progress.shard = shard.name;
-      const fs::path out_path = out_dir / shard.name;
-      if (resuming && detail::finished_earlier(out_path, shard.reader)) {
+      const fs::path out_path = s.out_dir / shard.name;
+      if (resuming && detail::finished_earlier(out_path, recorded)) {
         ++report.shards_resumed;
+        finished.add(shard.name, detail::file_checksum(out_path));  // this process's record, for a later resume
         for (const auto& t : shard.reader.header().tensors) progress.bytes_done += t.nbytes();
-        if (options_.on_progress) options_.on_progress(progress);
+        if (options.on_progress) options.on_progress(progress);
         continue;
       }
-      auto writer = ShardStreamer(options_, shard, out_path, compute, report, progress).run();
+      auto writer = ShardStreamer(options, shard, out_path, compute, report, progress).run();
       if (committing.valid()) committing.get();
-      committing = std::async(std::launch::async, [w = std::move(writer)] { w->commit(); });
+      committing = std::async(std::launch::async, [w = std::move(writer), &finished, out_path] {
+        w->commit();
+        finished.add(out_path.filename().string(), detail::file_checksum(out_path));
+      });
     }
     if (committing.valid()) committing.get();
   } catch (...) {
     if (committing.valid()) committing.wait();  // a complete shard still lands: resume keeps it
     throw;
   }
-  report.bytes = plan.bytes_total;
-  if (plan.index_json)
-    safetensors::write_file_atomically(out_dir / safetensors::kIndexName, *plan.index_json, options_.durable);
-  detail::copy_other_files(model_dir, out_dir, options_.durable);
-  // Finished: the job file (there only to resume) would otherwise ship with the model.
-  detail::remove_job_file(out_dir);
+  report.bytes = s.plan.bytes_mine;
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return report;
+}
+
+void StreamJob::finish() {
+  auto& s = *state_;
+  if (s.plan.index_json)
+    safetensors::write_file_atomically(s.out_dir / safetensors::kIndexName, *s.plan.index_json, s.options.durable);
+  detail::copy_other_files(s.model_dir, s.out_dir, s.options.durable);
+  // Finished: the job files (there only to resume) would otherwise ship with the model.
+  detail::remove_job_files(s.out_dir);
+}
+
+StreamReport StreamingPruner::run(const fs::path& model_dir, const fs::path& out_dir) const {
+  const auto start = std::chrono::steady_clock::now();
+  StreamJob job(*this, model_dir, out_dir);
+  StreamReport report = job.write(job.prepare());
+  job.finish();
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return report;
 }

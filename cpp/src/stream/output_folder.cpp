@@ -3,12 +3,15 @@
 
 #include "stream/output_folder.h"
 
+#include "stream/checksum.h"
+
 #include <nlohmann/json.hpp>
 
 #include <fcntl.h>
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <set>
 
 namespace symprune {
@@ -86,9 +89,55 @@ FolderLock::FolderLock(const fs::path& dir) : fd_(::open(dir.c_str(), O_RDONLY |
 FolderLock::~FolderLock() { ::close(fd_); }
 
 std::string job_file_text(const std::string& job, bool durable) {
-  nlohmann::json text{{"job", nlohmann::json::parse(job)}, {"durable", durable}};
+  nlohmann::json text{{"job", nlohmann::json::parse(job)}, {"durable", durable}, {"finished", nlohmann::json::object()}};
   if (!durable) text["boot_id"] = boot_id();
   return text.dump(2) + "\n";
+}
+
+fs::path job_file_of(const fs::path& out_dir, int rank) {
+  return rank == 0 ? out_dir / kJobFile : out_dir / (std::string(kJobFile, std::strlen(kJobFile) - 5) + ".rank-" +
+                                                     std::to_string(rank) + ".json");
+}
+
+namespace {
+
+// Job files of every rank: the rank-0 one and .symprune-apply.rank-R.json.
+bool is_job_file(const fs::path& path) {
+  const std::string name = path.filename().string(), stem(kJobFile, std::strlen(kJobFile) - 5);
+  return name == kJobFile || (name.starts_with(stem + ".rank-") && name.ends_with(".json"));
+}
+
+nlohmann::json read_json(const fs::path& path) {
+  try {
+    return nlohmann::json::parse(safetensors::read_small_file(path));
+  } catch (const nlohmann::json::exception&) {
+    throw FormatError(path.string() + ": unreadable; use --overwrite to start over");
+  }
+}
+
+}  // namespace
+
+FinishedShards::FinishedShards(const fs::path& out_dir, int rank, bool durable)
+    : path_(job_file_of(out_dir, rank)), durable_(durable) {}
+
+std::multimap<std::string, std::string> FinishedShards::recorded(const fs::path& out_dir) {
+  std::multimap<std::string, std::string> checksums;
+  for (const auto& entry : fs::directory_iterator(out_dir)) {
+    if (!is_job_file(entry.path())) continue;
+    const auto finished = read_json(entry.path()).value("finished", nlohmann::json::object());
+    if (!finished.is_object()) throw FormatError(entry.path().string() + ": unreadable; use --overwrite to start over");
+    for (const auto& [shard, checksum] : finished.items())
+      if (checksum.is_string()) checksums.emplace(shard, checksum.get<std::string>());
+  }
+  return checksums;
+}
+
+void FinishedShards::add(const std::string& shard, const std::string& checksum) {
+  const std::lock_guard lock(mutex_);
+  std::error_code ec;
+  nlohmann::json text = fs::exists(path_, ec) ? read_json(path_) : nlohmann::json::object();
+  text["finished"][shard] = checksum;
+  safetensors::write_file_atomically(path_, text.dump(2) + "\n", durable_);
 }
 
 bool prepare_output(const fs::path& model_dir, const fs::path& out_dir, const StreamOptions& o,
@@ -103,32 +152,36 @@ bool prepare_output(const fs::path& model_dir, const fs::path& out_dir, const St
   }
   const fs::path job_path = out_dir / kJobFile;
   if (o.resume && fs::exists(job_path, ec)) {
-    try {
-      const auto previous = nlohmann::json::parse(safetensors::read_small_file(job_path));
-      if (previous["job"].dump() != nlohmann::json::parse(job).dump())
-        throw ValueError(out_dir.string() + ": holds a run with other options, statistics or input; "
-                                             "use --overwrite to start over");
-      if (previous.value("durable", true) == false && previous.value("boot_id", "") != boot_id())
-        throw ValueError(out_dir.string() + ": holds a run made without fsync before the machine restarted; "
-                                             "its shards may be incomplete: use --overwrite to start over");
-    } catch (const nlohmann::json::exception&) {
-      throw FormatError(job_path.string() + ": unreadable; use --overwrite to start over");
-    }
+    const auto previous = read_json(job_path);
+    if (!previous.contains("job") || previous["job"].dump() != nlohmann::json::parse(job).dump())
+      throw ValueError(out_dir.string() + ": holds a run with other options, statistics or input; "
+                                           "use --overwrite to start over");
+    if (previous.value("durable", true) == false && previous.value("boot_id", "") != boot_id())
+      throw ValueError(out_dir.string() + ": holds a run made without fsync before the machine restarted; "
+                                           "its shards may be incomplete: use --overwrite to start over");
     return true;
   }
   bool empty = true;
   for (const auto& entry : fs::directory_iterator(out_dir))
     if (entry.path().extension() != ".partial") empty = false;
-  if (!empty && !o.overwrite)
+  if (empty) return false;
+  if (!o.overwrite)
     throw ValueError(out_dir.string() + (o.resume ? ": has no interrupted run to resume (no " + std::string(kJobFile) + ")"
                                                    : ": is not empty") +
                       "; pass --overwrite to replace its contents");
+  if (!fs::exists(job_path, ec) && !fs::exists(out_dir / kReportFile, ec))
+    throw ValueError(out_dir.string() + ": is not empty and was not written by symprune (no " + kReportFile +
+                     ", no " + kJobFile + "); --overwrite replaces only symprune's output folders");
+  // Nothing of the previous model may survive beside the new one (a stale single-file
+  // checkpoint next to new shards would be loaded instead of them).
+  for (const auto& entry : fs::directory_iterator(out_dir)) fs::remove_all(entry.path());
   return false;
 }
 
-void remove_job_file(const fs::path& out_dir) {
-  // Not synced: should a crash bring it back, a --resume finds every shard finished.
-  fs::remove(out_dir / kJobFile);
+void remove_job_files(const fs::path& out_dir) {
+  // Not synced: should a crash bring them back, a --resume finds every shard finished.
+  for (const auto& entry : fs::directory_iterator(out_dir))
+    if (is_job_file(entry.path())) fs::remove(entry.path());
 }
 
 void remove_partials(const fs::path& out_dir) {
@@ -136,20 +189,14 @@ void remove_partials(const fs::path& out_dir) {
     if (entry.path().extension() == ".partial") fs::remove(entry.path());
 }
 
-bool finished_earlier(const fs::path& path, const safetensors::Reader& input) {
+bool finished_earlier(const fs::path& path, const std::multimap<std::string, std::string>& recorded) {
   std::error_code ec;
-  if (!fs::exists(path, ec)) return false;
-  try {
-    const safetensors::Reader done(path);
-    const auto& a = done.header().tensors;
-    const auto& b = input.header().tensors;
-    if (a.size() != b.size()) return false;
-    for (std::size_t i = 0; i < a.size(); ++i)
-      if (a[i].name != b[i].name || a[i].dtype != b[i].dtype || a[i].shape != b[i].shape) return false;
-    return true;
-  } catch (const std::exception&) {
-    return false;
-  }
+  const auto [first, last] = recorded.equal_range(path.filename().string());
+  if (first == last || !fs::is_regular_file(path, ec)) return false;
+  const std::string checksum = file_checksum(path);
+  for (auto it = first; it != last; ++it)
+    if (it->second == checksum) return true;
+  return false;
 }
 
 void copy_other_files(const fs::path& model_dir, const fs::path& out_dir, bool durable) {

@@ -6,14 +6,18 @@
 #include "symprune/stream.h"
 
 #include <filesystem>
+#include <map>
+#include <mutex>
 #include <string>
 
 namespace symprune::detail {
 
-// Describes an unfinished run in the output folder: its job (options, statistics, input files)
-// and whether it is durable. Removed once the run finishes.
+// Describes an unfinished run in the output folder: its job (options, statistics, input files),
+// whether it is durable, and the checksums of the shards rank 0 finished. Other ranks record
+// theirs in job_file_of(rank). Removed once the run finishes.
 inline constexpr const char* kJobFile = kApplyJobFile;
 std::string job_file_text(const std::string& job, bool durable);
+std::filesystem::path job_file_of(const std::filesystem::path& out_dir, int rank);
 
 // Holds an exclusive lock on the output folder so that two runs never write it at once.
 class FolderLock {
@@ -33,12 +37,26 @@ bool prepare_output(const std::filesystem::path& model_dir, const std::filesyste
 
 // Removes the .partial files an interrupted run left.
 void remove_partials(const std::filesystem::path& out_dir);
-// A finished run's job file: removed so that it does not ship with the model.
-void remove_job_file(const std::filesystem::path& out_dir);
+// A finished run's job files: removed so that they do not ship with the model.
+void remove_job_files(const std::filesystem::path& out_dir);
 
-// A shard left by an interrupted run is complete if it exists at all (files appear under
-// their final name only once complete) and describes the same tensors as `input`.
-bool finished_earlier(const std::filesystem::path& path, const safetensors::Reader& input);
+// The shards one process finished, with their checksums, recorded in its job file as each one
+// lands (after the shard's rename: a shard not recorded is redone).
+class FinishedShards {
+ public:
+  FinishedShards(const std::filesystem::path& out_dir, int rank, bool durable);
+  // The checksums that every process of this job recorded so far, by shard name.
+  static std::multimap<std::string, std::string> recorded(const std::filesystem::path& out_dir);
+  void add(const std::string& shard, const std::string& checksum);
+
+ private:
+  std::filesystem::path path_;
+  bool durable_;
+  std::mutex mutex_;  // shards are recorded by the thread that commits them
+};
+
+// A shard left by an interrupted run is kept if its checksum is one recorded for it.
+bool finished_earlier(const std::filesystem::path& path, const std::multimap<std::string, std::string>& recorded);
 
 // config.json, tokenizer files, chat templates...: every plain file but weights and state.
 void copy_other_files(const std::filesystem::path& model_dir, const std::filesystem::path& out_dir, bool durable);

@@ -95,7 +95,7 @@ void check_weights_finite(const StreamPlan& plan, const fs::path& model_dir) {
   for (const auto& shard : plan.shards) {
     const auto& tensors = shard.reader.header().tensors;
     for (const auto& job : shard.jobs) {
-      if (!job.prune) continue;
+      if (!job.prune || !shard.mine) continue;
       const TensorInfo& info = tensors[job.tensor];
       const auto weight = detail::tensor_view(shard.reader, info);
       if (!detail::is_supported_float(weight.scalar_type())) continue;  // refused with its dtype later
@@ -152,15 +152,34 @@ std::string describe_job(const StreamOptions& o, const std::vector<ShardPlan>& s
   return job.dump();
 }
 
+// Largest shards first, each to the process with the fewest bytes so far (the lowest rank on
+// ties): deterministic, so every process computes the same split.
+void split_shards(std::vector<ShardPlan>& shards, int rank, int world) {
+  if (world < 1 || rank < 0 || rank >= world)
+    throw ValueError("rank " + std::to_string(rank) + " of " + std::to_string(world) + " processes is out of range");
+  std::vector<uint64_t> bytes(shards.size());
+  for (std::size_t i = 0; i < shards.size(); ++i) bytes[i] = shards[i].reader.file_size();
+  std::vector<std::size_t> order(shards.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return bytes[a] > bytes[b]; });
+  std::vector<uint64_t> load(world, 0);
+  for (const std::size_t i : order) {
+    const auto least = std::min_element(load.begin(), load.end()) - load.begin();
+    load[least] += bytes[i];
+    shards[i].mine = least == rank;
+  }
+}
+
 }  // namespace
 
-StreamPlan plan_stream(const StreamOptions& options, const fs::path& model_dir) {
+StreamPlan plan_stream(const StreamOptions& options, const fs::path& model_dir, int rank, int world) {
   const auto checkpoint = safetensors::find_checkpoint(model_dir);
   StreamPlan plan;
   plan.index_json = checkpoint.index_json;
   for (const auto& name : checkpoint.shards)
     plan.shards.push_back({name, safetensors::Reader(model_dir / name), {}});
   if (plan.index_json) check_index(*plan.index_json, plan.shards, model_dir / safetensors::kIndexName);
+  split_shards(plan.shards, rank, world);
 
   const Recipe& recipe = options.recipe;
   const bool needs_in = recipe.needs_input_stats();
@@ -184,6 +203,7 @@ StreamPlan plan_stream(const StreamOptions& options, const fs::path& model_dir) 
     for (std::size_t i = 0; i < tensors.size(); ++i) {
       const TensorInfo& info = tensors[i];
       plan.bytes_total += info.nbytes();
+      if (shard.mine) plan.bytes_mine += info.nbytes();
       TensorJob job{i, false, {}};
       const bool matrix = info.shape.size() == 2 && is_floating(info.dtype);
       const bool included = include && std::regex_search(info.name, *include);
@@ -211,7 +231,7 @@ StreamPlan plan_stream(const StreamOptions& options, const fs::path& model_dir) 
         }
         if (needs_out) require(job.stats.out_norm, info.name, "out_norm", rows, options.stats);
         ++pruned;
-        plan.largest_pruned_bytes = std::max(plan.largest_pruned_bytes, info.nbytes());
+        if (shard.mine) plan.largest_pruned_bytes = std::max(plan.largest_pruned_bytes, info.nbytes());
       }
       shard.jobs.push_back(std::move(job));
     }

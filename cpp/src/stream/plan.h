@@ -25,18 +25,22 @@ struct ShardPlan {
   std::string name;
   safetensors::Reader reader;
   std::vector<TensorJob> jobs;  // in data order
+  bool mine = true;             // written by this process (of a run split over processes)
 };
 
 struct StreamPlan {
   std::vector<ShardPlan> shards;
   std::optional<std::string> index_json;
   uint64_t bytes_total = 0;
-  uint64_t largest_pruned_bytes = 0;
+  uint64_t bytes_mine = 0;            // in the shards this process writes
+  uint64_t largest_pruned_bytes = 0;  // among them
   std::string job;  // JSON describing the job, to recognise its own output when resuming
 };
 
 // Throws ValueError (bad option), FormatError (bad file or statistics) or IoError naming what
-// is wrong.
-StreamPlan plan_stream(const StreamOptions& options, const std::filesystem::path& model_dir);
+// is wrong. The shards are split by bytes between `world` processes; the weights of process
+// `rank`'s shards are checked for NaN/Inf.
+StreamPlan plan_stream(const StreamOptions& options, const std::filesystem::path& model_dir, int rank = 0,
+                       int world = 1);
 
 }  // namespace symprune::detail
