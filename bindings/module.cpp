@@ -143,7 +143,11 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("in_sq", &ActivationStats::in_sq)
       .def_property_readonly("in_norm", &ActivationStats::in_norm)
       .def_property_readonly("in_mean", &ActivationStats::in_mean)
-      .def_property_readonly("in_var", &ActivationStats::in_var);
+      .def_property_readonly("in_var", &ActivationStats::in_var)
+      .def("state", &ActivationStats::state,
+           "The running sums as one fp64 vector; summed over processes that saw other windows, then given "
+           "to load_state, they are the statistics of all the windows.")
+      .def("load_state", &ActivationStats::load_state, py::arg("state"));
 
   m.def("score", &score_binding, py::arg("weight"), py::arg("method"), py::kw_only(),
         py::arg("in_norm") = py::none(), py::arg("out_norm") = py::none(), py::arg("a") = py::none(),

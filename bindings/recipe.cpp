@@ -191,7 +191,9 @@ void bind_reconstruct(py::module_& m) {
       .def("update", &GramStats::update, py::arg("x"), py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("features", &GramStats::features)
       .def_property_readonly("tokens", &GramStats::tokens)
-      .def_property_readonly("gram", &GramStats::gram);
+      .def_property_readonly("gram", &GramStats::gram)
+      .def("state", &GramStats::state, "The Gram and token count as one fp64 vector (see ActivationStats.state).")
+      .def("load_state", &GramStats::load_state, py::arg("state"));
   m.def("sparsegpt",
         [](const at::Tensor& weight, const at::Tensor& gram, std::optional<double> sparsity,
            const std::optional<PyNM>& nm, int64_t blocksize, double percdamp, const std::string& backend) {

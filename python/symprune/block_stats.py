@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import symprune
+from symprune import distributed
 from symprune.blocks import BlockCall, block_linears
 
 
@@ -111,4 +112,16 @@ def collect_block_stats(
     finally:
         for handle in handles:
             handle.remove()
+    _sum_over_ranks(stats)
     return stats, outputs
+
+
+def _sum_over_ranks(stats: dict[str, LinearStats]) -> None:
+    """Under torchrun each rank saw its own windows: sum the statistics, in Linear order (each
+    shared Gram once), so that every rank holds those of all the windows."""
+    accumulators: list[Any] = []
+    for entry in stats.values():
+        accumulators += [entry.inputs] + ([entry.outputs] if entry.outputs is not None else [])
+        if entry.gram is not None and all(entry.gram is not a for a in accumulators):
+            accumulators.append(entry.gram)
+    distributed.sum_states(accumulators)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from ._C import Recipe, save_safetensors
 from .blocks import capture_block_inputs, find_decoder_blocks
 from .block_stats import LinearStats, collect_block_stats
@@ -108,6 +109,8 @@ def calibrate(
                          "statistics file does not hold (apply could not reproduce it): use `symprune prune`")
     start = time.perf_counter()
     windows = as_windows(calibration)
+    nsamples, seqlen = len(windows), max(row.numel() for row in windows)
+    windows = distributed.my_share(windows)  # under torchrun; the statistics are summed over the ranks
     folder = CheckpointFolder(model_dir)
     model = build_skeleton(model_dir)
     blocks = find_decoder_blocks(model)
@@ -145,8 +148,7 @@ def calibrate(
             block.to("meta")  # drop this block's weights before loading the next
     result.metadata.update(
         format=STATS_FORMAT, version="1", model=Path(model_dir).resolve().name,
-        architecture=type(model).__name__, nsamples=str(len(windows)),
-        seqlen=str(max(row.numel() for row in windows)),
+        architecture=type(model).__name__, nsamples=str(nsamples), seqlen=str(seqlen),
         propagation="dense" if prune is None else f"pruned: {prune.describe()}",
     )
     if prune is not None:  # apply refuses these statistics for another recipe

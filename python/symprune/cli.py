@@ -135,9 +135,12 @@ def cmd_prune(args: argparse.Namespace) -> None:
         report.perplexity["pruned"] = perplexity(model, eval_windows, progress=not args.quiet)
         report.extra.update(eval=str(eval_text), nwindows=args.nwindows,
                             eval_seqlen=args.eval_seqlen)
-    _save_atomically(model, tokenizer, report, out_dir)
-    print(report.summary())
-    log.info("wrote %s", out_dir)
+    if distributed.launched_by_torchrun():
+        report.extra["ranks"] = distributed.rank_and_world()[1]
+    distributed.together(lambda: _save_atomically(model, tokenizer, report, out_dir) if distributed.is_main() else None)
+    if distributed.is_main():
+        print(report.summary())
+        log.info("wrote %s", out_dir)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -286,13 +289,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.func(args)
     except (CliError, ValueError, OSError, distributed.RankFailed) as err:
-        print(f"symprune {where}: error: {err}", file=sys.stderr, flush=True)
+        _error_line(f"symprune {where}: error: {err}")
         distributed.wait_for_every_rank_after_a_failure()
         return 1
     except ModuleNotFoundError as err:  # an optional dependency (gguf for the demo's model)
         package = (err.name or "").split(".")[0]
-        print(f"symprune {where}: error: this needs the Python package '{package}': "
-              f"pip install {_PIP_NAMES.get(package, package)}", file=sys.stderr)
+        _error_line(f"symprune {where}: error: this needs the Python package '{package}': "
+                    f"pip install {_PIP_NAMES.get(package, package)}")
         return 1
     except KeyboardInterrupt:
         print("symprune: interrupted", file=sys.stderr)
@@ -308,7 +311,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # Commands that spread their work over the ranks of a torchrun launch.
-_DISTRIBUTED_COMMANDS = ("apply",)
+_DISTRIBUTED_COMMANDS = ("prune", "calibrate", "apply")
+
+
+def _error_line(text: str) -> None:
+    """One write, so that the lines of ranks sharing a terminal do not interleave."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 # pip names of the optional packages, where they differ from the module's.

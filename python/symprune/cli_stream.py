@@ -43,12 +43,13 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     windows = load_calib_windows(calib, tokenizer, args.nsamples, args.seqlen, args.seed, args.bos)
     result = calibrate(model_dir, windows, prune=args.recipe, progress=not args.quiet)
     result.metadata.update(calib=calib.name, seed=str(args.seed))
-    result.save(out)
-    layers = len(result.tensors) // 6
-    print(f"statistics of {layers} Linear layers over {result.metadata['tokens']} tokens "
-          f"({result.metadata['propagation']}) in {result.seconds:.1f} s, peak RSS "
-          f"{result.peak_rss_mb:.0f} MB")
-    log.info("wrote %s", out)
+    distributed.together(lambda: result.save(out) if distributed.is_main() else None)
+    if distributed.is_main():
+        layers = len(result.tensors) // 6
+        print(f"statistics of {layers} Linear layers over {result.metadata['tokens']} tokens "
+              f"({result.metadata['propagation']}) in {result.seconds:.1f} s, peak RSS "
+              f"{result.peak_rss_mb:.0f} MB")
+        log.info("wrote %s", out)
 
 
 def cmd_apply(args: argparse.Namespace) -> None:

@@ -4,14 +4,15 @@ NCCL between GPUs. Without torchrun every helper here is the identity of a singl
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 T = TypeVar("T")
+W = TypeVar("W")
 
 
 class RankFailed(RuntimeError):
@@ -116,3 +117,65 @@ def all_reduce_fp64(tensors: list[torch.Tensor]) -> None:
         wide = t.to(torch.float64)
         dist.all_reduce(wide)
         t.copy_(wide)
+
+
+def my_share(windows: Sequence[W], what: str = "calibration windows") -> list[W]:
+    """This rank's contiguous slice of ``windows`` (sizes differ by at most one); all of them
+    without torchrun."""
+    rank, world = rank_and_world()
+    rows = list(windows)
+    if world == 1:
+        return rows
+    if len(rows) < world:
+        raise ValueError(f"{len(rows)} {what} cannot be shared between {world} ranks: give at least one per rank")
+    base, extra = divmod(len(rows), world)
+    start = rank * base + min(rank, extra)
+    return rows[start:start + base + (rank < extra)]
+
+
+def sum_states(accumulators: Iterable[Any]) -> None:
+    """Sum each statistics accumulator's state (``ActivationStats``, ``OutputStats``,
+    ``GramStats``) over the ranks, one fp64 all-reduce each in the order given (the same on
+    every rank): afterwards every rank holds the statistics of all the windows."""
+    if not dist.is_initialized():
+        return
+    for accumulator in accumulators:
+        state = accumulator.state()
+        dist.all_reduce(state)
+        accumulator.load_state(state)
+
+
+def sum_over_ranks(values: Sequence[float]) -> list[float]:
+    if not dist.is_initialized():
+        return list(values)
+    total = torch.tensor(list(values), dtype=torch.float64)
+    dist.all_reduce(total)
+    return total.tolist()
+
+
+def same_on_every_rank(tensors: Sequence[torch.Tensor]) -> int:
+    """Make ``tensors`` (a pruned block's parameters) rank 0's on every rank.
+
+    Every rank prunes from the same summed statistics, so the results normally agree already:
+    a position-weighted fp64 checksum per tensor is compared (two small all-reduces), and only
+    tensors that differ (a near-tie rounded otherwise on another device) are broadcast from
+    rank 0. Returns how many were."""
+    if not dist.is_initialized() or not tensors:
+        return 0
+    sums = torch.stack([_checksum(t) for t in tensors])
+    high, low = sums.clone(), sums.clone()
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    differing = [t for t, h, l in zip(tensors, high.tolist(), low.tolist()) if h != l]
+    for t in differing:
+        dist.broadcast(t.data, src=0)
+    return len(differing)
+
+
+def _checksum(t: torch.Tensor) -> torch.Tensor:
+    """Equal for equal tensors (the same computation), different, almost surely, for tensors
+    that differ in any entry or in where their entries sit; no copy of a weight is made."""
+    matrix = t.detach().float().reshape(t.shape[0] if t.dim() else 1, -1)
+    columns = torch.linspace(1.0, 2.0, matrix.shape[1], device=matrix.device)
+    rows = torch.linspace(1.0, 3.0, matrix.shape[0], dtype=torch.float64, device=matrix.device)
+    return ((matrix @ columns).double() @ rows).cpu()

@@ -6,6 +6,8 @@ import math
 from collections.abc import Iterable
 
 import torch
+
+from symprune import distributed
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
@@ -39,6 +41,9 @@ def window_losses(
 def perplexity(
     model: torch.nn.Module, windows: Iterable[torch.Tensor] | torch.Tensor, *, progress: bool = True
 ) -> float:
-    """exp(mean over windows of the causal-LM mean cross-entropy)."""
-    losses = window_losses(model, windows, progress=progress)
-    return math.exp(math.fsum(losses) / len(losses))
+    """exp(mean over windows of the causal-LM mean cross-entropy). Under torchrun each rank
+    evaluates its share of the windows and the losses are summed over the ranks."""
+    rows = list(windows)
+    losses = window_losses(model, distributed.my_share(rows, "evaluation windows"), progress=progress)
+    (total,) = distributed.sum_over_ranks([math.fsum(losses)])
+    return math.exp(total / len(rows))

@@ -28,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import symprune
+from symprune import distributed
 from symprune.block_stats import LinearStats, collect_block_stats
 from symprune.blocks import (
     BlockCall,
@@ -107,6 +108,7 @@ def _energies(weight: torch.Tensor, keep: torch.Tensor, in_sq: torch.Tensor) -> 
 def _output_error(pruned: Sequence[torch.Tensor], dense: Sequence[torch.Tensor]) -> float:
     num = math.fsum(float((p.double() - d.double()).square().sum()) for p, d in zip(pruned, dense))
     den = math.fsum(float(d.double().square().sum()) for d in dense)
+    num, den = distributed.sum_over_ranks([num, den])  # over every rank's windows
     return math.sqrt(num / den) if den > 0 else 0.0
 
 
@@ -221,6 +223,7 @@ def prune_model(
         return _prune_data_free(blocks, prefix, recipe, progress)
     windows = as_windows(calibration)
     report = new_report(recipe, windows)
+    windows = distributed.my_share(windows)  # under torchrun; the statistics are summed over the ranks
     need_outputs = recipe.needs_output_stats
     was_training = model.training
     model.eval()
@@ -330,6 +333,7 @@ def prune_block(
 
     prune_linears(index, block, recipe, block_name, report, stats)
     del stats
+    distributed.same_on_every_rank(list(block.parameters()))
 
     t = time.perf_counter()
     pruned_out = [call.run(block, h) for h, call in zip(hidden, calls)]

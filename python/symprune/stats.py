@@ -38,3 +38,10 @@ class OutputStats:
     @property
     def out_norm(self) -> torch.Tensor:
         return self._stats.in_norm
+
+    def state(self) -> torch.Tensor:
+        """See :meth:`ActivationStats.state`."""
+        return self._stats.state()
+
+    def load_state(self, state: torch.Tensor) -> None:
+        self._stats.load_state(state)

@@ -32,6 +32,13 @@ class SYMPRUNE_API ActivationStats {
   at::Tensor in_mean() const;  // sum over tokens / sequences: L x per-token mean (DSnoT)
   at::Tensor in_var() const;   // token-weighted mean of per-update population variance
 
+  // The running sums as one fp64 vector [sum of squares, sum, weighted variance, tokens,
+  // sequences] (a copy). The elementwise sum of the states of accumulators that saw disjoint
+  // updates is the state of one that saw them all: how processes that each ran other windows
+  // combine their statistics (all-reduce, then load_state).
+  at::Tensor state() const;
+  void load_state(const at::Tensor& state);  // ValueError for a vector of another size
+
  private:
   void require_data(const char* what) const;
 
@@ -55,6 +62,11 @@ class SYMPRUNE_API GramStats {
   int64_t features() const { return features_; }
   int64_t tokens() const { return tokens_; }
   at::Tensor gram() const;  // (features, features) fp64, summed over tokens
+
+  // [the Gram, flattened; tokens] in fp64 (a copy), summable over processes like
+  // ActivationStats::state.
+  at::Tensor state() const;
+  void load_state(const at::Tensor& state);
 
  private:
   int64_t features_;

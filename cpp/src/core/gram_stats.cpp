@@ -2,6 +2,8 @@
 
 #include "core/checks.h"
 
+#include <ATen/ops/cat.h>
+#include <ATen/ops/full.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/zeros.h>
 
@@ -28,6 +30,19 @@ void GramStats::update(const at::Tensor& x) {
 at::Tensor GramStats::gram() const {
   SYMPRUNE_CHECK(tokens_ > 0, "GramStats: the Gram is undefined before any update() with at least one token");
   return sum_;
+}
+
+at::Tensor GramStats::state() const {
+  const auto sum = sum_.defined() ? sum_ : at::zeros({features_, features_}, at::TensorOptions().dtype(at::kDouble));
+  return at::cat({sum.reshape(-1), at::full({1}, static_cast<double>(tokens_), sum.options())});
+}
+
+void GramStats::load_state(const at::Tensor& state) {
+  SYMPRUNE_CHECK(state.defined() && state.dim() == 1 && state.numel() == features_ * features_ + 1,
+                 "GramStats.load_state: expected ", features_ * features_ + 1, " entries");
+  const auto wide = state.to(at::kDouble);
+  sum_ = wide.narrow(0, 0, features_ * features_).reshape({features_, features_}).clone();
+  tokens_ = static_cast<int64_t>(wide[-1].item<double>());
 }
 
 }  // namespace symprune

@@ -6,7 +6,9 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/TensorOperators.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/sqrt.h>
+#include <ATen/ops/tensor.h>
 #include <ATen/ops/zeros.h>
 
 #include <vector>
@@ -97,6 +99,23 @@ at::Tensor ActivationStats::in_mean() const {
 at::Tensor ActivationStats::in_var() const {
   require_data("var");
   return (weighted_var_ / static_cast<double>(tokens_)).to(at::kFloat);
+}
+
+at::Tensor ActivationStats::state() const {
+  const auto counts = at::tensor({static_cast<double>(tokens_), static_cast<double>(sequences_)},
+                                 at::TensorOptions().dtype(at::kDouble));
+  return at::cat({sum_sq_, sum_, weighted_var_, counts});
+}
+
+void ActivationStats::load_state(const at::Tensor& state) {
+  SYMPRUNE_CHECK(state.defined() && state.dim() == 1 && state.numel() == 3 * features_ + 2,
+                 "ActivationStats.load_state: expected ", 3 * features_ + 2, " entries");
+  const auto wide = state.to(at::kCPU, at::kDouble).contiguous();
+  sum_sq_ = wide.narrow(0, 0, features_).clone();
+  sum_ = wide.narrow(0, features_, features_).clone();
+  weighted_var_ = wide.narrow(0, 2 * features_, features_).clone();
+  tokens_ = static_cast<int64_t>(wide[3 * features_].item<double>());
+  sequences_ = static_cast<int64_t>(wide[3 * features_ + 1].item<double>());
 }
 
 }  // namespace symprune
