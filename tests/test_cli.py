@@ -204,9 +204,10 @@ def test_prune_keeps_the_checkpoint_dtype(
         (["--nm", "2:4", "--owl"], "not N:M", 2),
         (["--sparsity", "0.5", "--owl-m", "3"], "owl options given without owl", 2),
         (["--sparsity", "0.5", "--owl", "--owl-lambda", "-1"], "lambda must be >= 0", 2),
-        # Bad data: exit 1.
-        (["--sparsity", "0.5", "--nsamples", "2", "--seqlen", "100000"], "exceeds the model's context of 256", 1),
-        (["--sparsity", "0.5", "--seqlen", "256", "--bos"], "--seqlen 256 + BOS exceeds the model's context", 1),
+        # Windows that do not fit the model or the machine: exit 2 too.
+        (["--sparsity", "0.5", "--nsamples", "2", "--seqlen", "100000"], "exceeds the model's context of 256", 2),
+        (["--sparsity", "0.5", "--seqlen", "256", "--bos"], "--seqlen 256 + BOS exceeds the model's context", 2),
+        (["--sparsity", "0.5", "--nsamples", "100000000", "--seqlen", "32"], "GiB available; use fewer", 2),
     ],
 )
 def test_prune_errors_are_one_line(
@@ -260,7 +261,7 @@ def test_eval_prints_perplexity(
     assert main(["eval", str(tiny_model_dir), "--text", str(text_files[1]), "--nwindows",
                  "100000", "--seqlen", "64", "--quiet"]) == 1
     _one_line_error(capsys, "evaluation text too short")
-    assert main(["eval", str(tiny_model_dir), "--text", str(text_files[1]), "--quiet"]) == 1
+    assert main(["eval", str(tiny_model_dir), "--text", str(text_files[1]), "--quiet"]) == 2
     _one_line_error(capsys, "--seqlen 512 exceeds the model's context of 256 tokens")
 
 

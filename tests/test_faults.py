@@ -29,8 +29,14 @@ def _digest(folder: Path) -> str:
 
 
 def _content(path: Path) -> dict[str, bytes]:
-    if path.is_file():
-        return {"": path.read_bytes()}
+    if path.is_file():  # a statistics file: its tensors and metadata, but the report (timings)
+        import symprune
+
+        metadata = symprune.safetensors_header(str(path))["metadata"]
+        metadata.pop("report")
+        tensors = symprune.load_safetensors(str(path))
+        return {"": repr(sorted(metadata.items())).encode(),
+                **{name: t.numpy().tobytes() for name, t in tensors.items()}}
     return {name: data for name, data in folder_bytes(path).items() if name != REPORT}
 
 

@@ -167,6 +167,11 @@ def test_calibrate_then_apply_equals_prune(
     assert meta["format"] == "symprune-stats" and meta["tokens"] == "128"
     assert meta["propagation"] == f"pruned: {propagation}"
     report = json.loads((tmp_path / "pruned" / "symprune_report.json").read_text())
+    calibrated = symprune.PruneReport.from_statistics(stats)  # one report type for every command
+    assert calibrated.command == "calibrate" and calibrated.recipe == report["recipe"]
+    assert [(layer.name, layer.zeros) for layer in calibrated.layers] == [
+        (layer["name"], layer["zeros"]) for layer in report["layers"]]
+    assert calibrated.nsamples == 4 and calibrated.versions == report["versions"]
     if "skip=mlp" in recipe:
         changed = {layer["name"]: layer["changed"] for layer in report["layers"]}
         assert all(n == 0 for name, n in changed.items() if ".mlp." in name)
@@ -197,6 +202,7 @@ def test_dense_calibration_matches_dense_hooks(
     windows = calibration_windows(tokenize_file(text_files[0], load_tokenizer(tiny_model_dir)), 3, 16, 0)
     result = symprune.calibrate(tiny_model_dir, windows, progress=False)
     assert result.metadata["propagation"] == "dense"
+    assert result.report is not None and result.report.method == "dense" and result.report.command == "calibrate"
     model = load_model(tiny_model_dir)
     seen: dict[str, symprune.ActivationStats] = {}
     hooks = []

@@ -30,6 +30,7 @@ from ._C import Recipe, save_safetensors
 from .blocks import capture_block_inputs, find_decoder_blocks
 from .block_stats import LinearStats, collect_block_stats
 from .checkpoint import CheckpointFolder
+from .report import PruneReport, software_versions
 from .pipeline import (
     as_windows,
     blocks_prefix,
@@ -51,10 +52,17 @@ class Calibration:
     metadata: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     peak_rss_mb: float = 0.0
+    # The run's PruneReport (command "calibrate"): the recipe propagated through (method "dense"
+    # without one), per-layer sparsity when pruned, timings, versions.
+    report: PruneReport | None = None
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the statistics file atomically (temporary name, fsync, rename)."""
-        save_safetensors(str(path), self.tensors, self.metadata)
+        """Write the statistics file atomically (temporary name, fsync, rename); the report goes
+        into its metadata (``report``), read back by ``PruneReport.from_statistics``."""
+        metadata = dict(self.metadata)
+        if self.report is not None:
+            metadata["report"] = self.report.to_json()
+        save_safetensors(str(path), self.tensors, metadata)
 
 
 def build_skeleton(model_dir: str | os.PathLike[str]) -> nn.Module:
@@ -155,5 +163,13 @@ def calibrate(
         result.metadata["recipe"] = prune.to_json()
     result.seconds = time.perf_counter() - start
     result.peak_rss_mb = peak_rss_mb()
+    result.report = report or PruneReport(method="dense", sparsity=None, nm=None, group="row", permute=False,
+                                          refine=None, refine_options={}, score_options={}, nsamples=nsamples,
+                                          seqlen=seqlen, versions=software_versions())
+    result.report.command = "calibrate"
+    result.report.nsamples, result.report.seqlen = nsamples, seqlen
+    if report is not None:
+        result.report.finish_totals()
+    result.report.wall_seconds, result.report.peak_rss_mb = result.seconds, result.peak_rss_mb
     return result
 

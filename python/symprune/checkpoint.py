@@ -48,6 +48,11 @@ class CheckpointFolder:
             raise ValueError(f"{self.folder}: the checkpoint holds no floating-point tensor")
         return max(self._float_elements.items(), key=lambda item: item[1])[0]
 
+    @property
+    def float_elements(self) -> int:
+        """Elements of the checkpoint's floating-point tensors."""
+        return sum(self._float_elements.values())
+
     def load(self, names: Iterable[str], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """The named tensors (copies), converted to ``dtype`` if given."""
         by_shard: dict[Path, list[str]] = defaultdict(list)

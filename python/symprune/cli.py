@@ -26,7 +26,9 @@ from symprune.cli_common import (
     add_pruning_options,
     add_text_option,
     calibration_file,
+    OptionError,
     check_context,
+    check_memory,
     evaluation_file,
     existing_file,
     load_calib_windows,
@@ -117,6 +119,9 @@ def cmd_prune(args: argparse.Namespace) -> None:
         check_context(model_dir, "--seqlen", args.seqlen, args.bos)
     if eval_text is not None:
         check_context(model_dir, "--eval-seqlen", args.eval_seqlen, args.bos)
+    check_memory(model_dir, args.device, whole_model=True,
+                 calibration=None if calib is None else (args.nsamples, args.seqlen + args.bos),
+                 evaluation_seqlen=None if eval_text is None else args.eval_seqlen + args.bos)
     tokenizer = load_tokenizer(model_dir)
     out_dtype = CheckpointFolder(model_dir).dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     model = load_model(model_dir, device=args.device)  # fp32: statistics and solves in full precision
@@ -147,6 +152,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     model_dir = resolve_model_dir(args.model_dir)
     text = evaluation_file(args.text)
     check_context(model_dir, "--seqlen", args.seqlen, args.bos)
+    check_memory(model_dir, args.device, whole_model=True, evaluation_seqlen=args.seqlen + args.bos)
     tokenizer = load_tokenizer(model_dir)
     windows = load_eval_windows(text, tokenizer, args.nwindows, args.seqlen, args.bos)
     model = load_model(model_dir, device=args.device)
@@ -288,6 +294,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = {sig: signal.signal(sig, _terminate) for sig in _TERMINATING} if main_thread else {}
     try:
         args.func(args)
+    except OptionError as err:
+        _error_line(f"symprune {where}: error: {err}")
+        return 2
     except (CliError, ValueError, OSError, distributed.RankFailed) as err:
         _error_line(f"symprune {where}: error: {err}")
         distributed.wait_for_every_rank_after_a_failure()

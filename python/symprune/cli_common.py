@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from symprune import distributed
+from symprune.checkpoint import CheckpointFolder
 from symprune.data import (
     CALIBRATION_FILE,
     DATA_ENV,
@@ -25,6 +29,11 @@ from symprune._C import APPLY_JOB_FILE, Recipe, check_output_location, methods, 
 
 class CliError(Exception):
     """A user-facing error: printed as one line, exit status 1."""
+
+
+class OptionError(CliError):
+    """An option value that does not fit the model or the machine (windows beyond the model's
+    context or beyond memory): one line, exit status 2, like a recipe error."""
 
 
 
@@ -96,18 +105,77 @@ def windows_with_bos(windows: torch.Tensor, tokenizer: Any, bos: bool) -> torch.
     return with_bos(windows, tokenizer.bos_token_id)
 
 
-def check_context(model_dir: Path, flag: str, seqlen: int, bos: bool) -> None:
-    """Refuse windows longer than the model's context (its config's max_position_embeddings):
-    past it, some models fail (OPT's position table), others silently extrapolate."""
+def _text_config(model_dir: Path) -> Any:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(model_dir)
-    config = getattr(config, "text_config", None) or config
-    limit = next((getattr(config, key) for key in ("max_position_embeddings", "n_positions", "max_sequence_length")
-                  if isinstance(getattr(config, key, None), int)), None)
+    return getattr(config, "text_config", None) or config
+
+
+def _config_int(config: Any, *keys: str) -> int | None:
+    return next((getattr(config, key) for key in keys if isinstance(getattr(config, key, None), int)), None)
+
+
+def check_context(model_dir: Path, flag: str, seqlen: int, bos: bool) -> None:
+    """Refuse windows longer than the model's context (its config's max_position_embeddings):
+    past it, some models fail (OPT's position table), others silently extrapolate."""
+    limit = _config_int(_text_config(model_dir), "max_position_embeddings", "n_positions", "max_sequence_length")
     tokens = seqlen + int(bos)
     if limit is not None and tokens > limit:
-        raise CliError(f"{flag} {seqlen}{' + BOS' if bos else ''} exceeds the model's context of {limit} tokens")
+        raise OptionError(f"{flag} {seqlen}{' + BOS' if bos else ''} exceeds the model's context of {limit} tokens")
+
+
+def check_memory(model_dir: Path, device: str | torch.device, *, whole_model: bool, calibration: tuple[int, int] | None = None,
+                 evaluation_seqlen: int | None = None) -> None:
+    """Refuse, before loading anything, a run whose estimated peak memory exceeds what the
+    device has available (the OOM killer would end it without a word, perhaps hours in).
+
+    The estimate is deliberately simple: the fp32 model (``whole_model``: prune and eval load
+    it all; calibrate one block at a time), the calibration windows ``(n, seqlen)`` three times
+    over (block inputs, dense and pruned outputs, kept for every window), and for evaluation
+    one window's logits three times over and its causal mask. Ranks of a torchrun launch on
+    one machine share its memory. ``SYMPRUNE_NO_MEMORY_CHECK=1`` skips the check."""
+    if os.environ.get("SYMPRUNE_NO_MEMORY_CHECK") == "1":
+        return
+    device = str(device)
+    available = _available_bytes(device)
+    if available is None:
+        return
+    config = _text_config(model_dir)
+    hidden = _config_int(config, "hidden_size", "d_model", "n_embd") or 0
+    vocab = _config_int(config, "vocab_size") or 0
+    _, world = distributed.rank_and_world()
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device == "cpu" else 1
+    parts = {"model": 4 * CheckpointFolder(model_dir).float_elements if whole_model else 0}
+    if calibration is not None:
+        windows, seqlen = calibration
+        parts["calibration activations"] = 3 * 4 * hidden * seqlen * math.ceil(windows / world)
+    if evaluation_seqlen is not None:
+        parts["one evaluation window"] = 3 * 4 * vocab * evaluation_seqlen + 4 * evaluation_seqlen**2
+    need = local * sum(parts.values())
+    if need > available:
+        detail = " + ".join(f"{what} {size / 2**30:.1f} GiB" for what, size in parts.items() if size)
+        raise OptionError(
+            f"this run needs about {need / 2**30:.1f} GiB on {device} ({detail}"
+            + (f", times {local} ranks" if local > 1 else "") + f"), more than the {available / 2**30:.1f} GiB "
+            "available; use fewer or shorter windows (or SYMPRUNE_NO_MEMORY_CHECK=1 to try anyway)")
+
+
+def _available_bytes(device: str) -> int | None:
+    """Memory the device can still give this process: MemAvailable on the CPU (Linux), free
+    memory on a GPU; None where unknown."""
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            return None
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 def load_eval_windows(path: Path, tokenizer: Any, nwindows: int, seqlen: int, bos: bool) -> torch.Tensor:

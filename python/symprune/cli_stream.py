@@ -20,6 +20,7 @@ from symprune.cli_common import (
     add_pruning_options,
     calibration_file,
     check_context,
+    check_memory,
     existing_file,
     load_calib_windows,
 )
@@ -35,6 +36,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     calib = calibration_file(args)
     check_output_location(str(model_dir), str(out))
     check_context(model_dir, "--seqlen", args.seqlen, args.bos)
+    check_memory(model_dir, "cpu", whole_model=False, calibration=(args.nsamples, args.seqlen + args.bos))
     if out.exists() and not args.overwrite:
         raise CliError(f"{out} exists; pass --overwrite to replace it")
     if not out.parent.is_dir():
@@ -43,6 +45,9 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     windows = load_calib_windows(calib, tokenizer, args.nsamples, args.seqlen, args.seed, args.bos)
     result = calibrate(model_dir, windows, prune=args.recipe, progress=not args.quiet)
     result.metadata.update(calib=calib.name, seed=str(args.seed))
+    if result.report is not None:
+        result.report.extra.update(model_dir=str(model_dir), calib=str(calib), seed=args.seed,
+                                   ranks=distributed.rank_and_world()[1])
     distributed.together(lambda: result.save(out) if distributed.is_main() else None)
     if distributed.is_main():
         layers = len(result.tensors) // 6

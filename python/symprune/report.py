@@ -161,6 +161,15 @@ class PruneReport:
     def from_json(cls, path: str | os.PathLike[str]) -> PruneReport:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
+    @classmethod
+    def from_statistics(cls, path: str | os.PathLike[str]) -> PruneReport:
+        """The report of the ``symprune calibrate`` run that wrote the statistics file ``path``
+        (kept in its metadata, so that it cannot be separated from the statistics)."""
+        metadata = _C.safetensors_header(str(path))["metadata"]
+        if "report" not in metadata:
+            raise ValueError(f"{path}: holds no symprune report (not written by symprune calibrate?)")
+        return cls.from_dict(json.loads(metadata["report"]))
+
 
 REPORT_FILE = _C.REPORT_FILE  # the core recognises symprune's folders by it
 
