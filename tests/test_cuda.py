@@ -197,6 +197,22 @@ def test_pruning_a_model_on_gpu_agrees_with_the_cpu(tiny_model_dir: Path, text_f
     assert total > 0 and differ <= 0.01 * total, (differ, total)
 
 
+def test_calibrating_on_gpu_agrees_with_the_cpu(tiny_model_dir: Path, text_files: tuple[Path, Path],
+                                                 tmp_path: Path) -> None:
+    """`symprune calibrate --device cuda`: blocks run (and are pruned) on the GPU one at a time;
+    the statistics agree with the CPU's up to the rounding of the activations."""
+    common = ["--method", "wanda", "--nm", "2:4", "--calib", str(text_files[0]), "--nsamples", "4",
+              "--seqlen", "32", "--quiet"]
+    for device in ("cpu", "cuda"):
+        assert main(["calibrate", str(tiny_model_dir), "--out", str(tmp_path / f"{device}.safetensors"), *common,
+                     "--device", device]) == 0
+    cpu = symprune.load_safetensors(str(tmp_path / "cpu.safetensors"))
+    gpu = symprune.load_safetensors(str(tmp_path / "cuda.safetensors"))
+    assert cpu.keys() == gpu.keys()
+    for name in cpu:
+        torch.testing.assert_close(gpu[name], cpu[name], rtol=1e-3, atol=1e-5)
+
+
 def _reconstruction_layer(rows: int = 96, cols: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(4 * cols, cols, generator=g) * (torch.rand(cols, generator=g) + 0.1)

@@ -92,12 +92,25 @@ def _load_outside_blocks(model: nn.Module, blocks_name: str, folder: CheckpointF
     _materialize(model, "", names, folder)
 
 
+def _move_loaded(model: nn.Module, device: torch.device) -> None:
+    """Move the parameters and buffers that are not on the meta device (the embeddings, rotary
+    tables) to ``device``; ``Module.to`` would fail on the meta ones."""
+    for module in model.modules():
+        for name, p in module._parameters.items():
+            if p is not None and not p.is_meta:
+                module._parameters[name] = nn.Parameter(p.to(device), requires_grad=False)
+        for name, b in module._buffers.items():
+            if b is not None and not b.is_meta:
+                module._buffers[name] = b.to(device)
+
+
 def calibrate(
     model_dir: str | os.PathLike[str],
     calibration: torch.Tensor | Sequence[torch.Tensor],
     *,
     prune: Recipe | None = None,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> Calibration:
     """Statistics of every Linear of the decoder blocks of the checkpoint in ``model_dir``.
 
@@ -105,6 +118,8 @@ def calibrate(
         model_dir: Hugging Face folder with safetensors weights named as the model's parameters.
         calibration: token windows, shape ``(windows, seqlen)``.
         prune: the recipe each block is pruned with before it feeds the next (None: dense).
+        device: where the forwards (and the pruning) run, one block at a time: ``cpu`` or
+            ``cuda[:N]``; the statistics are accumulated in fp64 on the CPU either way.
     """
     if prune is not None and prune.permute:
         raise ValueError(f"recipe '{prune.describe()}' permutes channels across two Linears, which apply (one "
@@ -126,6 +141,7 @@ def calibrate(
     if prune is not None:
         check_nm_fits(blocks, prune.nm)
     _load_outside_blocks(model, prefix, folder)
+    _move_loaded(model, torch.device(device))
     result = Calibration()
     report = new_report(prune, windows) if prune is not None else None
 
@@ -147,6 +163,7 @@ def calibrate(
                     result.metadata.update(tokens=str(s.inputs.tokens), sequences=str(s.inputs.sequences))
 
             _materialize(block, f"{block_name}.", [n for n, _ in block.named_parameters()], folder)
+            block.to(device)
             if prune is not None:
                 hidden = prune_block(index, block, hidden, captured.calls[index], prune, True,
                                      block_name, report, on_stats=record)

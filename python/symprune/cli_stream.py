@@ -36,14 +36,14 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     calib = calibration_file(args)
     check_output_location(str(model_dir), str(out))
     check_context(model_dir, "--seqlen", args.seqlen, args.bos)
-    check_memory(model_dir, "cpu", whole_model=False, calibration=(args.nsamples, args.seqlen + args.bos))
+    check_memory(model_dir, args.device, whole_model=False, calibration=(args.nsamples, args.seqlen + args.bos))
     if out.exists() and not args.overwrite:
         raise CliError(f"{out} exists; pass --overwrite to replace it")
     if not out.parent.is_dir():
         raise CliError(f"folder of --out does not exist: {out.parent}")
     tokenizer = load_tokenizer(model_dir)
     windows = load_calib_windows(calib, tokenizer, args.nsamples, args.seqlen, args.seed, args.bos)
-    result = calibrate(model_dir, windows, prune=args.recipe, progress=not args.quiet)
+    result = calibrate(model_dir, windows, prune=args.recipe, progress=not args.quiet, device=args.device)
     result.metadata.update(calib=calib.name, seed=str(args.seed))
     if result.report is not None:
         result.report.extra.update(model_dir=str(model_dir), calib=str(calib), seed=args.seed,
@@ -95,6 +95,7 @@ def add_stream_commands(sub: Any) -> None:
     add_calibration_options(c)
     add_pruning_options(c, required=False)
     c.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    add_device(c, "the forwards and the pruning run, one block at a time (statistics are summed on the CPU)")
     add_bos(c)
     add_common(c)
     c.set_defaults(func=cmd_calibrate)
