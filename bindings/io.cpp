@@ -36,8 +36,10 @@ c10::Device parse_device(const std::string& name) {
 
 StreamOptions stream_options(const Recipe& recipe, const std::optional<std::string>& stats,
                              const std::optional<std::string>& include, bool resume, bool overwrite, bool durable,
-                             const std::string& device, const py::object& progress, bool allow_other_recipe) {
+                             const std::string& device, const py::object& progress, bool allow_other_recipe,
+                             uint64_t row_block_bytes) {
   StreamOptions options;
+  options.row_block_bytes = row_block_bytes;
   options.allow_other_recipe = allow_other_recipe;
   options.recipe = recipe;
   if (stats) options.stats = *stats;
@@ -95,16 +97,17 @@ void bind_io(py::module_& m) {
       .def(py::init([](const std::string& model_dir, const std::string& out_dir, const Recipe& recipe,
                        const std::optional<std::string>& stats, const std::optional<std::string>& include, bool resume,
                        bool overwrite, bool durable, const std::string& device, const py::object& progress,
-                       bool allow_other_recipe, int rank, int world) {
+                       bool allow_other_recipe, int rank, int world, uint64_t row_block_bytes) {
              const StreamingPruner pruner(stream_options(recipe, stats, include, resume, overwrite, durable, device,
-                                                         progress, allow_other_recipe));
+                                                         progress, allow_other_recipe, row_block_bytes));
              py::gil_scoped_release release;  // planning reads every weight to prune once
              return std::make_unique<StreamJob>(pruner, model_dir, out_dir, rank, world);
            }),
            py::arg("model_dir"), py::arg("out_dir"), py::kw_only(), py::arg("recipe"), py::arg("stats") = py::none(),
            py::arg("include") = py::none(), py::arg("resume") = false, py::arg("overwrite") = false,
            py::arg("durable") = true, py::arg("device") = "cpu", py::arg("progress") = py::none(),
-           py::arg("allow_other_recipe") = false, py::arg("rank") = 0, py::arg("world") = 1)
+           py::arg("allow_other_recipe") = false, py::arg("rank") = 0, py::arg("world") = 1,
+           py::arg("row_block_bytes") = StreamOptions{}.row_block_bytes)
       .def("prepare", &StreamJob::prepare, py::call_guard<py::gil_scoped_release>(),
            "Output policy, folder lock and job file; returns whether an interrupted run is resumed.")
       .def("write", [](StreamJob& job, bool resuming) {

@@ -278,6 +278,27 @@ def test_resume_after_an_interruption_is_byte_identical(sharded_model_dir: Path,
                               progress=False)
 
 
+@pytest.mark.parametrize("recipe", [
+    symprune.Recipe("magnitude", 0.5),
+    symprune.Recipe("wanda", nm="2:4", refine="dsnot"),
+    symprune.Recipe("owanda", nm="1:4"),  # reads out_norm, one entry per row
+    symprune.Recipe("ria", 0.5),  # column sums: taken whole
+], ids=lambda r: r.describe())
+def test_row_blocks_write_the_bytes_of_whole_weights(recipe: symprune.Recipe, tiny_model_dir: Path,
+                                                     text_files: tuple[Path, Path], tmp_path: Path) -> None:
+    """A weight pruned a few rows at a time (one row; one or two; several, the last block
+    shorter) is written exactly as when pruned whole."""
+    stats = tmp_path / "stats.safetensors"
+    assert main(["calibrate", str(tiny_model_dir), "--out", str(stats), "--calib", str(text_files[0]),
+                 "--nsamples", "2", "--seqlen", "32", "--quiet"]) == 0
+    options: dict[str, Any] = {} if recipe.data_free else {"stats": str(stats)}
+    _stream(tiny_model_dir, tmp_path / "whole", recipe, row_block_bytes=2**40, **options)
+    for budget in (1, 700, 3000):  # rows are 256 or 512 bytes
+        out = tmp_path / f"blocks-{budget}"
+        _stream(tiny_model_dir, out, recipe, row_block_bytes=budget, **options)
+        assert (out / "model.safetensors").read_bytes() == (tmp_path / "whole" / "model.safetensors").read_bytes()
+
+
 def test_resume_checks_finished_shards_by_content(sharded_model_dir: Path, tmp_path: Path) -> None:
     """A finished shard whose bytes changed after it was recorded (same size, same mtime) is redone."""
     reference, out = tmp_path / "reference", tmp_path / "out"

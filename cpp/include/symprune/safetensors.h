@@ -93,6 +93,8 @@ class SYMPRUNE_API Reader {
   // Drops the tensor's pages from this process (they stay in the page cache), so that
   // streaming a file keeps the resident set at the size of the tensors in flight.
   void release(const TensorInfo& tensor) const;
+  // Bytes [offset, offset + size) of a tensor, as a TensorInfo for load and release.
+  static TensorInfo part(const TensorInfo& tensor, uint64_t offset, uint64_t size);
 
  private:
   std::filesystem::path path_;
@@ -143,15 +145,17 @@ class SYMPRUNE_API Writer {
 
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
   void write(std::size_t index, std::span<const std::byte> data);
+  // Bytes [offset, offset + size) of the tensor, for tensors written in pieces (each byte once).
+  void write_part(std::size_t index, uint64_t offset, std::span<const std::byte> data);
   void copy(std::size_t index, const Reader& source, const TensorInfo& source_tensor);
   void commit();
 
  private:
-  void mark_written(std::size_t index, uint64_t size);
+  void mark_written(std::size_t index, uint64_t offset, uint64_t size);
 
   AtomicFile file_;
   std::vector<TensorInfo> tensors_;
-  std::vector<bool> written_;
+  std::vector<uint64_t> written_;  // bytes of each tensor written so far
   uint64_t data_start_ = 0;
 };
 

@@ -66,6 +66,11 @@ struct SYMPRUNE_API StreamOptions {
   // the GPU and for the pruning; the file I/O stays on the CPU. The device type is part of the
   // job: `resume` continues on the kind of device a run started on.
   c10::Device device = c10::kCPU;
+  // On the CPU, a recipe whose rows are independent (Recipe::rows_independent: row-local scores
+  // with per-row or N:M masks, DSnoT) prunes each weight a block of rows of about this many bytes
+  // at a time, reading, pruning and writing it, so that memory does not grow with the weight.
+  // Other recipes, and a GPU, take a weight whole.
+  uint64_t row_block_bytes = uint64_t{8} << 20;
   std::function<void(const StreamProgress&)> on_progress;
 };
 

@@ -102,6 +102,13 @@ void Reader::load(const TensorInfo& tensor) const {
   (void)sink;
 }
 
+TensorInfo Reader::part(const TensorInfo& tensor, uint64_t offset, uint64_t size) {
+  TensorInfo piece = tensor;
+  piece.begin = tensor.begin + std::min(offset, tensor.nbytes());
+  piece.end = std::min(piece.begin + size, tensor.end);
+  return piece;
+}
+
 void Reader::release(const TensorInfo& tensor) const {
   const uint64_t begin = header_.data_start + tensor.begin;
   const auto [first, length] = page_range(begin, begin + tensor.nbytes(), size_);
@@ -200,38 +207,49 @@ void write_file_atomically(const fs::path& path, std::string_view contents, bool
 
 Writer::Writer(const fs::path& path, std::vector<TensorInfo> tensors,
                const std::map<std::string, std::string>& metadata, bool durable)
-    : file_(path, durable), tensors_(std::move(tensors)), written_(tensors_.size(), false) {
+    : file_(path, durable), tensors_(std::move(tensors)), written_(tensors_.size(), 0) {
   const std::string header = serialize_header(tensors_, metadata);
   data_start_ = header.size();
   file_.write_at(0, header.data(), header.size());
 }
 
-void Writer::mark_written(std::size_t index, uint64_t size) {
+void Writer::mark_written(std::size_t index, uint64_t offset, uint64_t size) {
   if (index >= tensors_.size()) throw FormatError("tensor index out of range");
-  if (size != tensors_[index].nbytes())
-    throw FormatError("tensor '" + tensors_[index].name + "': got " + std::to_string(size) + " bytes, expected " +
-                      std::to_string(tensors_[index].nbytes()));
-  written_[index] = true;
+  const uint64_t nbytes = tensors_[index].nbytes();
+  if (offset > nbytes || size > nbytes - offset || written_[index] + size > nbytes)
+    throw FormatError("tensor '" + tensors_[index].name + "': bytes [" + std::to_string(offset) + ", " +
+                      std::to_string(offset + size) + ") do not fit its " + std::to_string(nbytes) + " bytes");
+  written_[index] += size;
 }
 
 void Writer::write(std::size_t index, std::span<const std::byte> data) {
-  mark_written(index, data.size());
-  file_.write_at(data_start_ + tensors_[index].begin, data.data(), data.size());
-  file_.start_writeback(data_start_ + tensors_[index].begin, data.size());
+  if (index < tensors_.size() && data.size() != tensors_[index].nbytes())
+    throw FormatError("tensor '" + tensors_[index].name + "': got " + std::to_string(data.size()) +
+                      " bytes, expected " + std::to_string(tensors_[index].nbytes()));
+  write_part(index, 0, data);
+}
+
+void Writer::write_part(std::size_t index, uint64_t offset, std::span<const std::byte> data) {
+  mark_written(index, offset, data.size());
+  file_.write_at(data_start_ + tensors_[index].begin + offset, data.data(), data.size());
+  file_.start_writeback(data_start_ + tensors_[index].begin + offset, data.size());
 }
 
 void Writer::copy(std::size_t index, const Reader& source, const TensorInfo& source_tensor) {
-  mark_written(index, source_tensor.nbytes());
+  if (index < tensors_.size() && source_tensor.nbytes() != tensors_[index].nbytes())
+    throw FormatError("tensor '" + tensors_[index].name + "': got " + std::to_string(source_tensor.nbytes()) +
+                      " bytes, expected " + std::to_string(tensors_[index].nbytes()));
+  mark_written(index, 0, source_tensor.nbytes());
   file_.copy_at(data_start_ + tensors_[index].begin, source.fd(),
                 source.header().data_start + source_tensor.begin, source_tensor.nbytes(), source.path());
   file_.start_writeback(data_start_ + tensors_[index].begin, source_tensor.nbytes());
 }
 
 void Writer::commit() {
-  const auto missing = std::find(written_.begin(), written_.end(), false);
-  if (missing != written_.end())
-    throw FormatError(file_.final_path().string() + ": tensor '" +
-                      tensors_[std::size_t(missing - written_.begin())].name + "' was never written");
+  for (std::size_t i = 0; i < tensors_.size(); ++i)
+    if (written_[i] != tensors_[i].nbytes())
+      throw FormatError(file_.final_path().string() + ": tensor '" + tensors_[i].name + "' was never written" +
+                        (written_[i] ? " whole" : ""));
   file_.commit();
 }
 

@@ -52,14 +52,14 @@ auto naming_errors(const std::string& where, F&& f) {
 // Where pruned weights are computed, and the host buffers that carry them between stages.
 class Compute {
  public:
-  Compute(const StreamOptions& o, uint64_t largest_pruned_bytes) : device_type_(o.device.type()) {
+  Compute(const StreamOptions& o, uint64_t buffer_bytes) : device_type_(o.device.type()) {
     const bool on_device = !o.device.is_cpu();
     // Pinned memory belongs to the current device's context: make it the run's device (not
     // GPU 0, which would get a context of its own).
     const c10::OptionalDeviceGuard current(on_device ? std::optional<c10::Device>(o.device) : std::nullopt);
     if (on_device) device.emplace(o.device);
-    outputs.emplace(2, largest_pruned_bytes, /*pinned=*/on_device);
-    if (on_device) inputs.emplace(2, largest_pruned_bytes, /*pinned=*/true);
+    outputs.emplace(2, buffer_bytes, /*pinned=*/on_device);
+    if (on_device) inputs.emplace(2, buffer_bytes, /*pinned=*/true);
   }
   ~Compute() {
     device.reset();  // waits for the device: no copy uses a host buffer after this
@@ -94,8 +94,9 @@ struct Loaded {
 
 struct Written {
   std::size_t job;
-  std::optional<HostBuffer> buffer;  // holds the pruned weight; none for a copied tensor
-  at::Tensor pruned;                 // the pruned weight, a view of `buffer`
+  std::optional<HostBuffer> buffer;  // holds the pruned weight (or rows); none for a copied tensor
+  at::Tensor pruned;                 // the pruned weight or block of rows, a view of `buffer`
+  uint64_t offset = 0;               // of the block of rows in the tensor's bytes
   // Zeros, counted by the compute thread on the CPU path so that the writer, which a durable run
   // waits on, stays free; a device's result is counted by the writer once it is in.
   std::optional<int64_t> zeros;
@@ -128,6 +129,15 @@ class ShardStreamer {
   std::string where(std::size_t job) const {
     return shard_.reader.path().string() + ": tensor '" + info(job).name + "': ";
   }
+  uint64_t row_bytes(std::size_t job) const {
+    const auto& t = info(job);
+    return t.shape.empty() || t.shape[0] == 0 ? 0 : t.nbytes() / uint64_t(t.shape[0]);
+  }
+  // What is pruned first: the whole weight, or its first block of rows.
+  safetensors::TensorInfo first_block(std::size_t job) const {
+    const auto rows = shard_.jobs[job].block_rows;
+    return rows ? safetensors::Reader::part(info(job), 0, uint64_t(rows) * row_bytes(job)) : info(job);
+  }
 
   template <typename F>
   void guarded(F&& f) {
@@ -159,18 +169,53 @@ class ShardStreamer {
         item.uploaded = naming_errors(where(j), [&] { return compute_.device->upload(*staged, weight, stats); });
         compute_.inputs->give_back(std::move(*staged));
       } else {
-        shard_.reader.load(info(j));
+        shard_.reader.load(first_block(j));
       }
       if (!loaded_.push(std::move(item))) return;
     }
     loaded_.close();
   }
 
+  // Stage 2 (the calling thread), CPU, a recipe whose rows are independent: prune a block of
+  // rows at a time into an output buffer, dropping the input rows' pages once pruned, so that
+  // neither the input nor the output of a weight is ever resident whole.
+  bool compute_row_blocks(std::size_t j) {
+    const auto& job = shard_.jobs[j];
+    const auto weight = detail::tensor_view(shard_.reader, info(j));
+    const int64_t rows = weight.size(0);
+    for (int64_t begin = 0; begin < rows; begin += job.block_rows) {
+      const int64_t count = std::min(job.block_rows, rows - begin);
+      const uint64_t offset = uint64_t(begin) * row_bytes(j), size = uint64_t(count) * row_bytes(j);
+      Written item{j, compute_.outputs->acquire(), {}, offset, {}};
+      if (!item.buffer) return false;
+      const auto input = weight.slice(0, begin, begin + count);
+      item.pruned = item.buffer->shaped_like(input);
+      LayerStats part = job.stats;
+      if (part.out_norm.defined()) part.out_norm = part.out_norm.slice(0, begin, begin + count);
+      naming_errors(where(j), [&] {
+        prune_into(input, part, o_.recipe, item.pruned, info(j).name);
+        return 0;
+      });
+      shard_.reader.release(safetensors::Reader::part(info(j), offset, size));
+      item.zeros = detail::count_zeros(item.pruned);
+      if (!written_.push(std::move(item))) return false;
+    }
+    return true;
+  }
+
   // Stage 2 (the calling thread): prune into an output buffer and report progress.
   void compute_all() {
     for (std::size_t j = 0; j < shard_.jobs.size(); ++j) {
       const auto& job = shard_.jobs[j];
-      Written item{j, {}, {}, {}};
+      Written item{j, {}, {}, 0, {}};
+      if (job.prune && job.block_rows) {
+        if (!loaded_.pop() || !compute_row_blocks(j)) return;
+        report_.tensors_pruned += 1;
+        progress_.tensor = info(j).name;
+        progress_.bytes_done += info(j).nbytes();
+        if (o_.on_progress) o_.on_progress(progress_);
+        continue;
+      }
       if (job.prune) {
         auto loaded = loaded_.pop();
         if (!loaded) return;
@@ -209,7 +254,8 @@ class ShardStreamer {
         item->buffer->wait();  // a device's result is in
         report_.pruned_numel += item->pruned.numel();
         report_.pruned_zeros += item->zeros ? *item->zeros : detail::count_zeros(item->pruned);
-        writer.write(index, {static_cast<const std::byte*>(item->pruned.const_data_ptr()), tensor.nbytes()});
+        writer.write_part(index, item->offset,
+                          {static_cast<const std::byte*>(item->pruned.const_data_ptr()), item->pruned.nbytes()});
         compute_.outputs->give_back(std::move(*item->buffer));
       } else {
         writer.copy(index, shard_.reader, tensor);
@@ -288,7 +334,7 @@ StreamReport StreamJob::write(bool resuming) {
   const auto start = std::chrono::steady_clock::now();
   auto& s = *state_;
   const auto& options = s.options;
-  Compute compute(options, s.plan.largest_pruned_bytes);
+  Compute compute(options, s.plan.buffer_bytes);
   std::multimap<std::string, std::string> recorded;
   if (resuming) recorded = detail::FinishedShards::recorded(s.out_dir);
   detail::FinishedShards finished(s.out_dir, s.rank, options.durable);

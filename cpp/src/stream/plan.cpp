@@ -90,7 +90,7 @@ void require(const at::Tensor& t, const std::string& weight, const char* stat, i
 }
 
 // Every weight to prune is finite, checked before anything is written: one read of the mapping, a
-// block of rows at a time, its pages dropped afterwards.
+// block of rows at a time, each block's pages dropped once checked.
 void check_weights_finite(const StreamPlan& plan, const fs::path& model_dir) {
   for (const auto& shard : plan.shards) {
     const auto& tensors = shard.reader.header().tensors;
@@ -99,11 +99,14 @@ void check_weights_finite(const StreamPlan& plan, const fs::path& model_dir) {
       const TensorInfo& info = tensors[job.tensor];
       const auto weight = detail::tensor_view(shard.reader, info);
       if (!detail::is_supported_float(weight.scalar_type())) continue;  // refused with its dtype later
-      const int64_t step = std::max<int64_t>(1, (int64_t{1} << 22) / std::max<int64_t>(weight.size(1), 1));
+      const int64_t step = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(weight.size(1), 1));
+      const uint64_t row_bytes = weight.size(0) ? info.nbytes() / uint64_t(weight.size(0)) : 0;
       bool finite = true;
-      for (int64_t r = 0; finite && r < weight.size(0); r += step)
-        finite = at::isfinite(weight.narrow(0, r, std::min(step, weight.size(0) - r))).all().item<bool>();
-      shard.reader.release(info);
+      for (int64_t r = 0; finite && r < weight.size(0); r += step) {
+        const int64_t rows = std::min(step, weight.size(0) - r);
+        finite = at::isfinite(weight.narrow(0, r, rows)).all().item<bool>();
+        shard.reader.release(safetensors::Reader::part(info, uint64_t(r) * row_bytes, uint64_t(rows) * row_bytes));
+      }
       if (!finite)
         throw ValueError((model_dir / shard.name).string() + ": tensor '" + info.name +
                          "': holds NaN or Inf; refused before anything was written");
@@ -231,7 +234,14 @@ StreamPlan plan_stream(const StreamOptions& options, const fs::path& model_dir, 
         }
         if (needs_out) require(job.stats.out_norm, info.name, "out_norm", rows, options.stats);
         ++pruned;
-        if (shard.mine) plan.largest_pruned_bytes = std::max(plan.largest_pruned_bytes, info.nbytes());
+        if (options.device.is_cpu() && recipe.rows_independent() && rows > 0) {
+          const uint64_t row_bytes = info.nbytes() / uint64_t(rows);
+          job.block_rows =
+              std::clamp<int64_t>(int64_t(options.row_block_bytes / std::max<uint64_t>(row_bytes, 1)), 1, rows);
+        }
+        const uint64_t at_once = job.block_rows ? uint64_t(job.block_rows) * (info.nbytes() / uint64_t(rows))
+                                                : info.nbytes();
+        if (shard.mine) plan.buffer_bytes = std::max(plan.buffer_bytes, at_once);
       }
       shard.jobs.push_back(std::move(job));
     }

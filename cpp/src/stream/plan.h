@@ -19,6 +19,9 @@ struct TensorJob {
   std::size_t tensor;  // index into the shard header's tensors
   bool prune = false;
   LayerStats stats;  // undefined tensors where the file has none
+  // Rows per block when pruned a block of rows at a time (StreamOptions::row_block_bytes); 0: the
+  // whole weight at once.
+  int64_t block_rows = 0;
 };
 
 struct ShardPlan {
@@ -33,7 +36,7 @@ struct StreamPlan {
   std::optional<std::string> index_json;
   uint64_t bytes_total = 0;
   uint64_t bytes_mine = 0;            // in the shards this process writes
-  uint64_t largest_pruned_bytes = 0;  // among them
+  uint64_t buffer_bytes = 0;          // an output buffer: the largest block or whole weight pruned at once
   std::string job;  // JSON describing the job, to recognise its own output when resuming
 };
 
