@@ -4,9 +4,11 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -156,6 +158,24 @@ TEST(SafetensorsFiles, UnfinishedWritesLeaveNothing) {
   EXPECT_TRUE(files_in(dir).empty());
   EXPECT_THROW(Reader(dir / "missing.safetensors"), IoError);
   EXPECT_THROW(Reader{dir}, FormatError);  // a folder is not a regular file
+  fs::remove_all(dir);
+}
+
+TEST(SafetensorsFiles, TensorsWrittenInPieces) {
+  const auto dir = temp_dir();
+  const std::vector<float> values{1, 2, 3, 4, 5, 6};
+  const auto bytes = std::as_bytes(std::span(values));
+  {
+    Writer writer(dir / "t.safetensors", {{"w", Dtype::F32, {3, 2}}}, {});
+    writer.write_part(0, 16, bytes.subspan(16, 8));  // the last row first
+    EXPECT_THROW(writer.write_part(0, 20, bytes.subspan(0, 8)), FormatError);  // past the tensor's end
+    EXPECT_THROW(writer.commit(), FormatError);                                  // rows 0 and 1 missing
+    writer.write_part(0, 0, bytes.subspan(0, 16));
+    writer.commit();
+  }
+  const Reader reader(dir / "t.safetensors");
+  const auto data = reader.bytes(reader.header().tensors[0]);
+  EXPECT_TRUE(std::equal(data.begin(), data.end(), bytes.begin(), bytes.end()));
   fs::remove_all(dir);
 }
 
