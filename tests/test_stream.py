@@ -299,6 +299,17 @@ def test_row_blocks_write_the_bytes_of_whole_weights(recipe: symprune.Recipe, ti
         assert (out / "model.safetensors").read_bytes() == (tmp_path / "whole" / "model.safetensors").read_bytes()
 
 
+def test_apply_warns_when_the_folder_has_no_config(tiny_model_dir: Path, tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    model = tmp_path / "tensors"
+    model.mkdir()
+    shutil.copy(tiny_model_dir / "model.safetensors", model)
+    with caplog.at_level("WARNING", logger="symprune"):
+        assert main(["apply", str(model), str(tmp_path / "out"), "--method", "magnitude", "--sparsity", "0.5",
+                     "--quiet"]) == 0
+    assert "no config.json" in caplog.text
+
+
 def test_resume_checks_finished_shards_by_content(sharded_model_dir: Path, tmp_path: Path) -> None:
     """A finished shard whose bytes changed after it was recorded (same size, same mtime) is redone."""
     reference, out = tmp_path / "reference", tmp_path / "out"

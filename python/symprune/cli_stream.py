@@ -61,8 +61,12 @@ def cmd_apply(args: argparse.Namespace) -> None:
     from symprune.stream import prune_checkpoint
 
     stats = existing_file(args.stats, "statistics file") if args.stats else None
+    model_dir = resolve_model_dir(args.model_dir, require_config=False)
+    if not (model_dir / "config.json").is_file() and distributed.is_main():
+        log.warning("%s has no config.json: the pruned copy will not be loadable by transformers either",
+                    model_dir)
     report = prune_checkpoint(
-        resolve_model_dir(args.model_dir, require_config=False), args.out_dir, args.recipe, stats=stats, include=args.include, resume=args.resume, overwrite=args.overwrite,
+        model_dir, args.out_dir, args.recipe, stats=stats, include=args.include, resume=args.resume, overwrite=args.overwrite,
         durable=not args.no_fsync, device=args.device, progress=not args.quiet,
         allow_other_recipe=args.allow_other_recipe,
     )
