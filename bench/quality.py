@@ -76,6 +76,8 @@ EXPECTATIONS = [
     ("DSnoT on every layer improves Wanda's mask", "wanda+dsnot (all layers)", "wanda"),
     ("R²-DSnoT ≤ DSnoT, both on every layer (Wanda)", "wanda+r2dsnot", "wanda+dsnot (all layers)"),
     ("R²-DSnoT ≤ DSnoT, both on every layer (RIA)", "ria+r2dsnot", "ria+dsnot (all layers)"),
+    ("R²-DSnoT ≤ DSnoT, both on attention only (Wanda)", "wanda+r2dsnot (attention only)", "wanda+dsnot"),
+    ("R²-DSnoT ≤ DSnoT, both on attention only (RIA)", "ria+r2dsnot (attention only)", "ria+dsnot"),
     ("SparseGPT ≤ Wanda", "sparsegpt", "wanda"),
     ("the refit improves Wanda's mask", "wanda+refit", "wanda"),
     ("ADMM ≤ SparseGPT", "admm", "sparsegpt"),

@@ -442,6 +442,23 @@ def test_nan_in_a_later_shard_is_refused_before_writing(sharded_model_dir: Path,
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("where", [(0, 0), (-1, -1)], ids=["first", "last"])
+def test_the_prescan_finds_every_non_finite_value(dtype: torch.dtype, value: float, where: tuple[int, int],
+                                                  tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    weight = torch.randn(33, 24).to(dtype)
+    weight[where] = value
+    symprune.save_safetensors(str(model / "model.safetensors"),
+                              {"model.layers.0.mlp.up_proj.weight": weight, "model.layers.0.mlp.down_proj.weight":
+                               torch.randn(24, 33).to(dtype)})
+    with pytest.raises(ValueError, match="up_proj.weight': holds NaN or Inf; refused before"):
+        symprune.prune_checkpoint(model, tmp_path / "out", method="magnitude", sparsity=0.5, progress=False)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 @pytest.mark.parametrize(("method", "pattern"), [("magnitude", {"sparsity": 0.5}), ("wanda", {"nm": (2, 4)})])
 def test_apply_mixed_dtypes_and_sizes_share_output_buffers(method: str, pattern: dict, tmp_path: Path) -> None:
     """Pruned weights of every float dtype and of growing and shrinking sizes pass through the

@@ -2,6 +2,7 @@
 
 #include "core/checks.h"
 #include "io/tensor_view.h"
+#include "stream/finite_scan.h"
 
 #include <nlohmann/json.hpp>
 
@@ -92,20 +93,17 @@ void require(const at::Tensor& t, const std::string& weight, const char* stat, i
 // Every weight to prune is finite, checked before anything is written: one read of the mapping, a
 // block of rows at a time, each block's pages dropped once checked.
 void check_weights_finite(const StreamPlan& plan, const fs::path& model_dir) {
+  constexpr uint64_t kBlockBytes = uint64_t{8} << 20;
   for (const auto& shard : plan.shards) {
     const auto& tensors = shard.reader.header().tensors;
     for (const auto& job : shard.jobs) {
       if (!job.prune || !shard.mine) continue;
       const TensorInfo& info = tensors[job.tensor];
-      const auto weight = detail::tensor_view(shard.reader, info);
-      if (!detail::is_supported_float(weight.scalar_type())) continue;  // refused with its dtype later
-      const int64_t step = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(weight.size(1), 1));
-      const uint64_t row_bytes = weight.size(0) ? info.nbytes() / uint64_t(weight.size(0)) : 0;
       bool finite = true;
-      for (int64_t r = 0; finite && r < weight.size(0); r += step) {
-        const int64_t rows = std::min(step, weight.size(0) - r);
-        finite = at::isfinite(weight.narrow(0, r, rows)).all().item<bool>();
-        shard.reader.release(safetensors::Reader::part(info, uint64_t(r) * row_bytes, uint64_t(rows) * row_bytes));
+      for (uint64_t offset = 0; finite && offset < info.nbytes(); offset += kBlockBytes) {
+        const auto block = safetensors::Reader::part(info, offset, kBlockBytes);
+        finite = all_finite(shard.reader.bytes(block), info.dtype);
+        shard.reader.release(block);
       }
       if (!finite)
         throw ValueError((model_dir / shard.name).string() + ": tensor '" + info.name +
