@@ -31,6 +31,14 @@ inline DsnotBackend parse_backend(const std::string& backend) {
   throw ValueError("backend must be 'auto', 'rows' or 'batched', got '" + backend + "'");
 }
 
+// A statistic that the caller gives but `user` never reads is refused rather than ignored: it
+// would suggest an effect it does not have. `given_needed`: (name, given, read).
+inline void refuse_unread(const std::string& user,
+                          std::initializer_list<std::tuple<const char*, bool, bool>> given_needed) {
+  for (const auto& [name, given, read] : given_needed)
+    if (given && !read) throw ValueError(std::string(name) + " given, but " + user + " does not read it");
+}
+
 // Registers the recipe and the composed pruning entry point (recipe.cpp).
 void bind_recipe(pybind11::module_& m);
 // Registers GramStats, sparsegpt and refit (recipe.cpp).

@@ -56,6 +56,9 @@ at::Tensor prune_row_local_binding(const at::Tensor& weight, const std::string& 
                                    const std::optional<PyNM>& nm, std::optional<at::Tensor> in_norm,
                                    std::optional<at::Tensor> out_norm) {
   const auto p = pattern(sparsity, nm, "row", false);
+  const auto info = method_info(parse_score_method(method));
+  refuse_unread("method '" + method + "'", {{"in_norm", in_norm.has_value(), info.needs_input_stats},
+                                            {"out_norm", out_norm.has_value(), info.needs_output_stats}});
   const ScoreOptions options{std::move(in_norm), std::move(out_norm)};
   auto out = at::empty(weight.sizes(), weight.options());
   if (p.sparsity) return prune_row_local_out(weight, parse_score_method(method), options, *p.sparsity, out);
@@ -67,6 +70,9 @@ at::Tensor score_binding(const at::Tensor& weight, const std::string& method_nam
                          std::optional<double> p, std::optional<double> beta, std::optional<uint64_t> seed) {
   const auto method = parse_score_method(method_name);
   const auto read = score_options_read(method);
+  const auto info = method_info(method);
+  refuse_unread("method '" + method_name + "'", {{"in_norm", in_norm.has_value(), info.needs_input_stats},
+                                                 {"out_norm", out_norm.has_value(), info.needs_output_stats}});
   ScoreOptions options{std::move(in_norm), std::move(out_norm)};
   // An option the method does not read is refused, not ignored.
   const auto take = [&](const char* key, const auto& given, auto& field) {

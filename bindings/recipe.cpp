@@ -154,6 +154,12 @@ void bind_recipe(py::module_& m) {
            const std::optional<at::Tensor>& in_mean, const std::optional<at::Tensor>& in_var,
            const std::optional<at::Tensor>& out_norm, const std::optional<at::Tensor>& gram,
            const std::string& name) {
+          refuse_unread("recipe '" + recipe.describe() + "'",
+                        {{"in_norm", in_norm.has_value(), recipe.needs_input_stats()},
+                         {"in_mean", in_mean.has_value(), recipe.needs_refine_stats()},
+                         {"in_var", in_var.has_value(), recipe.needs_refine_stats()},
+                         {"out_norm", out_norm.has_value(), recipe.needs_output_stats()},
+                         {"gram", gram.has_value(), recipe.needs_gram()}});
           const LayerStats stats{or_undefined(in_norm), or_undefined(in_mean), or_undefined(in_var),
                                  or_undefined(out_norm), or_undefined(gram)};
           return prune(weight, stats, recipe, name);

@@ -15,6 +15,13 @@ SCORE = W.abs()
 IN_NORM = make_norm(IN, key=("err",))
 OUT_NORM = make_norm(OUT, key=("err_out",))
 
+
+def read_by(method: str, in_norm: torch.Tensor = IN_NORM, out_norm: torch.Tensor = OUT_NORM) -> dict:
+    """The statistics ``method`` reads (others are refused)."""
+    info = symprune.method_info(method)
+    return {**({"in_norm": in_norm} if info["needs_input_stats"] else {}),
+            **({"out_norm": out_norm} if info["needs_output_stats"] else {})}
+
 SPARSITY_RE = r"(?i)sparsity"
 NM_RE = r"(?i)n:m|\bnm\b|\bn\b|\bm\b"
 
@@ -104,20 +111,22 @@ def test_unknown_method(method):
 
 @pytest.mark.parametrize("method", ["wanda", "ria", "stochria", "symwanda"])
 def test_missing_in_norm(method):
+    outputs = {k: v for k, v in read_by(method).items() if k == "out_norm"}
     with pytest.raises(ValueError, match=r"(?i)in_norm"):
-        symprune.score(W, method, out_norm=OUT_NORM)
+        symprune.score(W, method, **outputs)
     w = W.clone()
     with pytest.raises(ValueError, match=r"(?i)in_norm"):
-        symprune.prune_(w, method, 0.5, out_norm=OUT_NORM)
+        symprune.prune_(w, method, 0.5, **outputs)
     assert torch.equal(w, W)
 
 
 @pytest.mark.parametrize("method", ["owanda", "symwanda"])
 def test_missing_out_norm(method):
+    inputs = {k: v for k, v in read_by(method).items() if k == "in_norm"}
     with pytest.raises(ValueError, match=r"(?i)out_norm"):
-        symprune.score(W, method, in_norm=IN_NORM)
+        symprune.score(W, method, **inputs)
     with pytest.raises(ValueError, match=r"(?i)out_norm"):
-        symprune.prune_(W.clone(), method, 0.5, in_norm=IN_NORM)
+        symprune.prune_(W.clone(), method, 0.5, **inputs)
 
 
 @pytest.mark.parametrize("bad", [IN + 1, IN - 1, (2, IN), (2, IN // 2)], ids=str)
@@ -125,7 +134,7 @@ def test_missing_out_norm(method):
 def test_wrong_in_norm_shape(method, bad):
     in_norm = torch.ones(bad)
     with pytest.raises(ValueError, match=r"(?i)in_norm|shape|size"):
-        symprune.score(W, method, in_norm=in_norm, out_norm=OUT_NORM)
+        symprune.score(W, method, **read_by(method, in_norm=in_norm))
 
 
 @pytest.mark.parametrize("bad", [OUT + 1, IN, (2, OUT)], ids=str)
@@ -133,7 +142,7 @@ def test_wrong_in_norm_shape(method, bad):
 def test_wrong_out_norm_shape(method, bad):
     out_norm = torch.ones(bad)
     with pytest.raises(ValueError, match=r"(?i)out_norm|shape|size"):
-        symprune.score(W, method, in_norm=IN_NORM, out_norm=out_norm)
+        symprune.score(W, method, **read_by(method, out_norm=out_norm))
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=str)
@@ -142,10 +151,10 @@ def test_non_finite_weight(method, bad):
     w = W.clone()
     w[2, 3] = bad
     with pytest.raises(ValueError, match=r"(?i)nan|inf|finite"):
-        symprune.score(w, method, in_norm=IN_NORM, out_norm=OUT_NORM)
+        symprune.score(w, method, **read_by(method))
     before = w.clone()
     with pytest.raises(ValueError, match=r"(?i)nan|inf|finite"):
-        symprune.prune_(w, method, 0.5, in_norm=IN_NORM, out_norm=OUT_NORM)
+        symprune.prune_(w, method, 0.5, **read_by(method))
     assert torch.equal(w.isnan(), before.isnan()) and torch.equal(w.nan_to_num(), before.nan_to_num())
 
 
@@ -162,7 +171,7 @@ def test_nan_in_norm(method):
     in_norm = IN_NORM.clone()
     in_norm[5] = float("nan")
     with pytest.raises(ValueError, match=r"(?i)nan|finite|in_norm"):
-        symprune.score(W, method, in_norm=in_norm, out_norm=OUT_NORM)
+        symprune.score(W, method, **read_by(method, in_norm=in_norm))
 
 
 @pytest.mark.parametrize("shape", [(IN,), (2, OUT, IN), (1, 1, IN)], ids=str)
@@ -213,10 +222,29 @@ def test_stats_update_wrong_features(shape):
                                                 ("ria", "seed"), ("symwanda", "a"), ("stochria", "p")])
 def test_score_refuses_options_the_method_does_not_read(method, option):
     w = torch.randn(OUT, IN)
-    norms = dict(in_norm=torch.rand(IN), out_norm=torch.rand(OUT))
+    norms = read_by(method, torch.rand(IN), torch.rand(OUT))
     with pytest.raises(ValueError, match=f"score option '{option}' is not read by method '{method}'"):
         symprune.score(w, method, **norms, **{option: 1})
     symprune.score(w, method, **norms)  # without the option: fine
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "owanda", "symmetric"])
+def test_statistics_a_method_does_not_read_are_refused(method):
+    """Refused, not ignored: passing them would suggest an effect they do not have."""
+    unread = {k: v for k, v in {"in_norm": IN_NORM, "out_norm": OUT_NORM}.items() if k not in read_by(method)}
+    for name, value in unread.items():
+        with pytest.raises(ValueError, match=f"{name} given, but method '{method}' does not read it"):
+            symprune.score(W, method, **read_by(method), **{name: value})
+        with pytest.raises(ValueError, match=f"{name} given, but recipe '{method} 0.5 per row' does not read it"):
+            symprune.prune_(W.clone(), method, 0.5, **read_by(method), **{name: value})
+    with pytest.raises(ValueError, match="gram given, but recipe"):
+        symprune.prune(W, symprune.Recipe("wanda", 0.5), in_norm=IN_NORM, gram=torch.eye(IN, dtype=torch.float64))
+    with pytest.raises(ValueError, match="in_mean given, but recipe"):
+        symprune.prune(W, symprune.Recipe("wanda", 0.5), in_norm=IN_NORM, in_mean=IN_NORM)
+    if symprune.method_info(method)["row_local"]:
+        for name, value in unread.items():
+            with pytest.raises(ValueError, match=f"{name} given"):
+                symprune.prune_row_local(W, method, 0.5, **read_by(method), **{name: value})
 
 
 def test_dsnot_refuses_a_mask_that_is_not_nm():

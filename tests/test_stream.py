@@ -649,7 +649,10 @@ def test_apply_prunes_large_weights_in_row_chunks_exactly(
                               stats=stats_path, progress=False, **pattern)
     out = symprune.load_safetensors(str(tmp_path / "out" / "model.safetensors"))[name]
 
-    score = symprune.score(w, method, in_norm=stats["in_norm"], out_norm=stats["out_norm"])
+    info = symprune.method_info(method)
+    read = {k: stats[k] for k, needed in (("in_norm", info["needs_input_stats"]), ("out_norm", info["needs_output_stats"]))
+            if needed}
+    score = symprune.score(w, method, **read)
     keep = symprune.mask(score, pattern.get("sparsity"), nm=pattern.get("nm"))
     if refine:
         options = symprune.r2dsnot_defaults() if refine == "r2dsnot" else {}
