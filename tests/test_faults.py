@@ -1,7 +1,24 @@
 """Faults at random moments: SIGTERM or SIGKILL during `prune`, `calibrate` and `apply` on a tiny
 model, then a rerun. Whatever the moment, the output is absent, complete (byte-identical to an
 uninterrupted run) or, for `apply`, a resumable run whose visible shards are complete; the rerun
-finishes it; the input model is never changed."""
+finishes it; the input model is never changed.
+
+The targeted fault cases live beside the code they exercise (all in CI):
+- output policy (input, inside it, containing it, dangling symlink; --overwrite of a foreign
+  folder; nothing of an overwritten folder survives): test_cli.py::test_prune_refuses_to_clobber,
+  test_stream.py::test_apply_refuses_bad_requests, ::test_apply_overwrite_replaces_the_whole_folder,
+  ::test_calibrate_cli_refuses_bad_requests;
+- validation before writing (statistics missing, mis-sized, NaN, negative; recipe mismatch;
+  --include with --stats; NaN/Inf weights in any shard, dtype and position):
+  test_stream.py::test_apply_refuses_bad_statistics_before_writing,
+  ::test_apply_refuses_statistics_of_another_recipe, ::test_apply_honours_include_with_statistics,
+  ::test_nan_in_a_later_shard_is_refused_before_writing, ::test_the_prescan_finds_every_non_finite_value;
+- option values and windows (one line, exit 2): test_cli.py::test_prune_errors_are_one_line;
+- signals and killed runs: test_cli.py::test_prune_cleans_up_after_sigterm_and_killed_runs,
+  test_crash_safety.py; resume by checksum: test_stream.py::test_resume_checks_finished_shards_by_content;
+- API contracts: test_errors.py::test_dsnot_refuses_a_mask_that_is_not_nm,
+  ::test_score_refuses_options_the_method_does_not_read, ::test_statistics_a_method_does_not_read_are_refused;
+- a failing rank under torchrun: test_distributed.py."""
 
 from __future__ import annotations
 
