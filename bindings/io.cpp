@@ -119,9 +119,7 @@ void bind_io(py::module_& m) {
              return as_dict(report);
            }, py::arg("resuming"), "Prunes this process's shards; returns the engine's counts.")
       .def("finish", &StreamJob::finish, py::call_guard<py::gil_scoped_release>(),
-           "Writes the index and the folder's other files, removes the job files.")
-      .def_property_readonly("part_bytes", &StreamJob::part_bytes)
-      .def_property_readonly("total_bytes", &StreamJob::total_bytes);
+           "Writes the index and the folder's other files, removes the job files.");
 }
 
 }  // namespace symprune::bindings

@@ -52,17 +52,24 @@ at::Tensor magnitude_prune_binding(const at::Tensor& weight, double sparsity, co
   return magnitude_prune(weight, sparsity, parse_group(group));
 }
 
+// The norms a score method reads must be given (the core checks); those it does not are refused.
+void refuse_unread_norms(ScoreMethod method, const std::string& name, const std::optional<at::Tensor>& in_norm,
+                         const std::optional<at::Tensor>& out_norm) {
+  const auto info = method_info(method);
+  refuse_unread("method '" + name + "'", {{"in_norm", in_norm.has_value(), info.needs_input_stats},
+                                          {"out_norm", out_norm.has_value(), info.needs_output_stats}});
+}
+
 at::Tensor prune_row_local_binding(const at::Tensor& weight, const std::string& method, std::optional<double> sparsity,
                                    const std::optional<PyNM>& nm, std::optional<at::Tensor> in_norm,
                                    std::optional<at::Tensor> out_norm) {
   const auto p = pattern(sparsity, nm, "row", false);
-  const auto info = method_info(parse_score_method(method));
-  refuse_unread("method '" + method + "'", {{"in_norm", in_norm.has_value(), info.needs_input_stats},
-                                            {"out_norm", out_norm.has_value(), info.needs_output_stats}});
+  const auto score_method = parse_score_method(method);
+  refuse_unread_norms(score_method, method, in_norm, out_norm);
   const ScoreOptions options{std::move(in_norm), std::move(out_norm)};
   auto out = at::empty(weight.sizes(), weight.options());
-  if (p.sparsity) return prune_row_local_out(weight, parse_score_method(method), options, *p.sparsity, out);
-  return prune_row_local_nm_out(weight, parse_score_method(method), options, *p.nm, out);
+  if (p.sparsity) return prune_row_local_out(weight, score_method, options, *p.sparsity, out);
+  return prune_row_local_nm_out(weight, score_method, options, *p.nm, out);
 }
 
 at::Tensor score_binding(const at::Tensor& weight, const std::string& method_name,
@@ -70,9 +77,7 @@ at::Tensor score_binding(const at::Tensor& weight, const std::string& method_nam
                          std::optional<double> p, std::optional<double> beta, std::optional<uint64_t> seed) {
   const auto method = parse_score_method(method_name);
   const auto read = score_options_read(method);
-  const auto info = method_info(method);
-  refuse_unread("method '" + method_name + "'", {{"in_norm", in_norm.has_value(), info.needs_input_stats},
-                                                 {"out_norm", out_norm.has_value(), info.needs_output_stats}});
+  refuse_unread_norms(method, method_name, in_norm, out_norm);
   ScoreOptions options{std::move(in_norm), std::move(out_norm)};
   // An option the method does not read is refused, not ignored.
   const auto take = [&](const char* key, const auto& given, auto& field) {

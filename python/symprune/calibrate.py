@@ -133,6 +133,7 @@ def calibrate(
     start = time.perf_counter()
     windows = as_windows(calibration)
     nsamples, seqlen = len(windows), max(row.numel() for row in windows)
+    report = new_report(prune, windows) if prune is not None else None  # of every rank's windows
     windows = distributed.my_share(windows)  # under torchrun; the statistics are summed over the ranks
     folder = CheckpointFolder(model_dir)
     model = build_skeleton(model_dir)
@@ -143,7 +144,6 @@ def calibrate(
     _load_outside_blocks(model, prefix, folder)
     _move_loaded(model, torch.device(device))
     result = Calibration()
-    report = new_report(prune, windows) if prune is not None else None
 
     with torch.no_grad():
         captured = capture_block_inputs(model, windows, progress=progress)
@@ -184,7 +184,6 @@ def calibrate(
                                           refine=None, refine_options={}, score_options={}, nsamples=nsamples,
                                           seqlen=seqlen, versions=software_versions())
     result.report.command = "calibrate"
-    result.report.nsamples, result.report.seqlen = nsamples, seqlen
     if report is not None:
         result.report.finish_totals()
     result.report.wall_seconds, result.report.peak_rss_mb = result.seconds, result.peak_rss_mb

@@ -4,7 +4,7 @@ NCCL between GPUs. Without torchrun every helper here is the identity of a singl
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -90,33 +90,6 @@ def broadcast_flag(flag: bool | None) -> bool:
     value = torch.tensor([int(bool(flag))], dtype=torch.int64)
     dist.broadcast(value, src=0)
     return bool(value.item())
-
-
-def sum_counts(counts: Mapping[str, int | float]) -> dict[str, int | float]:
-    """Counts summed over the ranks (fp64, so byte and element counts stay exact below 2**53);
-    times become the slowest rank's."""
-    if not dist.is_initialized():
-        return dict(counts)
-    keys = [k for k in counts if k != "seconds"]  # the same order on every rank: the engine's
-    summed = torch.tensor([float(counts[k]) for k in keys], dtype=torch.float64)
-    dist.all_reduce(summed)
-    out: dict[str, int | float] = {k: int(v) for k, v in zip(keys, summed.tolist())}
-    if "seconds" in counts:
-        slowest = torch.tensor([float(counts["seconds"])], dtype=torch.float64)
-        dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
-        out["seconds"] = slowest.item()
-    return out
-
-
-def all_reduce_fp64(tensors: list[torch.Tensor]) -> None:
-    """Sum each tensor over the ranks in place, in fp64 and in the order given, so that the
-    result depends on the world size only through rounding (and not on arrival order)."""
-    if not dist.is_initialized():
-        return
-    for t in tensors:
-        wide = t.to(torch.float64)
-        dist.all_reduce(wide)
-        t.copy_(wide)
 
 
 def my_share(windows: Sequence[W], what: str = "calibration windows") -> list[W]:

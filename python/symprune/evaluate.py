@@ -6,10 +6,10 @@ import math
 from collections.abc import Iterable
 
 import torch
-
-from symprune import distributed
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from symprune import distributed
 
 
 def window_losses(

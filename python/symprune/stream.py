@@ -90,7 +90,9 @@ def prune_checkpoint(
             progress=report, allow_other_recipe=allow_other_recipe, rank=rank, world=world,
         ))
         resuming = distributed.broadcast_flag(distributed.together(lambda: job.prepare() if rank == 0 else None))
-        result = distributed.sum_counts(distributed.together(lambda: job.write(resuming)))
+        counts = distributed.together(lambda: job.write(resuming))
+        counts.pop("seconds")  # this rank's writing time; the whole run's replaces it below
+        result: dict[str, Any] = dict(zip(counts, map(int, distributed.sum_over_ranks(list(counts.values())))))
         distributed.together(lambda: job.finish() if rank == 0 else None)
     finally:
         if bar is not None:

@@ -79,7 +79,7 @@ struct SYMPRUNE_API StreamReport {
   int64_t shards_resumed = 0;   // kept from an interrupted run
   int64_t tensors_pruned = 0;
   int64_t tensors_copied = 0;
-  uint64_t bytes = 0;           // tensor data in the checkpoint
+  uint64_t bytes = 0;           // tensor data in the shards this run (process) wrote or kept
   int64_t pruned_numel = 0;     // elements of the pruned weights (not counting resumed shards)
   int64_t pruned_zeros = 0;     // zeros among them after pruning
   double seconds = 0;
@@ -127,10 +127,6 @@ class SYMPRUNE_API StreamJob {
   StreamReport write(bool resuming);
   // The index and the folder's other files; removes the job files.
   void finish();
-
-  // Bytes of tensor data in this process's shards, and in the whole checkpoint.
-  uint64_t part_bytes() const;
-  uint64_t total_bytes() const;
 
  private:
   struct State;

@@ -203,41 +203,41 @@ class ShardStreamer {
     return true;
   }
 
-  // Stage 2 (the calling thread): prune into an output buffer and report progress.
+  // Stage 2 (the calling thread), a weight taken whole: prune it into an output buffer (on a
+  // device: queue it there).
+  bool compute_whole(std::size_t j) {
+    const auto& job = shard_.jobs[j];
+    auto loaded = loaded_.pop();
+    if (!loaded) return false;
+    Written item{j, compute_.outputs->acquire(), {}, 0, {}};
+    if (!item.buffer) return false;
+    const auto weight = detail::tensor_view(shard_.reader, info(j));
+    item.pruned = item.buffer->shaped_like(weight);
+    naming_errors(where(j), [&] {
+      if (compute_.device) {
+        compute_.device->prune(std::move(*loaded->uploaded), *item.buffer, o_.recipe, info(j).name);
+      } else {
+        prune_into(weight, job.stats, o_.recipe, item.pruned, info(j).name);
+        shard_.reader.release(info(j));  // the writer only needs the pruned copy
+        item.zeros = detail::count_zeros(item.pruned);
+      }
+      return 0;
+    });
+    return written_.push(std::move(item));
+  }
+
+  // Stage 2 (the calling thread): prune each weight (in row blocks or whole), hand copied
+  // tensors to the writer, and report progress.
   void compute_all() {
     for (std::size_t j = 0; j < shard_.jobs.size(); ++j) {
       const auto& job = shard_.jobs[j];
-      Written item{j, {}, {}, 0, {}};
-      if (job.prune && job.block_rows) {
-        if (!loaded_.pop() || !compute_row_blocks(j)) return;
-        report_.tensors_pruned += 1;
-        progress_.tensor = info(j).name;
-        progress_.bytes_done += info(j).nbytes();
-        if (o_.on_progress) o_.on_progress(progress_);
-        continue;
-      }
-      if (job.prune) {
-        auto loaded = loaded_.pop();
-        if (!loaded) return;
-        item.buffer = compute_.outputs->acquire();
-        if (!item.buffer) return;
-        const auto weight = detail::tensor_view(shard_.reader, info(j));
-        item.pruned = item.buffer->shaped_like(weight);
-        naming_errors(where(j), [&] {
-          if (compute_.device) {
-            compute_.device->prune(std::move(*loaded->uploaded), *item.buffer, o_.recipe, info(j).name);
-          } else {
-            prune_into(weight, job.stats, o_.recipe, item.pruned, info(j).name);
-            shard_.reader.release(info(j));  // the writer only needs the pruned copy
-            item.zeros = detail::count_zeros(item.pruned);
-          }
-          return 0;
-        });
-        report_.tensors_pruned += 1;
-      } else {
+      if (!job.prune) {
+        if (!written_.push(Written{j, {}, {}, 0, {}})) return;
         report_.tensors_copied += 1;
+      } else {
+        if (job.block_rows ? !loaded_.pop() || !compute_row_blocks(j) : !compute_whole(j)) return;
+        report_.tensors_pruned += 1;
       }
-      if (!written_.push(std::move(item))) return;
       progress_.tensor = info(j).name;
       progress_.bytes_done += info(j).nbytes();
       if (o_.on_progress) o_.on_progress(progress_);
@@ -316,8 +316,6 @@ StreamJob::StreamJob(const StreamingPruner& pruner, const fs::path& model_dir, c
 
 StreamJob::~StreamJob() = default;
 
-uint64_t StreamJob::part_bytes() const { return state_->plan.bytes_mine; }
-uint64_t StreamJob::total_bytes() const { return state_->plan.bytes_total; }
 
 bool StreamJob::prepare() {
   auto& s = *state_;
@@ -350,9 +348,9 @@ StreamReport StreamJob::write(bool resuming) {
       ++report.shards;
       progress.shard = shard.name;
       const fs::path out_path = s.out_dir / shard.name;
-      if (resuming && detail::finished_earlier(out_path, recorded)) {
+      if (const auto checksum = resuming ? detail::finished_earlier(out_path, recorded) : std::nullopt) {
         ++report.shards_resumed;
-        finished.add(shard.name, detail::file_checksum(out_path));  // this process's record, for a later resume
+        finished.add(shard.name, *checksum);  // this process's record, for a later resume
         for (const auto& t : shard.reader.header().tensors) progress.bytes_done += t.nbytes();
         if (options.on_progress) options.on_progress(progress);
         continue;

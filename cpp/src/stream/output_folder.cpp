@@ -11,7 +11,6 @@
 #include <sys/file.h>
 #include <unistd.h>
 
-#include <cstring>
 #include <set>
 
 namespace symprune {
@@ -94,18 +93,24 @@ std::string job_file_text(const std::string& job, bool durable) {
   return text.dump(2) + "\n";
 }
 
+namespace {
+
+// Other ranks' job files are named "<kJobFile without .json>.rank-R.json".
+const std::string kRankJobPrefix = fs::path(kJobFile).stem().string() + ".rank-";
+
+// Job files of every rank.
+bool is_job_file(const fs::path& path) {
+  const std::string name = path.filename().string();
+  return name == kJobFile || (name.starts_with(kRankJobPrefix) && name.ends_with(".json"));
+}
+
+}  // namespace
+
 fs::path job_file_of(const fs::path& out_dir, int rank) {
-  return rank == 0 ? out_dir / kJobFile : out_dir / (std::string(kJobFile, std::strlen(kJobFile) - 5) + ".rank-" +
-                                                     std::to_string(rank) + ".json");
+  return out_dir / (rank == 0 ? std::string(kJobFile) : kRankJobPrefix + std::to_string(rank) + ".json");
 }
 
 namespace {
-
-// Job files of every rank: the rank-0 one and .symprune-apply.rank-R.json.
-bool is_job_file(const fs::path& path) {
-  const std::string name = path.filename().string(), stem(kJobFile, std::strlen(kJobFile) - 5);
-  return name == kJobFile || (name.starts_with(stem + ".rank-") && name.ends_with(".json"));
-}
 
 nlohmann::json read_json(const fs::path& path) {
   try {
@@ -118,7 +123,10 @@ nlohmann::json read_json(const fs::path& path) {
 }  // namespace
 
 FinishedShards::FinishedShards(const fs::path& out_dir, int rank, bool durable)
-    : path_(job_file_of(out_dir, rank)), durable_(durable) {}
+    : path_(job_file_of(out_dir, rank)), durable_(durable) {
+  std::error_code ec;
+  text_ = fs::exists(path_, ec) ? read_json(path_) : nlohmann::json::object();
+}
 
 std::multimap<std::string, std::string> FinishedShards::recorded(const fs::path& out_dir) {
   std::multimap<std::string, std::string> checksums;
@@ -134,10 +142,8 @@ std::multimap<std::string, std::string> FinishedShards::recorded(const fs::path&
 
 void FinishedShards::add(const std::string& shard, const std::string& checksum) {
   const std::lock_guard lock(mutex_);
-  std::error_code ec;
-  nlohmann::json text = fs::exists(path_, ec) ? read_json(path_) : nlohmann::json::object();
-  text["finished"][shard] = checksum;
-  safetensors::write_file_atomically(path_, text.dump(2) + "\n", durable_);
+  text_["finished"][shard] = checksum;
+  safetensors::write_file_atomically(path_, text_.dump(2) + "\n", durable_);
 }
 
 bool prepare_output(const fs::path& model_dir, const fs::path& out_dir, const StreamOptions& o,
@@ -189,14 +195,15 @@ void remove_partials(const fs::path& out_dir) {
     if (entry.path().extension() == ".partial") fs::remove(entry.path());
 }
 
-bool finished_earlier(const fs::path& path, const std::multimap<std::string, std::string>& recorded) {
+std::optional<std::string> finished_earlier(const fs::path& path,
+                                            const std::multimap<std::string, std::string>& recorded) {
   std::error_code ec;
   const auto [first, last] = recorded.equal_range(path.filename().string());
-  if (first == last || !fs::is_regular_file(path, ec)) return false;
-  const std::string checksum = file_checksum(path);
+  if (first == last || !fs::is_regular_file(path, ec)) return std::nullopt;
+  std::string checksum = file_checksum(path);
   for (auto it = first; it != last; ++it)
-    if (it->second == checksum) return true;
-  return false;
+    if (it->second == checksum) return checksum;
+  return std::nullopt;
 }
 
 void copy_other_files(const fs::path& model_dir, const fs::path& out_dir, bool durable) {

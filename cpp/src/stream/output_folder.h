@@ -5,9 +5,12 @@
 #include "symprune/safetensors.h"
 #include "symprune/stream.h"
 
+#include <nlohmann/json.hpp>
+
 #include <filesystem>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 
 namespace symprune::detail {
@@ -52,11 +55,14 @@ class FinishedShards {
  private:
   std::filesystem::path path_;
   bool durable_;
-  std::mutex mutex_;  // shards are recorded by the thread that commits them
+  nlohmann::json text_;  // the file as written (rank 0's keeps the job it was prepared with)
+  std::mutex mutex_;     // shards are recorded by the thread that commits them
 };
 
-// A shard left by an interrupted run is kept if its checksum is one recorded for it.
-bool finished_earlier(const std::filesystem::path& path, const std::multimap<std::string, std::string>& recorded);
+// A shard left by an interrupted run is kept if its checksum is one recorded for it: that checksum,
+// or nullopt.
+std::optional<std::string> finished_earlier(const std::filesystem::path& path,
+                                            const std::multimap<std::string, std::string>& recorded);
 
 // config.json, tokenizer files, chat templates...: every plain file but weights and state.
 void copy_other_files(const std::filesystem::path& model_dir, const std::filesystem::path& out_dir, bool durable);

@@ -1,6 +1,5 @@
 #include "stream/plan.h"
 
-#include "core/checks.h"
 #include "io/tensor_view.h"
 #include "stream/finite_scan.h"
 
@@ -203,7 +202,6 @@ StreamPlan plan_stream(const StreamOptions& options, const fs::path& model_dir, 
     const auto& tensors = shard.reader.header().tensors;
     for (std::size_t i = 0; i < tensors.size(); ++i) {
       const TensorInfo& info = tensors[i];
-      plan.bytes_total += info.nbytes();
       if (shard.mine) plan.bytes_mine += info.nbytes();
       TensorJob job{i, false, {}};
       const bool matrix = info.shape.size() == 2 && is_floating(info.dtype);

@@ -34,8 +34,7 @@ struct ShardPlan {
 struct StreamPlan {
   std::vector<ShardPlan> shards;
   std::optional<std::string> index_json;
-  uint64_t bytes_total = 0;
-  uint64_t bytes_mine = 0;            // in the shards this process writes
+  uint64_t bytes_mine = 0;            // tensor data in the shards this process writes
   uint64_t buffer_bytes = 0;          // an output buffer: the largest block or whole weight pruned at once
   std::string job;  // JSON describing the job, to recognise its own output when resuming
 };
