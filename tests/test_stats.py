@@ -134,3 +134,29 @@ def test_in_var_is_not_pooled():
     assert st3.sequences == 2 and st3.tokens == 4
     pooled = torch.tensor([0.0, 2.0, 10.0, 12.0], dtype=torch.float64).var(unbiased=False)
     assert torch.equal(st3.in_var, pooled.float().reshape(1))
+
+
+def test_states_of_disjoint_updates_sum_to_the_state_of_all():
+    """What ranks under torchrun rely on: summing the states of accumulators that saw different
+    updates (then load_state) gives the statistics of one that saw them all, against the fp64
+    oracle of all the updates."""
+    g = torch.Generator().manual_seed(3)
+    updates = [torch.randn(2, 5, 12, generator=g) * 3 + 1, torch.randn(7, 12, generator=g),
+               torch.randn(1, 4, 12, generator=g)]
+    parts = [symprune.ActivationStats(12), symprune.ActivationStats(12)]
+    grams = [symprune.GramStats(12), symprune.GramStats(12)]
+    for i, x in enumerate(updates):
+        parts[i % 2].update(x)
+        grams[i % 2].update(x)
+    combined, gram = symprune.ActivationStats(12), symprune.GramStats(12)
+    combined.load_state(parts[0].state() + parts[1].state())
+    gram.load_state(grams[0].state() + grams[1].state())
+    expected = oracle_stats(updates)
+    assert (combined.tokens, combined.sequences) == (expected["tokens"], expected["sequences"])
+    for name in ("in_sq", "in_norm", "in_mean", "in_var"):
+        torch.testing.assert_close(getattr(combined, name), expected[name], rtol=1e-6, atol=1e-6)
+    rows = torch.cat([x.reshape(-1, 12).double() for x in updates])
+    torch.testing.assert_close(gram.gram, rows.T @ rows, rtol=1e-6, atol=1e-6)
+    assert gram.tokens == rows.shape[0]
+    with pytest.raises(ValueError, match="expected"):
+        combined.load_state(torch.zeros(5, dtype=torch.float64))

@@ -1,6 +1,6 @@
 #pragma once
-// The NaN/Inf scan of weights before a streaming run writes anything: at memory speed, on the
-// mapped bytes, where at::isfinite (a bool tensor, then a reduction) ran at under 1 GB/s.
+// The NaN/Inf scan of weights before a streaming run writes anything: one vectorised pass on the
+// mapped bytes, rather than at::isfinite, which builds a bool tensor and then reduces it.
 
 #include "symprune/safetensors.h"
 
