@@ -8,11 +8,15 @@ rounding (masks at least 99.9 % identical)."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import symprune
 import torch
@@ -86,6 +90,91 @@ def test_an_interrupted_run_resumes_with_another_number_of_ranks(sharded_model_d
     assert run.returncode == 0, run.stderr
     assert _written(out) == _written(single_process)
     assert symprune.PruneReport.from_json(out / REPORT).extra["shards_resumed"] == 1
+
+
+@pytest.fixture(scope="module")
+def many_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Eight shards of two 1024 x 2048 fp32 weights each: big enough that a run takes a second."""
+    folder = tmp_path_factory.mktemp("many-shards")
+    generator = torch.Generator().manual_seed(0)
+    weight_map = {}
+    for shard in range(8):
+        name = f"model-{shard + 1:05d}-of-00008.safetensors"
+        tensors = {f"model.layers.{shard}.mlp.{proj}.weight": torch.randn(1024, 2048, generator=generator)
+                   for proj in ("up_proj", "down_proj")}
+        symprune.save_safetensors(str(folder / name), tensors, {"format": "pt"})
+        weight_map.update(dict.fromkeys(tensors, name))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
+def test_a_killed_rank_leaves_a_run_that_resumes_to_the_same_bytes(many_shards: Path, tmp_path: Path) -> None:
+    """SIGKILL rank 1 once it has finished a shard: torchrun stops rank 0, the folder holds only
+    finished shards and the job files, and a resume on 2 ranks writes what one process writes."""
+    reference = tmp_path / "reference"
+    symprune.prune_checkpoint(many_shards, reference, method="magnitude", sparsity=0.5, progress=False)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+               "-m", "symprune", *APPLY[:1], str(many_shards), str(out), *APPLY[1:], "--no-fsync"]
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rank_one_job = out / ".symprune-apply.rank-1.json"
+    deadline = time.monotonic() + 120
+    while not (rank_one_job.exists() and json.loads(rank_one_job.read_text())["finished"]):
+        assert launcher.poll() is None and time.monotonic() < deadline, "rank 1 finished no shard"
+        time.sleep(0.002)
+    (rank_one,) = [p for p in psutil.Process(launcher.pid).children(recursive=True)
+                   if p.environ().get("RANK") == "1" and "symprune" in " ".join(p.cmdline())]
+    rank_one.send_signal(signal.SIGKILL)
+    _, stderr = launcher.communicate(timeout=120)
+    assert launcher.returncode != 0, stderr
+    assert not (out / "model.safetensors.index.json").exists() and not (out / REPORT).exists()
+    visible = sorted(out.glob("*.safetensors"))  # a shard appears only when complete
+    assert visible and all(shard.read_bytes() == (reference / shard.name).read_bytes() for shard in visible)
+    run = _apply(2, many_shards, out, "--resume")
+    assert run.returncode == 0, run.stderr
+    assert _written(out) == _written(reference)
+    assert symprune.PruneReport.from_json(out / REPORT).extra["shards_resumed"] >= 1
+
+
+def _driver(tmp_path: Path, arguments_by_rank: list[list[str]]) -> subprocess.CompletedProcess[str]:
+    """torchrun a script that runs ``symprune.cli.main`` with each rank's own arguments, in its
+    own working folder ``rankR`` (so a relative path names another file on each rank)."""
+    script = tmp_path / "driver.py"
+    script.write_text(
+        "import json, os, sys\n"
+        "from symprune.cli import main\n"
+        "rank = int(os.environ['RANK'])\n"
+        f"os.chdir({str(tmp_path)!r} + f'/rank{{rank}}')\n"
+        f"sys.exit(main(json.loads({json.dumps(arguments_by_rank)!r})[rank]))\n")
+    for rank in range(len(arguments_by_rank)):
+        (tmp_path / f"rank{rank}").mkdir(exist_ok=True)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={len(arguments_by_rank)}", str(script)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+def test_ranks_given_different_recipes_or_statistics_are_refused_up_front(
+        tiny_model_dir: Path, text_files: tuple[Path, Path], tmp_path: Path) -> None:
+    stats = tmp_path / "rank0" / "stats.safetensors"
+    stats.parent.mkdir()
+    assert main(["calibrate", str(tiny_model_dir), "--out", str(stats), "--method", "wanda", "--sparsity", "0.5",
+                 "--calib", str(text_files[0]), "--nsamples", "4", "--seqlen", "32", "--quiet"]) == 0
+    other = tmp_path / "rank1" / "stats.safetensors"  # the same relative path, other contents
+    other.parent.mkdir()
+    tensors = symprune.load_safetensors(str(stats))
+    symprune.save_safetensors(str(other), {name: 2 * t for name, t in tensors.items()},
+                              symprune.safetensors_header(str(stats))["metadata"])
+    out = tmp_path / "out"
+    apply = ["apply", str(tiny_model_dir), str(out), "--stats", "stats.safetensors", "--method", "wanda"]
+    cases = {"statistics files": [[*apply, "--sparsity", "0.5"]] * 2,
+             "command-line arguments": [[*apply, "--sparsity", "0.5"], [*apply, "--sparsity", "0.6"]]}
+    for differing, arguments_by_rank in cases.items():
+        run = _driver(tmp_path, arguments_by_rank)
+        assert run.returncode != 0
+        errors = [line for line in run.stderr.splitlines() if line.startswith("symprune apply (rank")]
+        assert len(errors) == 2 and all(f"started with different {differing}" in line for line in errors), run.stderr
+        assert not out.exists()
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:

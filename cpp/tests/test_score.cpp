@@ -4,6 +4,9 @@
 
 #include "symprune/score.h"
 
+#include <utility>
+#include <vector>
+
 using namespace symprune;
 
 namespace {
@@ -39,6 +42,26 @@ TEST(Score, RiaWithZeroRowsAndColumns) {
   auto col = a.sum(0).clamp_min(1e-300), row = a.sum(1).clamp_min(1e-300);
   auto expected = (a / col + a / row.unsqueeze(1)) * opt.in_norm->to(at::kDouble).sqrt();
   EXPECT_TRUE(at::allclose(s.to(at::kDouble), expected, 1e-5, 1e-7));
+}
+
+TEST(Score, ColumnNormsOfRowBlocksScoreAsTheWholeWeight) {
+  at::manual_seed(2);
+  auto w = at::randn({1500, 1024}).to(at::kBFloat16);  // over 1 M elements: two blocks of rows
+  std::vector<std::pair<int64_t, int64_t>> blocks;
+  const auto norms = column_norms(w, 3.0, [&](int64_t begin, int64_t end) { blocks.emplace_back(begin, end); });
+  ASSERT_EQ(blocks.size(), 2u);
+  EXPECT_EQ(blocks.front().first, 0);
+  EXPECT_EQ(blocks.front().second, blocks.back().first);
+  EXPECT_EQ(blocks.back().second, 1500);
+  EXPECT_TRUE(at::allclose(norms, w.to(at::kDouble).abs().pow(3).sum(0).pow(1.0 / 3), 1e-12, 0));
+  ScoreOptions opt;
+  opt.in_norm = at::rand({1024});
+  opt.p = 3.0;
+  const auto whole = score(w, ScoreMethod::Ria, opt);
+  opt.column_norms = norms;  // as the streaming engine passes them for a block of rows
+  EXPECT_TRUE(at::equal(score(w.slice(0, 700, 701), ScoreMethod::Ria, opt), whole.slice(0, 700, 701)));
+  opt.column_norms = at::ones({1023}, at::kDouble);
+  EXPECT_THROW(score(w, ScoreMethod::Ria, opt), symprune::ValueError);
 }
 
 TEST(Score, StochRiaIsSeededAndFullSampleEqualsRia) {

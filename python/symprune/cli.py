@@ -293,6 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()
     previous = {sig: signal.signal(sig, _terminate) for sig in _TERMINATING} if main_thread else {}
     try:
+        if distributed.launched_by_torchrun():
+            distributed.refuse_disagreement(_facts_every_rank_shares(args))
         args.func(args)
     except OptionError as err:
         _error_line(f"symprune {where}: error: {err}")
@@ -321,6 +323,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # Commands that spread their work over the ranks of a torchrun launch.
 _DISTRIBUTED_COMMANDS = ("prune", "calibrate", "apply")
+
+
+def _facts_every_rank_shares(args: argparse.Namespace) -> dict[str, bytes]:
+    """What the ranks of one torchrun job must be given alike: the command line and the contents
+    of the files it names (the same keys for every command, so every rank compares as many)."""
+    arguments = {key: value for key, value in vars(args).items() if key not in ("func", "quiet", "recipe")}
+    model_config = Path(args.model_dir) / "config.json" if getattr(args, "model_dir", None) else None
+    return {
+        "command-line arguments": repr(sorted(arguments.items())).encode(),
+        "model configs": distributed.file_fingerprint(model_config),
+        "statistics files": distributed.file_fingerprint(getattr(args, "stats", None)),
+        "calibration texts": distributed.file_fingerprint(getattr(args, "calib", None)),
+        "evaluation texts": distributed.file_fingerprint(getattr(args, "eval", None)),
+    }
 
 
 def _error_line(text: str) -> None:

@@ -3,8 +3,9 @@ NCCL between GPUs. Without torchrun every helper here is the identity of a singl
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -104,6 +105,35 @@ def my_share(windows: Sequence[W], what: str = "calibration windows") -> list[W]
     base, extra = divmod(len(rows), world)
     start = rank * base + min(rank, extra)
     return rows[start:start + base + (rank < extra)]
+
+
+def refuse_disagreement(facts: Mapping[str, bytes]) -> None:
+    """Refuse, on every rank, a job whose ranks were given different ``facts`` (the same keys on
+    every rank: the command line, the contents of the files it reads). Runs before any work, so a
+    rank started with another recipe or another statistics file cannot mix its results in."""
+    if not dist.is_initialized():
+        return
+    digests = torch.tensor([int.from_bytes(hashlib.sha256(value).digest()[:7], "little") for value in facts.values()],
+                           dtype=torch.int64)
+    high, low = digests.clone(), digests.clone()
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    differing = [name for name, h, l in zip(facts, high.tolist(), low.tolist()) if h != l]
+    if differing:
+        raise ValueError(f"the ranks were started with different {' and '.join(differing)}: "
+                         "start every rank with the same command and the same files")
+
+
+def file_fingerprint(path: str | os.PathLike[str] | None) -> bytes:
+    """The contents' SHA-256 of a file, or what stands in for it (no file given, none there), so
+    that every rank has a value to compare and none fails alone."""
+    if path is None:
+        return b"none given"
+    try:
+        with open(path, "rb") as file:
+            return hashlib.file_digest(file, "sha256").digest()
+    except OSError as err:
+        return f"unreadable: {err.strerror}".encode()
 
 
 def sum_states(accumulators: Iterable[Any]) -> None:

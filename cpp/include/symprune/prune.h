@@ -25,6 +25,9 @@ struct SYMPRUNE_API LayerStats {
   at::Tensor in_var;    // (in_features), refinement only
   at::Tensor out_norm;  // (out_features)
   at::Tensor gram;      // (in_features, in_features): X^T X of the inputs, sparsegpt and refit only
+  // Not a statistic: the whole weight's column norms (column_norms()) where a block of its rows
+  // is pruned by a score that reads them (ria, symmetric); taken from the weight when absent.
+  at::Tensor column_norms;  // (in_features) fp64
 };
 
 struct SYMPRUNE_API Pruned {

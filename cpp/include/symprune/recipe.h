@@ -31,6 +31,9 @@ struct SYMPRUNE_API MethodInfo {
   // Row i of the score depends only on row i of the weight (and statistics): per-row and
   // N:M masks can then be computed a row at a time.
   bool row_local = false;
+  // Row i of the score depends only on row i, statistics and the whole weight's column norms
+  // (score.h column_norm_order): rows can go in blocks once those are known.
+  bool reads_column_norms = false;
   bool data_free = false;  // needs no statistics at all
 };
 SYMPRUNE_API MethodInfo method_info(ScoreMethod method);
@@ -85,7 +88,8 @@ struct SYMPRUNE_API Recipe {
   bool data_free() const { return !needs_input_stats() && !needs_output_stats() && !needs_gram() && !owl; }
   // Whether the weight called `name` is refined (refinement on and no skip fragment matches).
   bool refines(std::string_view name) const;
-  // Rows of a weight are pruned independently of each other: they can go in blocks.
+  // Rows of a weight are pruned independently of each other, given the whole weight's column
+  // norms where the score reads them (MethodInfo::reads_column_norms): they can go in blocks.
   bool rows_independent() const;
 
   // This recipe at another sparsity and without OWL: what one block is pruned with under OWL.

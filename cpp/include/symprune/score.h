@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -27,7 +28,21 @@ struct SYMPRUNE_API ScoreOptions {
   double p = 1.0;      // norm order of ria's relative importance (1 = RIA)
   double beta = 0.1;   // sampled fraction of each row/column for stochria
   uint64_t seed = 0;   // stochria's sampling seed
+  // The whole weight's column norms (fp64, from column_norms()) when a block of its rows is
+  // scored by a method that reads them (column_norm_order); computed from the weight when absent.
+  std::optional<at::Tensor> column_norms;
 };
+
+// The order p of the column norms ||W_:j||_p that `method` reads of the whole weight (ria: its p;
+// symmetric: 2); nullopt for the others (stochria samples whole columns: it is scored whole).
+SYMPRUNE_API std::optional<double> column_norm_order(ScoreMethod method, const ScoreOptions& options);
+
+// The column l_p norms of `weight` (fp64), accumulated over blocks of 1 M elements in a fixed
+// order: the same bits whether the weight is in memory or mapped from a file and read a block at
+// a time. `after_block(begin, end)`, if given, runs once rows [begin, end) are read (the streaming
+// engine drops their pages there).
+SYMPRUNE_API at::Tensor column_norms(const at::Tensor& weight, double p,
+                                     const std::function<void(int64_t, int64_t)>& after_block = {});
 
 // The options of ScoreOptions (besides the norms) that `method` reads: ria a and p; stochria a,
 // beta and seed; none for the others. Front ends refuse the rest instead of ignoring them.

@@ -23,6 +23,7 @@ ScoreOptions score_options(const Recipe& recipe, const LayerStats& stats) {
   ScoreOptions options = recipe.score;
   options.in_norm = stats.in_norm.defined() ? std::optional<at::Tensor>(stats.in_norm) : std::nullopt;
   options.out_norm = stats.out_norm.defined() ? std::optional<at::Tensor>(stats.out_norm) : std::nullopt;
+  if (stats.column_norms.defined()) options.column_norms = stats.column_norms;
   return options;
 }
 
@@ -49,6 +50,11 @@ int64_t block_rows(const at::Tensor& weight, const Recipe& recipe) {
   if (!recipe.rows_independent()) return rows;
   const int64_t elements = weight.is_cpu() ? int64_t{1} << 22 : int64_t{1} << 25;
   return std::clamp<int64_t>(elements / cols, 1, rows);
+}
+
+// The score, mask and zeroing of a CPU weight go a row at a time (prune_row_local_out).
+bool row_by_row(const at::Tensor& weight, const Recipe& recipe, bool refined) {
+  return recipe.rows_independent() && method_info(recipe.method).row_local && !refined && weight.is_cpu();
 }
 
 // A valid recipe for one weight: OWL's target is model-wide, each block has its own sparsity.
@@ -121,7 +127,7 @@ at::Tensor& prune_into(const at::Tensor& weight, const LayerStats& stats, const 
   detail::check_matrix(weight, "weight", /*check_values=*/false);
   detail::check_out(out, weight);
   const bool refined = recipe.refines(name);
-  if (recipe.rows_independent() && !refined && weight.is_cpu()) {
+  if (row_by_row(weight, recipe, refined)) {
     check_stats(stats, recipe, refined);
     const auto options = score_options(recipe, stats);
     if (recipe.nm) return prune_row_local_nm_out(weight, recipe.method, options, *recipe.nm, out);
@@ -129,9 +135,12 @@ at::Tensor& prune_into(const at::Tensor& weight, const LayerStats& stats, const 
   }
   const int64_t rows = weight.size(0), block = block_rows(weight, recipe);
   if (block >= rows) return out.copy_(prune(weight, stats, recipe, name).weight);
+  LayerStats whole = stats;  // a block's score reads the whole weight's column norms, if any
+  const auto order = column_norm_order(recipe.method, recipe.score);
+  if (order && !whole.column_norms.defined()) whole.column_norms = column_norms(weight, *order);
   for (int64_t begin = 0; begin < rows; begin += block) {
     const int64_t end = std::min(rows, begin + block);
-    LayerStats part = stats;
+    LayerStats part = whole;
     if (part.out_norm.defined()) part.out_norm = part.out_norm.slice(0, begin, end);
     out.slice(0, begin, end).copy_(prune(weight.slice(0, begin, end), part, recipe, name).weight);
   }
@@ -141,8 +150,7 @@ at::Tensor& prune_into(const at::Tensor& weight, const LayerStats& stats, const 
 at::Tensor prune_weight(const at::Tensor& weight, const LayerStats& stats, const Recipe& recipe,
                         std::string_view name) {
   detail::check_matrix(weight, "weight", /*check_values=*/false);
-  const bool row_pass = recipe.rows_independent() && !recipe.refines(name) && weight.is_cpu();
-  if (!row_pass && block_rows(weight, recipe) >= weight.size(0)) return prune(weight, stats, recipe, name).weight;
+  if (!row_by_row(weight, recipe, recipe.refines(name)) && block_rows(weight, recipe) >= weight.size(0)) return prune(weight, stats, recipe, name).weight;
   auto out = at::empty(weight.sizes(), weight.options());  // contiguous, whatever the weight's strides
   return prune_into(weight, stats, recipe, out, name);
 }

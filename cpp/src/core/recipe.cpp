@@ -159,6 +159,7 @@ MethodInfo method_info(ScoreMethod method) {
   info.needs_output_stats = method == ScoreMethod::SymWanda || method == ScoreMethod::OWanda;
   info.row_local = method == ScoreMethod::Magnitude || method == ScoreMethod::Wanda ||
                    method == ScoreMethod::SymWanda || method == ScoreMethod::OWanda;
+  info.reads_column_norms = method == ScoreMethod::Ria || method == ScoreMethod::Symmetric;
   info.data_free = !info.needs_input_stats && !info.needs_output_stats;
   return info;
 }
@@ -325,7 +326,8 @@ bool Recipe::refines(std::string_view name) const {
 bool Recipe::rows_independent() const {
   // R2-DSnoT's relative importance uses column norms of the whole weight.
   const bool relative = refine != Refinement::None && refine_options.relative != Relative::None;
-  return solver == Solver::Mask && update == Update::None && method_info(method).row_local && !permute &&
+  const auto info = method_info(method);
+  return solver == Solver::Mask && update == Update::None && (info.row_local || info.reads_column_norms) && !permute &&
          !relative && (nm || group == MaskGroup::Row);
 }
 

@@ -18,7 +18,9 @@
 #include <ATen/ops/stack.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/where.h>
+#include <ATen/ops/zeros.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <limits>
@@ -48,6 +50,14 @@ at::Tensor safe_norm(at::Tensor norm64) {
 // ||W_:j||_p (dim 0) or ||W_i:||_p (dim 1), accumulated in fp64, returned in fp32.
 at::Tensor lp_norm(const at::Tensor& abs_w, double p, int64_t dim) {
   return safe_norm(at::linalg_vector_norm(abs_w, p, at::IntArrayRef{dim}, false, at::kDouble));
+}
+
+// The column norms of `weight` that `method` reads: given (a block of the weight's rows) or taken
+// from the weight, in fp64.
+at::Tensor whole_column_norms(const at::Tensor& weight, double p, const ScoreOptions& options) {
+  if (!options.column_norms) return column_norms(weight, p);
+  detail::check_vector(*options.column_norms, weight.size(1), "column_norms");
+  return options.column_norms->to(weight.device(), at::kDouble);
 }
 
 at::Tensor relative_from_norms(const at::Tensor& abs_w, const at::Tensor& col, const at::Tensor& row) {
@@ -137,6 +147,26 @@ at::Tensor relative_importance(const at::Tensor& weight, double p) {
   return relative_from_norms(abs_w, lp_norm(abs_w, p, 0), lp_norm(abs_w, p, 1));
 }
 
+std::optional<double> column_norm_order(ScoreMethod method, const ScoreOptions& options) {
+  if (method == ScoreMethod::Ria) return options.p;
+  if (method == ScoreMethod::Symmetric) return 2.0;
+  return std::nullopt;
+}
+
+at::Tensor column_norms(const at::Tensor& weight, double p, const std::function<void(int64_t, int64_t)>& after_block) {
+  detail::check_matrix(weight, "weight", /*check_values=*/false);
+  const int64_t rows = weight.size(0), cols = weight.size(1);
+  const int64_t block = std::clamp<int64_t>((int64_t{1} << 20) / std::max<int64_t>(cols, 1), 1, std::max<int64_t>(rows, 1));
+  auto sums = at::zeros({cols}, weight.options().dtype(at::kDouble));
+  for (int64_t begin = 0; begin < rows; begin += block) {
+    const int64_t end = std::min(rows, begin + block);
+    auto magnitude = at::abs(weight.slice(0, begin, end).to(at::kDouble));
+    sums += p == 1.0 ? at::sum(magnitude, {0}) : at::sum(at::pow(magnitude, p), {0});
+    if (after_block) after_block(begin, end);
+  }
+  return p == 1.0 ? sums : at::pow(sums, 1.0 / p);
+}
+
 at::Tensor score(const at::Tensor& weight, ScoreMethod method, const ScoreOptions& options) {
   at::NoGradGuard no_grad;  // scores are data, not part of a graph
   detail::check_matrix(weight, "weight");
@@ -153,7 +183,8 @@ at::Tensor score(const at::Tensor& weight, ScoreMethod method, const ScoreOption
     case ScoreMethod::Wanda:
       return abs_w * in_norm.unsqueeze(0);
     case ScoreMethod::Ria: {
-      auto ri = relative_from_norms(abs_w, lp_norm(abs_w, options.p, 0), lp_norm(abs_w, options.p, 1));
+      auto col = safe_norm(whole_column_norms(weight, options.p, options));
+      auto ri = relative_from_norms(abs_w, col, lp_norm(abs_w, options.p, 1));
       return ri * at::pow(in_norm, options.a).unsqueeze(0);
     }
     case ScoreMethod::StochRia: {
@@ -165,7 +196,7 @@ at::Tensor score(const at::Tensor& weight, ScoreMethod method, const ScoreOption
     case ScoreMethod::OWanda:
       return abs_w * out_norm.unsqueeze(1);
     case ScoreMethod::Symmetric: {
-      auto col = at::linalg_vector_norm(abs_w, 2, at::IntArrayRef{0}, false, at::kDouble).to(at::kFloat);
+      auto col = whole_column_norms(weight, 2, options).to(at::kFloat);
       auto row = at::linalg_vector_norm(abs_w, 2, at::IntArrayRef{1}, false, at::kDouble).to(at::kFloat);
       return abs_w * (col.unsqueeze(0) + row.unsqueeze(1));
     }

@@ -63,7 +63,11 @@ DeviceWeight DevicePruner::upload(HostBuffer& input, const at::Tensor& like, con
     on_device.record_stream(compute_);
     return on_device;
   };
-  LayerStats on_device{copy(stats.in_norm), copy(stats.in_mean), copy(stats.in_var), copy(stats.out_norm)};
+  LayerStats on_device;  // what a mask recipe reads (the engine streams no Gram methods)
+  on_device.in_norm = copy(stats.in_norm);
+  on_device.in_mean = copy(stats.in_mean);
+  on_device.in_var = copy(stats.in_var);
+  on_device.out_norm = copy(stats.out_norm);
   auto weight = at::empty(like.sizes(), like.options().device(device_));
   weight.copy_(input.shaped_like(like), /*non_blocking=*/true);
   weight.record_stream(compute_);

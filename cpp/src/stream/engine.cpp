@@ -178,29 +178,40 @@ class ShardStreamer {
 
   // Stage 2 (the calling thread), CPU, a recipe whose rows are independent: prune a block of
   // rows at a time into an output buffer, dropping the input rows' pages once pruned, so that
-  // neither the input nor the output of a weight is ever resident whole.
+  // neither the input nor the output of a weight is ever resident whole. A score that reads the
+  // whole weight's column norms (ria, symmetric) gets them from a first pass over the mapping.
   bool compute_row_blocks(std::size_t j) {
     const auto& job = shard_.jobs[j];
     const auto weight = detail::tensor_view(shard_.reader, info(j));
     const int64_t rows = weight.size(0);
+    LayerStats whole = job.stats;
+    if (const auto order = column_norm_order(o_.recipe.method, o_.recipe.score)) {
+      // A first pass for the score's column norms, dropping each block's pages once read.
+      whole.column_norms = naming_errors(where(j), [&] {
+        return column_norms(weight, *order, [&](int64_t begin, int64_t end) { release_rows(j, begin, end); });
+      });
+    }
     for (int64_t begin = 0; begin < rows; begin += job.block_rows) {
       const int64_t count = std::min(job.block_rows, rows - begin);
-      const uint64_t offset = uint64_t(begin) * row_bytes(j), size = uint64_t(count) * row_bytes(j);
-      Written item{j, compute_.outputs->acquire(), {}, offset, {}};
+      Written item{j, compute_.outputs->acquire(), {}, uint64_t(begin) * row_bytes(j), {}};
       if (!item.buffer) return false;
       const auto input = weight.slice(0, begin, begin + count);
       item.pruned = item.buffer->shaped_like(input);
-      LayerStats part = job.stats;
+      LayerStats part = whole;
       if (part.out_norm.defined()) part.out_norm = part.out_norm.slice(0, begin, begin + count);
       naming_errors(where(j), [&] {
         prune_into(input, part, o_.recipe, item.pruned, info(j).name);
         return 0;
       });
-      shard_.reader.release(safetensors::Reader::part(info(j), offset, size));
+      release_rows(j, begin, begin + count);
       item.zeros = detail::count_zeros(item.pruned);
       if (!written_.push(std::move(item))) return false;
     }
     return true;
+  }
+
+  void release_rows(std::size_t j, int64_t begin, int64_t end) {
+    shard_.reader.release(safetensors::Reader::part(info(j), uint64_t(begin) * row_bytes(j), uint64_t(end - begin) * row_bytes(j)));
   }
 
   // Stage 2 (the calling thread), a weight taken whole: prune it into an output buffer (on a
