@@ -284,6 +284,8 @@ def test_resume_after_an_interruption_is_byte_identical(sharded_model_dir: Path,
     symprune.Recipe("owanda", nm="1:4"),  # reads out_norm, one entry per row
     symprune.Recipe("ria", 0.5),  # reads the whole weight's column norms: a first pass
     symprune.Recipe("symmetric", nm="2:4"),  # the same, data-free
+    symprune.Recipe("wanda", 0.5, group="layer"),  # a threshold over the whole weight: passes
+    symprune.Recipe("ria", 0.6, group="layer"),
 ], ids=lambda r: r.describe())
 def test_row_blocks_write_the_bytes_of_whole_weights(recipe: symprune.Recipe, tiny_model_dir: Path,
                                                      text_files: tuple[Path, Path], tmp_path: Path) -> None:
@@ -300,13 +302,15 @@ def test_row_blocks_write_the_bytes_of_whole_weights(recipe: symprune.Recipe, ti
         assert (out / "model.safetensors").read_bytes() == (tmp_path / "whole" / "model.safetensors").read_bytes()
 
 
-@pytest.mark.parametrize("recipe", [symprune.Recipe("ria", 0.5), symprune.Recipe("ria", nm="2:4", score_options={"p": 2.0}),
-                                    symprune.Recipe("symmetric", 0.5)], ids=lambda r: r.describe())
-def test_column_norms_read_a_block_at_a_time_are_those_of_the_whole_weight(recipe: symprune.Recipe,
-                                                                          tmp_path: Path) -> None:
-    """A weight over 1 M elements, its column norms summed over several blocks of the first pass
-    and its rows pruned in blocks of every size, is written as when pruned whole, which equals
-    the Python API's result (the same core function on the weight in memory)."""
+@pytest.mark.parametrize("recipe", [
+    symprune.Recipe("ria", 0.5), symprune.Recipe("ria", nm="2:4", score_options={"p": 2.0}),
+    symprune.Recipe("symmetric", 0.5), symprune.Recipe("magnitude", 0.5, group="layer"),
+    symprune.Recipe("ria", 0.7, group="layer"), symprune.Recipe("owanda", 0.3, group="layer"),
+], ids=lambda r: r.describe())
+def test_weights_read_in_passes_are_pruned_as_whole_weights(recipe: symprune.Recipe, tmp_path: Path) -> None:
+    """A weight over 1 M elements, read in passes (its column norms summed over several blocks;
+    a per-layer threshold found 16 bits per pass, with ties: the weight is bf16) and pruned in
+    blocks of rows of every size, is written as the Python API prunes it whole in memory."""
     model = tmp_path / "model"
     model.mkdir()
     name = "model.layers.0.mlp.down_proj.weight"
@@ -314,16 +318,18 @@ def test_column_norms_read_a_block_at_a_time_are_those_of_the_whole_weight(recip
     weight = (torch.randn(1100, 1024, generator=generator) * torch.rand(1024, generator=generator) ** 3).to(torch.bfloat16)
     weight[:, 5] = 0  # a dead column
     symprune.save_safetensors(str(model / "model.safetensors"), {name: weight}, {"format": "pt"})
-    in_norm = torch.rand(1024, generator=generator) + 0.1
-    options: dict[str, Any] = {} if recipe.data_free else {
-        "stats": str(_stats_file(tmp_path / "stats.safetensors", {f"{name}.in_norm": in_norm}))}
+    statistics = {"in_norm": torch.rand(1024, generator=generator) + 0.1, "out_norm": torch.rand(1100, generator=generator)}
+    read = {key: value for key, value in statistics.items() if key == "in_norm" and recipe.needs_input_stats
+            or key == "out_norm" and recipe.needs_output_stats}
+    options: dict[str, Any] = {} if recipe.data_free else {"stats": str(_stats_file(
+        tmp_path / "stats.safetensors", {f"{name}.{key}": value for key, value in read.items()}))}
     _stream(model, tmp_path / "whole", recipe, row_block_bytes=2**40, **options)
     whole = (tmp_path / "whole" / "model.safetensors").read_bytes()
     for budget in (1, 2048 * 3, 2048 * 700):  # rows are 2048 bytes
         out = tmp_path / f"blocks-{budget}"
         _stream(model, out, recipe, row_block_bytes=budget, **options)
         assert (out / "model.safetensors").read_bytes() == whole, budget
-    api = symprune.prune(weight, recipe, **({} if recipe.data_free else {"in_norm": in_norm})).weight
+    api = symprune.prune(weight, recipe, **read).weight
     assert torch.equal(symprune.load_safetensors(str(tmp_path / "whole" / "model.safetensors"))[name], api)
 
 

@@ -91,6 +91,9 @@ struct SYMPRUNE_API Recipe {
   // Rows of a weight are pruned independently of each other, given the whole weight's column
   // norms where the score reads them (MethodInfo::reads_column_norms): they can go in blocks.
   bool rows_independent() const;
+  // A per-layer mask of a score whose rows would be independent: found a block of rows at a time,
+  // in passes (a threshold by selection, then the masks).
+  bool layer_mask_in_passes() const;
 
   // This recipe at another sparsity and without OWL: what one block is pruned with under OWL.
   Recipe at_sparsity(double block_sparsity) const;

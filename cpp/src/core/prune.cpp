@@ -2,6 +2,7 @@
 #include "symprune/prune.h"
 
 #include "core/checks.h"
+#include "core/score_inputs.h"
 #include "symprune/dsnot.h"
 
 #include <ATen/TensorOperators.h>
@@ -17,15 +18,16 @@
 #include <string>
 
 namespace symprune {
-namespace {
 
-ScoreOptions score_options(const Recipe& recipe, const LayerStats& stats) {
+ScoreOptions detail::score_options(const Recipe& recipe, const LayerStats& stats) {
   ScoreOptions options = recipe.score;
   options.in_norm = stats.in_norm.defined() ? std::optional<at::Tensor>(stats.in_norm) : std::nullopt;
   options.out_norm = stats.out_norm.defined() ? std::optional<at::Tensor>(stats.out_norm) : std::nullopt;
   if (stats.column_norms.defined()) options.column_norms = stats.column_norms;
   return options;
 }
+
+namespace {
 
 void require(const at::Tensor& stat, const char* name, const Recipe& recipe) {
   SYMPRUNE_CHECK(stat.defined(), "recipe '", recipe.describe(), "' needs ", name,
@@ -98,7 +100,7 @@ Pruned prune(const at::Tensor& weight, const LayerStats& stats, const Recipe& re
     result.keep = result.weight != 0;
     return result;
   }
-  const auto scores = score(weight, recipe.method, score_options(recipe, stats));
+  const auto scores = score(weight, recipe.method, detail::score_options(recipe, stats));
   if (recipe.permute) {
     auto [keep, permutation] = permuted_nm_mask(scores, *recipe.nm);
     result.keep = std::move(keep);
@@ -129,7 +131,7 @@ at::Tensor& prune_into(const at::Tensor& weight, const LayerStats& stats, const 
   const bool refined = recipe.refines(name);
   if (row_by_row(weight, recipe, refined)) {
     check_stats(stats, recipe, refined);
-    const auto options = score_options(recipe, stats);
+    const auto options = detail::score_options(recipe, stats);
     if (recipe.nm) return prune_row_local_nm_out(weight, recipe.method, options, *recipe.nm, out);
     return prune_row_local_out(weight, recipe.method, options, *recipe.sparsity, out);
   }

@@ -331,6 +331,12 @@ bool Recipe::rows_independent() const {
          !relative && (nm || group == MaskGroup::Row);
 }
 
+bool Recipe::layer_mask_in_passes() const {
+  const auto info = method_info(method);
+  return solver == Solver::Mask && update == Update::None && refine == Refinement::None && !permute && !owl &&
+         sparsity && group == MaskGroup::Layer && (info.row_local || info.reads_column_norms);
+}
+
 Recipe Recipe::at_sparsity(double block_sparsity) const {
   if (!sparsity) throw ValueError("at_sparsity applies to unstructured recipes, not N:M");
   Recipe block = *this;

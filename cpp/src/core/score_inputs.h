@@ -1,6 +1,8 @@
 #pragma once
-// Validation of a score's statistics, shared by score() and the fused row-local pruning.
+// A score's inputs: validation of its statistics, shared by score() and the fused row-local
+// pruning, and the options a recipe scores a weight with.
 
+#include "symprune/prune.h"
 #include "symprune/score.h"
 
 #include <ATen/core/Tensor.h>
@@ -14,5 +16,8 @@ namespace symprune::detail {
 // entries; returned as fp32 on the weight's device. Throws ValueError otherwise.
 at::Tensor require_stat(const std::optional<at::Tensor>& stat, int64_t size, ScoreMethod method, const char* name,
                         const at::Tensor& weight);
+
+// The recipe's score options with the weight's statistics (and column norms, where given).
+ScoreOptions score_options(const Recipe& recipe, const LayerStats& stats);
 
 }  // namespace symprune::detail

@@ -2,6 +2,7 @@
 
 #include "symprune/stream.h"
 
+#include "core/layer_passes.h"
 #include "io/tensor_view.h"
 #include "stream/bounded_queue.h"
 #include "stream/buffers.h"
@@ -19,6 +20,7 @@
 #include <chrono>
 #include <future>
 #include <memory>
+#include <optional>
 #include <regex>
 #include <set>
 #include <thread>
@@ -179,7 +181,8 @@ class ShardStreamer {
   // Stage 2 (the calling thread), CPU, a recipe whose rows are independent: prune a block of
   // rows at a time into an output buffer, dropping the input rows' pages once pruned, so that
   // neither the input nor the output of a weight is ever resident whole. A score that reads the
-  // whole weight's column norms (ria, symmetric) gets them from a first pass over the mapping.
+  // whole weight's column norms (ria, symmetric) gets them from a first pass over the mapping; a
+  // per-layer mask finds its threshold in two more (detail::LayerPasses).
   bool compute_row_blocks(std::size_t j) {
     const auto& job = shard_.jobs[j];
     const auto weight = detail::tensor_view(shard_.reader, info(j));
@@ -191,6 +194,20 @@ class ShardStreamer {
         return column_norms(weight, *order, [&](int64_t begin, int64_t end) { release_rows(j, begin, end); });
       });
     }
+    std::optional<detail::LayerPasses> layer;  // a per-layer mask: its threshold first
+    if (o_.recipe.layer_mask_in_passes()) {
+      layer.emplace(o_.recipe, whole, rows, weight.size(1));
+      naming_errors(where(j), [&] {
+        for (; layer->counting(); layer->end_pass()) {
+          for (int64_t begin = 0; begin < rows; begin += job.block_rows) {
+            const int64_t end = std::min(rows, begin + job.block_rows);
+            layer->count(weight.slice(0, begin, end), begin);
+            release_rows(j, begin, end);
+          }
+        }
+        return 0;
+      });
+    }
     for (int64_t begin = 0; begin < rows; begin += job.block_rows) {
       const int64_t count = std::min(job.block_rows, rows - begin);
       Written item{j, compute_.outputs->acquire(), {}, uint64_t(begin) * row_bytes(j), {}};
@@ -200,7 +217,10 @@ class ShardStreamer {
       LayerStats part = whole;
       if (part.out_norm.defined()) part.out_norm = part.out_norm.slice(0, begin, begin + count);
       naming_errors(where(j), [&] {
-        prune_into(input, part, o_.recipe, item.pruned, info(j).name);
+        if (layer)
+          layer->prune_into(input, begin, item.pruned);
+        else
+          prune_into(input, part, o_.recipe, item.pruned, info(j).name);
         return 0;
       });
       release_rows(j, begin, begin + count);

@@ -1,0 +1,67 @@
+#include "core/layer_passes.h"
+
+#include "core/score_inputs.h"
+#include "core/select.h"
+#include "symprune/mask.h"
+
+#include <ATen/ops/empty.h>
+
+#include <algorithm>
+
+namespace symprune::detail {
+namespace {
+constexpr int kDigitBits = 16;
+constexpr int64_t kBins = int64_t{1} << kDigitBits;
+}  // namespace
+
+LayerPasses::LayerPasses(const Recipe& recipe, LayerStats whole, int64_t rows, int64_t cols)
+    : recipe_(recipe), whole_(std::move(whole)), histogram_(kBins) {
+  // floor(numel * sparsity), as unstructured_mask computes k.
+  rank_ = static_cast<int64_t>(static_cast<double>(rows * cols) * recipe.sparsity.value());
+  if (rank_ == 0) shift_ = -1;  // threshold key 0: below every score's key, nothing is pruned
+}
+
+at::Tensor LayerPasses::scores(const at::Tensor& rows, int64_t begin) const {
+  LayerStats part = whole_;
+  if (part.out_norm.defined()) part.out_norm = part.out_norm.slice(0, begin, begin + rows.size(0));
+  return score(rows, recipe_.method, score_options(recipe_, part)).contiguous();  // fp32
+}
+
+void LayerPasses::count(const at::Tensor& rows, int64_t begin) {
+  const auto block = scores(rows, begin);
+  const float* s = block.const_data_ptr<float>();
+  for (int64_t i = 0, n = block.numel(); i < n; ++i) {
+    const uint32_t key = order_key(s[i]);
+    if ((key & prefix_mask_) == prefix_) ++histogram_[(key >> shift_) & (kBins - 1)];
+  }
+}
+
+void LayerPasses::end_pass() {
+  int64_t seen = 0, digit = 0;
+  while (seen + histogram_[digit] < rank_) seen += histogram_[digit++];
+  rank_ -= seen;
+  prefix_ |= static_cast<uint32_t>(digit) << shift_;
+  prefix_mask_ |= static_cast<uint32_t>(kBins - 1) << shift_;
+  std::fill(histogram_.begin(), histogram_.end(), 0);
+  shift_ -= kDigitBits;
+  if (shift_ < 0) ties_left_ = rank_;  // the threshold is the rank_-th of the keys equal to it
+}
+
+void LayerPasses::prune_into(const at::Tensor& rows, int64_t begin, at::Tensor& out) {
+  const auto block = scores(rows, begin);
+  auto keep = at::empty(block.sizes(), at::TensorOptions().dtype(at::kBool));
+  const float* s = block.const_data_ptr<float>();
+  bool* k = keep.mutable_data_ptr<bool>();
+  for (int64_t i = 0, n = block.numel(); i < n; ++i) {
+    const uint32_t key = order_key(s[i]);
+    bool prune = key < prefix_;
+    if (key == prefix_ && ties_left_ > 0) {
+      prune = true;
+      --ties_left_;
+    }
+    k[i] = !prune;
+  }
+  out.copy_(apply_mask(rows, keep));
+}
+
+}  // namespace symprune::detail
