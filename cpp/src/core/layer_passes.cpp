@@ -12,6 +12,16 @@ namespace symprune::detail {
 namespace {
 constexpr int kDigitBits = 16;
 constexpr int64_t kBins = int64_t{1} << kDigitBits;
+
+// Calls f(first, end) for consecutive parts of `rows` of about 1 M elements (at least one row),
+// so that a part's scores and their temporaries stay at a few MB.
+template <typename F>
+void for_each_part(const at::Tensor& rows, F&& f) {
+  const int64_t count = rows.size(0);
+  const int64_t step = std::clamp<int64_t>((int64_t{1} << 20) / std::max<int64_t>(rows.size(1), 1), 1,
+                                           std::max<int64_t>(count, 1));
+  for (int64_t first = 0; first < count; first += step) f(first, std::min(count, first + step));
+}
 }  // namespace
 
 LayerPasses::LayerPasses(const Recipe& recipe, LayerStats whole, int64_t rows, int64_t cols)
@@ -28,12 +38,14 @@ at::Tensor LayerPasses::scores(const at::Tensor& rows, int64_t begin) const {
 }
 
 void LayerPasses::count(const at::Tensor& rows, int64_t begin) {
-  const auto block = scores(rows, begin);
-  const float* s = block.const_data_ptr<float>();
-  for (int64_t i = 0, n = block.numel(); i < n; ++i) {
-    const uint32_t key = order_key(s[i]);
-    if ((key & prefix_mask_) == prefix_) ++histogram_[(key >> shift_) & (kBins - 1)];
-  }
+  for_each_part(rows, [&](int64_t first, int64_t end) {
+    const auto part = scores(rows.slice(0, first, end), begin + first);
+    const float* s = part.const_data_ptr<float>();
+    for (int64_t i = 0, n = part.numel(); i < n; ++i) {
+      const uint32_t key = order_key(s[i]);
+      if ((key & prefix_mask_) == prefix_) ++histogram_[(key >> shift_) & (kBins - 1)];
+    }
+  });
 }
 
 void LayerPasses::end_pass() {
@@ -48,20 +60,23 @@ void LayerPasses::end_pass() {
 }
 
 void LayerPasses::prune_into(const at::Tensor& rows, int64_t begin, at::Tensor& out) {
-  const auto block = scores(rows, begin);
-  auto keep = at::empty(block.sizes(), at::TensorOptions().dtype(at::kBool));
-  const float* s = block.const_data_ptr<float>();
-  bool* k = keep.mutable_data_ptr<bool>();
-  for (int64_t i = 0, n = block.numel(); i < n; ++i) {
-    const uint32_t key = order_key(s[i]);
-    bool prune = key < prefix_;
-    if (key == prefix_ && ties_left_ > 0) {
-      prune = true;
-      --ties_left_;
+  for_each_part(rows, [&](int64_t first, int64_t end) {
+    const auto input = rows.slice(0, first, end);
+    const auto part = scores(input, begin + first);
+    auto keep = at::empty(part.sizes(), at::TensorOptions().dtype(at::kBool));
+    const float* s = part.const_data_ptr<float>();
+    bool* k = keep.mutable_data_ptr<bool>();
+    for (int64_t i = 0, n = part.numel(); i < n; ++i) {
+      const uint32_t key = order_key(s[i]);
+      bool prune = key < prefix_;
+      if (key == prefix_ && ties_left_ > 0) {
+        prune = true;
+        --ties_left_;
+      }
+      k[i] = !prune;
     }
-    k[i] = !prune;
-  }
-  out.copy_(apply_mask(rows, keep));
+    out.slice(0, first, end).copy_(apply_mask(input, keep));
+  });
 }
 
 }  // namespace symprune::detail

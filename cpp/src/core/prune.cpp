@@ -50,7 +50,7 @@ void check_stats(const LayerStats& stats, const Recipe& recipe, bool refined) {
 int64_t block_rows(const at::Tensor& weight, const Recipe& recipe) {
   const int64_t rows = std::max<int64_t>(weight.size(0), 1), cols = std::max<int64_t>(weight.size(1), 1);
   if (!recipe.rows_independent()) return rows;
-  const int64_t elements = weight.is_cpu() ? int64_t{1} << 22 : int64_t{1} << 25;
+  const int64_t elements = weight.is_cpu() ? int64_t{1} << 20 : int64_t{1} << 25;
   return std::clamp<int64_t>(elements / cols, 1, rows);
 }
 
