@@ -1,8 +1,9 @@
 """symprune under torchrun (gloo on CPU).
 
 `apply`: the shards are split between the ranks, the folder is byte-identical to one process's, a
-failure on one rank stops every rank before anything is written, and an interrupted run resumes
-with another number of ranks. `prune` and `calibrate`: each rank forwards its share of the
+failure on one rank stops every rank before anything is written, a rank killed mid-run leaves a
+run that resumes to the same bytes, and an interrupted run resumes with another number of ranks.
+Ranks started with different arguments or files are refused up front. `prune` and `calibrate`: each rank forwards its share of the
 windows, the statistics are summed over the ranks, and the result equals one process's up to
 rounding (masks at least 99.9 % identical)."""
 

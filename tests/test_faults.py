@@ -18,7 +18,10 @@ The targeted fault cases live beside the code they exercise (all in CI):
   test_crash_safety.py; resume by checksum: test_stream.py::test_resume_checks_finished_shards_by_content;
 - API contracts: test_errors.py::test_dsnot_refuses_a_mask_that_is_not_nm,
   ::test_score_refuses_options_the_method_does_not_read, ::test_statistics_a_method_does_not_read_are_refused;
-- a failing rank under torchrun: test_distributed.py."""
+- under torchrun (test_distributed.py): a failing rank, ::test_a_failing_rank_stops_every_rank_before_anything_is_written;
+  a killed rank, then resume, ::test_a_killed_rank_leaves_a_run_that_resumes_to_the_same_bytes; another
+  world size on resume, ::test_an_interrupted_run_resumes_with_another_number_of_ranks; ranks given different
+  recipes or statistics, ::test_ranks_given_different_recipes_or_statistics_are_refused_up_front."""
 
 from __future__ import annotations
 

@@ -51,6 +51,17 @@ def test_sparsegpt_equals_oracle_fp64(pattern: dict, backend: str) -> None:
             assert ((got != 0).reshape(w.shape[0], -1, m).sum(-1) <= n).all()
 
 
+@pytest.mark.parametrize("pattern", [{"sparsity": 0.5}, {"nm": (2, 4)}], ids=str)
+def test_sparsegpt_equals_oracle_fp64_on_a_wide_layer(pattern: dict) -> None:
+    """Over 256 inputs the Cholesky factor is inverted by blocks (601 inputs: halves of 300 and
+    301, then quarters of about 150): still the oracle's result to fp64 rounding."""
+    w, gram = layer(rows=8, cols=604 if "nm" in pattern else 601, seed=5)
+    expect = oracle_sparsegpt(w, gram, **pattern)
+    got = symprune.sparsegpt(w, gram, **pattern)
+    assert torch.equal(got == 0, expect == 0)
+    torch.testing.assert_close(got, expect, rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("pattern", [{"sparsity": 0.5}, {"nm": (2, 4)}], ids=str)
 def test_sparsegpt_low_precision_close_to_oracle(pattern: dict, dtype: torch.dtype) -> None:

@@ -11,8 +11,7 @@
 
 #include <ATen/TensorOperators.h>
 #include <ATen/core/grad_mode.h>
-#include <ATen/ops/cholesky_solve.h>
-#include <ATen/ops/eye.h>
+#include <ATen/ops/cholesky_inverse.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/ones_like.h>
@@ -47,7 +46,7 @@ at::Tensor refit(const at::Tensor& weight, const at::Tensor& keep, const at::Ten
   const auto compute = weight.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const double tolerance = compute == at::kDouble ? kTolerance64 : kTolerance32;
   const auto h = h64.to(compute);
-  const auto h_inv = at::cholesky_solve(at::eye(cols, h64.options()), lower).to(compute);
+  const auto h_inv = at::cholesky_inverse(lower).to(compute);  // LAPACK potri: no identity, 1/3 of two solves' flops
   const auto k = keep.to(weight.device(), compute);  // 1 = kept
   const auto w = weight.to(compute);
 
