@@ -70,6 +70,7 @@ def test_data_free_prune_model_runs_no_forward() -> None:
     model.forward = None  # any forward would fail
     report = prune_model(model, None, method="magnitude", nm=(2, 4), progress=False)
     assert report.overall_sparsity == 0.5 and report.nsamples == 0
+    assert "14 Linear layers in 2 blocks" in report.summary()  # no forwards, so no block errors
     with pytest.raises(ValueError, match="needs calibration windows"):
         prune_model(build_tiny_model("llama"), None, method="wanda", sparsity=0.5, progress=False)
 

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -38,6 +35,7 @@ from symprune.cli_common import (
     recipe_from_args,
 )
 from symprune import distributed
+from symprune.atomic_folder import atomic_folder
 from symprune.checkpoint import CheckpointFolder
 from symprune.cli_stream import add_stream_commands
 from symprune.data import CALIBRATION_FILE, EVALUATION_FILE
@@ -58,54 +56,11 @@ DEMO_RECIPE: dict[str, Any] = {"method": "wanda", "refine": None}
 
 
 def _save_atomically(model: Any, tokenizer: Any, report: Any, out_dir: Path) -> None:
-    """Write the pruned folder next to OUT_DIR, then swap it in with renames.
-
-    The temporary folders are named after this process (``.OUT.tmp-PID-*``), so that those of a
-    killed run (SIGKILL, a crash) are recognised and removed by the next run."""
-    out = out_dir.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_orphans(out)
-    pid = os.getpid()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{pid}-", dir=out.parent))
-    old: Path | None = None
-    try:
+    """Write the pruned folder next to OUT_DIR, then swap it in (``atomic_folder``)."""
+    with atomic_folder(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         report.to_json(tmp / REPORT_FILE)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{pid}-", dir=out.parent))
-            os.rename(out, old / "previous")
-        os.rename(tmp, out)
-    except BaseException:
-        if old is not None and not out.exists():
-            os.rename(old / "previous", out)  # put the previous folder back
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _remove_orphans(out: Path) -> None:
-    """Remove the temporary folders beside ``out`` of runs whose process is gone."""
-    for entry in out.parent.glob(f".{out.name}.*-*-*"):
-        kind, _, rest = entry.name[len(out.name) + 2:].partition("-")
-        pid = rest.split("-", 1)[0]
-        if kind not in ("tmp", "old") or not pid.isdigit() or not entry.is_dir() or _alive(int(pid)):
-            continue
-        if kind == "old" and not out.exists() and (entry / "previous").is_dir():
-            os.rename(entry / "previous", out)  # killed between the two renames: the old folder returns
-        shutil.rmtree(entry, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def cmd_prune(args: argparse.Namespace) -> None:

@@ -112,7 +112,7 @@ class PruneReport:
         refine += " + owl" if self.owl else ""
         lines = [
             (f"method {self.method}{refine}, pattern {self.pattern()}, "
-             f"{len(self.layers)} Linear layers in {len(self.blocks)} blocks"),
+             f"{len(self.layers)} Linear layers in {len({layer.block for layer in self.layers})} blocks"),
             (f"sparsity reached {self.overall_sparsity:.4%} "
              f"({self.pruned_weights:,} of {self.total_weights:,} weights)"),
             (f"wall time {self.wall_seconds:.1f} s (dense forwards {self.dense_forward_seconds:.1f} s, "
