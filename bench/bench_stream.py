@@ -22,14 +22,15 @@ Every output is verified: each pruned tensor has the exact sparsity pattern, two
 compared element for element with a plain PyTorch reference (sort-based), every copied tensor
 is byte-identical.
 
-Peak RSS of `calibrate` + `apply` on the real SmolLM2 against `symprune prune`, which loads
-the whole model (wanda 50%, 64 x 512 calibration windows of lee_background.cor, as in
-docs/protocol.md),
-with a check that both write the same weights:
+Peak RSS of `prune --low-memory` and `calibrate` + `apply` on the real SmolLM2 against
+`symprune prune`, which loads the whole model (wanda 50%, 64 x 512 calibration windows of
+lee_background.cor, as in docs/protocol.md; `--method sparsegpt`: prune and prune --low-memory
+only, since apply cannot reproduce SparseGPT), with a check that each writes the weights of prune:
 
     .venv/bin/python bench/bench_stream.py                 # ~6.1 GB, needs ~20 GB free disk
     .venv/bin/python bench/bench_stream.py --layers 2      # quick
     .venv/bin/python bench/bench_stream.py --smollm2       # the real-model comparison
+    .venv/bin/python bench/bench_stream.py --smollm2 --method sparsegpt --nsamples 16
     .venv/bin/python bench/bench_stream.py --device cuda   # also every run pruning on the GPU
 
 With `--device cuda` the peak RSS of those runs includes the CUDA context and four pinned buffers
@@ -185,30 +186,41 @@ def verify(src: Path, out: Path, method: str, stats: Path | None) -> str:
            f"{copied} copied byte-identical"
 
 
-def smollm2_memory(work: Path) -> None:
+def smollm2_memory(work: Path, method: str, nsamples: int) -> None:
     from symprune.data import CALIBRATION_FILE, protocol_text
     from symprune.models import ensure_smollm2
 
     model = ensure_smollm2()
     calib = protocol_text(CALIBRATION_FILE)
-    recipe = ["--method", "wanda", "--sparsity", "0.5"]
-    windows = ["--calib", str(calib), "--nsamples", "64", "--seqlen", "512"]
+    recipe = ["--method", method, "--sparsity", "0.5"]
+    windows = ["--calib", str(calib), "--nsamples", str(nsamples), "--seqlen", "512"]
     stats = work / "stats.safetensors"
-    runs = {
-        "prune (whole model)": run_child("prune", str(model), str(work / "pruned"), *recipe, *windows, "--quiet"),
-        "calibrate (one block)": run_child("calibrate", str(model), "--out", str(stats), *recipe, *windows,
-                                           "--quiet"),
-        "apply (streaming)": run_child("apply", str(model), str(work / "applied"), "--stats", str(stats), *recipe,
-                                       "--quiet"),
-    }
-    pruned = symprune.load_safetensors(str(work / "pruned" / "model.safetensors"))
-    applied = symprune.load_safetensors(str(work / "applied" / "model.safetensors"))
-    same = pruned.keys() == applied.keys() and all(torch.equal(pruned[k], applied[k]) for k in pruned)
-    print(f"SmolLM2-135M fp32 ({(model / 'model.safetensors').stat().st_size / 2**20:.0f} MiB), wanda 50%, 64x512 windows")
+    runs = {"prune (whole model)": run_child("prune", str(model), str(work / "pruned"), *recipe, *windows, "--quiet"),
+            "prune --low-memory (one block)": run_child("prune", str(model), str(work / "blocks"), *recipe, *windows,
+                                                        "--low-memory", "--quiet")}
+    outputs = {"prune --low-memory": _folder_tensors(work / "blocks")}
+    if method != "sparsegpt":  # the statistics file holds no Gram: apply cannot reproduce SparseGPT
+        runs["calibrate (one block)"] = run_child("calibrate", str(model), "--out", str(stats), *recipe, *windows,
+                                                  "--quiet")
+        runs["apply (streaming)"] = run_child("apply", str(model), str(work / "applied"), "--stats", str(stats),
+                                              *recipe, "--quiet")
+        outputs["calibrate + apply"] = _folder_tensors(work / "applied")
+    pruned = _folder_tensors(work / "pruned")
+    print(f"SmolLM2-135M fp32 ({(model / 'model.safetensors').stat().st_size / 2**20:.0f} MiB), {method} 50%, "
+          f"{nsamples}x512 windows")
     print("\n| command | seconds | peak RSS MB |\n|---|---|---|")
     for label, r in runs.items():
         print(f"| {label} | {r['seconds']:.1f} | {r['peak_mb']:.0f} |")
-    print(f"\ncalibrate + apply wrote {'the same' if same else 'DIFFERENT'} weights as prune")
+    for label, tensors in outputs.items():
+        same = tensors.keys() == pruned.keys() and all(torch.equal(tensors[k], pruned[k]) for k in pruned)
+        print(f"\n{label} wrote {'the same' if same else 'DIFFERENT'} weights as prune")
+
+
+def _folder_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        tensors.update(symprune.load_safetensors(str(shard)))
+    return tensors
 
 
 def main() -> None:
@@ -217,6 +229,8 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="scratch folder (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     parser.add_argument("--smollm2", action="store_true", help="only the real-model memory comparison")
+    parser.add_argument("--method", default="wanda", help="recipe of --smollm2, at 50%% (wanda; or sparsegpt)")
+    parser.add_argument("--nsamples", type=int, default=64, help="calibration windows of --smollm2 (64)")
     parser.add_argument("--device", default="cpu",
                         help="also run both methods with `apply --device DEVICE` (e.g. cuda), durable and not")
     args = parser.parse_args()
@@ -224,7 +238,7 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-stream-"))
     if args.smollm2:
         try:
-            smollm2_memory(work)
+            smollm2_memory(work, args.method, args.nsamples)
         finally:
             if not args.keep:
                 shutil.rmtree(work, ignore_errors=True)

@@ -315,3 +315,41 @@ def test_model_may_be_a_hub_id_in_the_local_cache(
     capsys.readouterr()
     assert main(["eval", "tiny-org/not-cached", "--quiet"]) == 1
     _one_line_error(capsys, "not in the local Hugging Face cache")
+
+
+@pytest.mark.parametrize("recipe", [["--method", "sparsegpt", "--sparsity", "0.5"],
+                                    ["--method", "wanda", "--nm", "2:4", "--update", "refit"],
+                                    ["--method", "admm", "--nm", "2:4"],
+                                    ["--method", "ria", "--sparsity", "0.5", "--refine", "dsnot"]],
+                         ids=lambda r: " ".join(r))
+def test_low_memory_prune_writes_the_weights_of_prune(recipe: list[str], tiny_model_dir: Path,
+                                                       text_files: tuple[Path, Path], tmp_path: Path) -> None:
+    """`prune --low-memory` holds one block at a time (Gram methods included) and writes the
+    weights `prune` writes: the same tensors, names and values, in a loadable folder."""
+    calib = ["--calib", str(text_files[0]), "--nsamples", "4", "--seqlen", "32", "--quiet"]
+    assert main(["prune", str(tiny_model_dir), str(tmp_path / "whole"), *recipe, *calib]) == 0
+    assert main(["prune", str(tiny_model_dir), str(tmp_path / "blocks"), *recipe, *calib, "--low-memory"]) == 0
+    whole = symprune.load_safetensors(str(tmp_path / "whole" / "model.safetensors"))
+    blocks: dict[str, torch.Tensor] = {}
+    index = json.loads((tmp_path / "blocks" / "model.safetensors.index.json").read_text())
+    for shard in sorted(set(index["weight_map"].values())):
+        blocks.update(symprune.load_safetensors(str(tmp_path / "blocks" / shard)))
+    assert blocks.keys() == whole.keys() and set(index["weight_map"]) == set(whole)
+    for name, tensor in whole.items():
+        assert torch.equal(blocks[name] == 0, tensor == 0), name
+        torch.testing.assert_close(blocks[name], tensor, rtol=1e-5, atol=1e-6)
+    report = PruneReport.from_json(tmp_path / "blocks" / "symprune_report.json")
+    assert report.command == "prune" and report.extra["low_memory"] and report.overall_sparsity > 0.4
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "blocks") is not None
+    assert (tmp_path / "blocks" / "tokenizer.json").exists() or (tmp_path / "blocks" / "tokenizer_config.json").exists()
+
+
+def test_low_memory_prune_refuses_what_needs_the_whole_model(tiny_model_dir: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    out = str(tmp_path / "out")
+    for extra, message in [(["--method", "wanda", "--sparsity", "0.5", "--eval", "x.txt"], "--eval needs the whole"),
+                           (["--method", "magnitude", "--sparsity", "0.5"], "symprune apply"),
+                           (["--method", "wanda", "--sparsity", "0.5", "--owl"], "--owl and --permute")]:
+        assert main(["prune", str(tiny_model_dir), out, *extra, "--low-memory", "--quiet"]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,6 +111,7 @@ def calibrate(
     prune: Recipe | None = None,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    on_block_pruned: Callable[[int, str, nn.Module], None] | None = None,
 ) -> Calibration:
     """Statistics of every Linear of the decoder blocks of the checkpoint in ``model_dir``.
 
@@ -120,6 +121,10 @@ def calibrate(
         prune: the recipe each block is pruned with before it feeds the next (None: dense).
         device: where the forwards (and the pruning) run, one block at a time: ``cpu`` or
             ``cuda[:N]``; the statistics are accumulated in fp64 on the CPU either way.
+        on_block_pruned: called with (index, name, block) once a block is pruned, before its
+            weights are dropped (``symprune prune --low-memory`` writes them there). With it,
+            recipes that need the Gram (sparsegpt, admm, refit) are accepted: their weights come
+            from here, not from the statistics.
     """
     if prune is not None and prune.permute:
         raise ValueError(f"recipe '{prune.describe()}' permutes channels across two Linears, which apply (one "
@@ -127,7 +132,7 @@ def calibrate(
     if prune is not None and prune.owl:
         raise ValueError(f"recipe '{prune.describe()}' uses OWL, whose block sparsities come from a dense pass "
                          "over every block first, which calibrate does not make: use `symprune prune`")
-    if prune is not None and prune.needs_gram:
+    if prune is not None and prune.needs_gram and on_block_pruned is None:
         raise ValueError(f"recipe '{prune.describe()}' needs the Gram of each layer's inputs, which the "
                          "statistics file does not hold (apply could not reproduce it): use `symprune prune`")
     start = time.perf_counter()
@@ -167,6 +172,8 @@ def calibrate(
             if prune is not None:
                 hidden = prune_block(index, block, hidden, captured.calls[index], prune, True,
                                      block_name, report, on_stats=record)
+                if on_block_pruned is not None:
+                    on_block_pruned(index, block_name, block)
             else:
                 stats, hidden = collect_block_stats(block, hidden, captured.calls[index], need_outputs=True)
                 record(stats)

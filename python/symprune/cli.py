@@ -66,6 +66,9 @@ def _save_atomically(model: Any, tokenizer: Any, report: Any, out_dir: Path) -> 
 def cmd_prune(args: argparse.Namespace) -> None:
     model_dir, out_dir = resolve_model_dir(args.model_dir), Path(args.out_dir)
     prepare_out_dir(model_dir, out_dir, args.overwrite)
+    if args.low_memory:
+        _prune_block_by_block(args, model_dir, out_dir)
+        return
     # Data-free recipes (magnitude, symmetric) read no calibration text and run no forwards.
     calib = None if args.recipe.data_free else calibration_file(args)
     eval_text = existing_file(args.eval, "evaluation text") if args.eval else None
@@ -101,6 +104,30 @@ def cmd_prune(args: argparse.Namespace) -> None:
     if distributed.is_main():
         print(report.summary())
         log.info("wrote %s", out_dir)
+
+
+def _prune_block_by_block(args: argparse.Namespace, model_dir: Path, out_dir: Path) -> None:
+    """``prune --low-memory``: one block in memory at a time (``prune_folder_by_blocks``)."""
+    from symprune.prune_blocks import prune_folder_by_blocks
+
+    if args.eval:
+        raise OptionError("--eval needs the whole model in memory: run `symprune eval OUT_DIR` afterwards")
+    if args.recipe.data_free:
+        raise OptionError(f"recipe '{args.recipe.describe()}' reads no calibration: `symprune apply` prunes it "
+                          "a tensor at a time")
+    if args.recipe.owl or args.recipe.permute:
+        raise OptionError("--owl and --permute need the whole model (a dense pass over every block first; "
+                          "two Linears permuted together): drop --low-memory")
+    calib = calibration_file(args)
+    check_context(model_dir, "--seqlen", args.seqlen, args.bos)
+    check_memory(model_dir, args.device, whole_model=False, calibration=(args.nsamples, args.seqlen + args.bos))
+    windows = load_calib_windows(calib, load_tokenizer(model_dir), args.nsamples, args.seqlen, args.seed, args.bos)
+    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    report = prune_folder_by_blocks(model_dir, out_dir, windows, args.recipe, dtype=dtype, progress=not args.quiet,
+                                    device=args.device, extra={"model_dir": str(model_dir), "calib": str(calib),
+                                                               "seed": args.seed})
+    print(report.summary())
+    log.info("wrote %s", out_dir)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -171,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-seqlen", type=positive, default=512,
                    help="tokens per evaluation window (512)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+    p.add_argument("--low-memory", action="store_true",
+                   help="hold one decoder block at a time (read from the safetensors, written once pruned): "
+                   "for models larger than memory, with any recipe but --owl and --permute (sparsegpt, admm "
+                   "and refit included); no --eval (run `symprune eval OUT_DIR` afterwards); one process")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                    help="dtype of the saved model: auto (default) keeps the checkpoint's; pruning itself "
                    "runs in float32")
