@@ -353,3 +353,31 @@ def test_low_memory_prune_refuses_what_needs_the_whole_model(tiny_model_dir: Pat
         assert main(["prune", str(tiny_model_dir), out, *extra, "--low-memory", "--quiet"]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_low_memory_prune_interrupted_leaves_nothing(tiny_model_dir: Path, text_files: tuple[Path, Path],
+                                                      tmp_path: Path) -> None:
+    """SIGTERM after the first block's shard is written: exit 143, no OUT_DIR, no temporary
+    folder; the next run writes the folder."""
+    import signal
+
+    out = tmp_path / "out"
+    args = [*_prune_args(tiny_model_dir, out, text_files[0], "--sparsity", "0.5"), "--low-memory"]
+    script = (  # the run stalls once it has written its first shard
+        "import sys, time\n"
+        "import symprune.prune_blocks as blocks\n"
+        "from symprune.cli import main\n"
+        "real = blocks.save_safetensors\n"
+        "def slow(*a, **k):\n"
+        "    real(*a, **k); print('saving', flush=True); time.sleep(60)\n"
+        "blocks.save_safetensors = slow\n"
+        f"sys.exit(main({[str(a) for a in args]!r}))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "saving"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM and "terminated (SIGTERM)" in err, err
+    assert list(tmp_path.iterdir()) == []
+    assert main(args) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

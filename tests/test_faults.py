@@ -15,7 +15,7 @@ The targeted fault cases live beside the code they exercise (all in CI):
   ::test_nan_in_a_later_shard_is_refused_before_writing, ::test_the_prescan_finds_every_non_finite_value;
 - option values and windows (one line, exit 2): test_cli.py::test_prune_errors_are_one_line;
 - signals and killed runs: test_cli.py::test_prune_cleans_up_after_sigterm_and_killed_runs,
-  test_crash_safety.py; resume by checksum: test_stream.py::test_resume_checks_finished_shards_by_content;
+  ::test_low_memory_prune_interrupted_leaves_nothing, test_crash_safety.py; resume by checksum: test_stream.py::test_resume_checks_finished_shards_by_content;
 - API contracts: test_errors.py::test_dsnot_refuses_a_mask_that_is_not_nm,
   ::test_score_refuses_options_the_method_does_not_read, ::test_statistics_a_method_does_not_read_are_refused;
 - under torchrun (test_distributed.py): a failing rank, ::test_a_failing_rank_stops_every_rank_before_anything_is_written;
