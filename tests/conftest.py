@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import symprune
 import torch
 import transformers as hf
 
@@ -108,6 +110,19 @@ def sharded_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     byte_tokenizer().save_pretrained(path)
     assert (path / "model.safetensors.index.json").exists()
     return path
+
+
+def write_sharded_checkpoint(folder: Path, shards: list[dict[str, torch.Tensor]]) -> Path:
+    """A checkpoint folder of the given shards (named as transformers names them), an index and
+    an empty config."""
+    weight_map = {}
+    for number, tensors in enumerate(shards, start=1):
+        name = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
+        symprune.save_safetensors(str(folder / name), tensors, {"format": "pt"})
+        weight_map.update(dict.fromkeys(tensors, name))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (folder / "config.json").write_text("{}")
+    return folder
 
 
 def folder_bytes(folder: Path) -> dict[str, bytes]:

@@ -23,6 +23,27 @@ def _prune_args(model_dir: Path, out: Path, calib: Path, *extra: str) -> list[st
             "--nsamples", "4", "--seqlen", "32", "--quiet", *extra]
 
 
+def _stalled_after(module: str, attribute: str, args: list[str]) -> subprocess.Popen[str]:
+    """`symprune` with ``args`` in a subprocess whose ``module.attribute`` (a function or method)
+    prints "saving" after its first call returns and then sleeps; returned once it has printed."""
+    script = (
+        "import importlib, sys, time\n"
+        "from symprune.cli import main\n"
+        f"owner = importlib.import_module({module!r})\n"
+        f"*path, name = {attribute!r}.split('.')\n"
+        "for part in path:\n"
+        "    owner = getattr(owner, part)\n"
+        "real = getattr(owner, name)\n"
+        "def slow(*a, **k):\n"
+        "    real(*a, **k); print('saving', flush=True); time.sleep(60)\n"
+        "setattr(owner, name, slow)\n"
+        f"sys.exit(main({[str(a) for a in args]!r}))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "saving"
+    return proc
+
+
 def _one_line_error(capsys: pytest.CaptureFixture[str], fragment: str) -> None:
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err, err
@@ -114,17 +135,9 @@ def test_prune_cleans_up_after_sigterm_and_killed_runs(
     orphan = tmp_path / ".out.tmp-999999999-abc"  # no such process
     orphan.mkdir()
     (orphan / "model.safetensors").write_bytes(b"x" * 1000)
-    script = (  # the save stalls after writing the weights into the temporary folder
-        "import sys, time, transformers\n"
-        "from symprune.cli import main\n"
-        "real = transformers.PreTrainedModel.save_pretrained\n"
-        "def slow(self, *a, **k):\n"
-        "    real(self, *a, **k); print('saving', flush=True); time.sleep(60)\n"
-        "transformers.PreTrainedModel.save_pretrained = slow\n"
-        f"sys.exit(main({[str(a) for a in _prune_args(tiny_model_dir, out, text_files[0], '--sparsity', '0.5')]!r}))\n"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "saving"
+    # The save stalls after writing the weights into the temporary folder.
+    proc = _stalled_after("transformers", "PreTrainedModel.save_pretrained",
+                          _prune_args(tiny_model_dir, out, text_files[0], "--sparsity", "0.5"))
     # The orphan went when the save began; this run's temporary folder is there.
     assert [p.name.startswith(f".out.tmp-{proc.pid}-") for p in tmp_path.iterdir()] == [True]
     proc.send_signal(signal.SIGTERM)
@@ -363,18 +376,7 @@ def test_low_memory_prune_interrupted_leaves_nothing(tiny_model_dir: Path, text_
 
     out = tmp_path / "out"
     args = [*_prune_args(tiny_model_dir, out, text_files[0], "--sparsity", "0.5"), "--low-memory"]
-    script = (  # the run stalls once it has written its first shard
-        "import sys, time\n"
-        "import symprune.prune_blocks as blocks\n"
-        "from symprune.cli import main\n"
-        "real = blocks.save_safetensors\n"
-        "def slow(*a, **k):\n"
-        "    real(*a, **k); print('saving', flush=True); time.sleep(60)\n"
-        "blocks.save_safetensors = slow\n"
-        f"sys.exit(main({[str(a) for a in args]!r}))\n"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "saving"
+    proc = _stalled_after("symprune.prune_blocks", "save_safetensors", args)  # once the first shard is written
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM and "terminated (SIGTERM)" in err, err

@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-import symprune
 import torch
-from conftest import folder_bytes
+from conftest import folder_bytes, write_sharded_checkpoint
 
 JOB_FILE = ".symprune-apply.json"
 REPORT_FILE = "symprune_report.json"
@@ -23,20 +22,13 @@ REPORT_FILE = "symprune_report.json"
 @pytest.fixture(scope="module")
 def many_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """12 shards of 4 fp32 weights (1024 x 512) each, ~25 MB, with an index and a config."""
-    root = tmp_path_factory.mktemp("many-shards")
     g = torch.Generator().manual_seed(0)
-    weight_map = {}
+    shards = []
     for shard in range(12):
-        name = f"model-{shard + 1:05d}-of-00012.safetensors"
         tensors = {f"model.layers.{shard}.mlp.{p}.weight": torch.randn(1024, 512, generator=g) for p in "abc"}
         tensors[f"model.layers.{shard}.norm.weight"] = torch.ones(512)
-        symprune.save_safetensors(str(root / name), tensors, {"format": "pt"})
-        weight_map.update(dict.fromkeys(tensors, name))
-    import json
-
-    (root / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-    (root / "config.json").write_text("{}")
-    return root
+        shards.append(tensors)
+    return write_sharded_checkpoint(tmp_path_factory.mktemp("many-shards"), shards)
 
 
 def _apply(model: Path, out: Path, *extra: str) -> subprocess.Popen[bytes]:

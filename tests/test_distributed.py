@@ -21,7 +21,7 @@ import psutil
 import pytest
 import symprune
 import torch
-from conftest import folder_bytes
+from conftest import folder_bytes, write_sharded_checkpoint
 from symprune.cli import main
 from test_stream import _interrupted_apply
 
@@ -96,18 +96,10 @@ def test_an_interrupted_run_resumes_with_another_number_of_ranks(sharded_model_d
 @pytest.fixture(scope="module")
 def many_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Eight shards of two 1024 x 2048 fp32 weights each: big enough that a run takes a second."""
-    folder = tmp_path_factory.mktemp("many-shards")
     generator = torch.Generator().manual_seed(0)
-    weight_map = {}
-    for shard in range(8):
-        name = f"model-{shard + 1:05d}-of-00008.safetensors"
-        tensors = {f"model.layers.{shard}.mlp.{proj}.weight": torch.randn(1024, 2048, generator=generator)
-                   for proj in ("up_proj", "down_proj")}
-        symprune.save_safetensors(str(folder / name), tensors, {"format": "pt"})
-        weight_map.update(dict.fromkeys(tensors, name))
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    (folder / "config.json").write_text("{}")
-    return folder
+    return write_sharded_checkpoint(tmp_path_factory.mktemp("many-shards"), [
+        {f"model.layers.{shard}.mlp.{proj}.weight": torch.randn(1024, 2048, generator=generator)
+         for proj in ("up_proj", "down_proj")} for shard in range(8)])
 
 
 def test_a_killed_rank_leaves_a_run_that_resumes_to_the_same_bytes(many_shards: Path, tmp_path: Path) -> None:
