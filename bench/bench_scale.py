@@ -22,7 +22,7 @@ Two measurements, each run in its own processes:
    the exact count of zeros in every row (50 %), in the whole weight (per layer) or in every
    group of four (2:4).
 
-    .venv/bin/python bench/bench_scale.py                  # everything (~8 GB of scratch disk)
+    .venv/bin/python bench/bench_scale.py                  # everything (~6 GB of scratch disk, ~6 min)
     .venv/bin/python bench/bench_scale.py --sizes 90MB     # a quick look
     .venv/bin/python bench/bench_scale.py --only memory    # or: --only ranks
 """
