@@ -177,6 +177,17 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+def _assert_same_up_to_rounding(one_folder: Path, two_folder: Path) -> None:
+    """The same tensors; masks at least 99.9 % identical; values equal up to rounding."""
+    one, two = _weights(one_folder), _weights(two_folder)
+    assert one.keys() == two.keys()
+    pruned = [name for name in one if ".layers." in name and one[name].dim() == 2]
+    same = sum(int(((one[n] != 0) == (two[n] != 0)).sum()) for n in pruned)
+    assert same >= 0.999 * sum(one[n].numel() for n in pruned)
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("recipe", [["--method", "wanda", "--nm", "2:4"], ["--method", "sparsegpt", "--sparsity", "0.5"]])
 def test_prune_on_two_ranks_equals_one_process(recipe: list[str], tiny_model_dir: Path, text_files: tuple[Path, Path],
                                                tmp_path: Path) -> None:
@@ -186,15 +197,22 @@ def test_prune_on_two_ranks_equals_one_process(recipe: list[str], tiny_model_dir
     assert main([args[0], str(tiny_model_dir), str(tmp_path / "one"), *args[1:]]) == 0
     run = _torchrun(2, args[0], tiny_model_dir, tmp_path / "two", *args[1:])
     assert run.returncode == 0, run.stderr
-    one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
-    pruned = [name for name in one if ".layers." in name and one[name].dim() == 2]
-    same = sum(int(((one[n] != 0) == (two[n] != 0)).sum()) for n in pruned)
-    assert same >= 0.999 * sum(one[n].numel() for n in pruned)
-    for name in one:
-        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-6)
+    _assert_same_up_to_rounding(tmp_path / "one", tmp_path / "two")
     reports = [symprune.PruneReport.from_json(tmp_path / d / REPORT) for d in ("one", "two")]
     assert reports[1].extra["ranks"] == 2 and reports[1].nsamples == reports[0].nsamples == 8
     assert reports[1].perplexity["pruned"] == pytest.approx(reports[0].perplexity["pruned"], rel=1e-4)
+
+
+def test_low_memory_prune_on_two_ranks_equals_one_process(tiny_model_dir: Path, text_files: tuple[Path, Path],
+                                                           tmp_path: Path) -> None:
+    """`prune --low-memory` with a Gram method: the ranks share the windows, rank 0 writes."""
+    args = ["prune", "--method", "sparsegpt", "--nm", "2:4", "--low-memory", "--calib", str(text_files[0]),
+            "--nsamples", "8", "--seqlen", "32", "--quiet"]
+    assert main([args[0], str(tiny_model_dir), str(tmp_path / "one"), *args[1:]]) == 0
+    run = _torchrun(2, args[0], tiny_model_dir, tmp_path / "two", *args[1:])
+    assert run.returncode == 0, run.stderr
+    _assert_same_up_to_rounding(tmp_path / "one", tmp_path / "two")
+    assert symprune.PruneReport.from_json(tmp_path / "two" / REPORT).extra["ranks"] == 2
 
 
 def test_calibrate_on_three_ranks_equals_one_process(tiny_model_dir: Path, text_files: tuple[Path, Path],

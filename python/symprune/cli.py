@@ -126,8 +126,9 @@ def _prune_block_by_block(args: argparse.Namespace, model_dir: Path, out_dir: Pa
     report = prune_folder_by_blocks(model_dir, out_dir, windows, args.recipe, dtype=dtype, progress=not args.quiet,
                                     device=args.device, extra={"model_dir": str(model_dir), "calib": str(calib),
                                                                "seed": args.seed})
-    print(report.summary())
-    log.info("wrote %s", out_dir)
+    if distributed.is_main():
+        print(report.summary())
+        log.info("wrote %s", out_dir)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -201,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--low-memory", action="store_true",
                    help="hold one decoder block at a time (read from the safetensors, written once pruned): "
                    "for models larger than memory, with any recipe but --owl and --permute (sparsegpt, admm "
-                   "and refit included); no --eval (run `symprune eval OUT_DIR` afterwards); one process")
+                   "and refit included); no --eval (run `symprune eval OUT_DIR` afterwards)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                    help="dtype of the saved model: auto (default) keeps the checkpoint's; pruning itself "
                    "runs in float32")

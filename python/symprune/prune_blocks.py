@@ -6,7 +6,8 @@ The blocks go through ``calibrate``'s loop (one block's weights and Grams in mem
 sequential pipeline of ``prune_model``), so the weights equal those of ``symprune prune``. The
 output folder has one shard per block plus one for the other tensors (embeddings, final norm,
 output head), an index, the input folder's other files (config, tokenizer) and the report; it
-appears whole or not at all (``atomic_folder``).
+appears whole or not at all (``atomic_folder``). Under torchrun the ranks share the windows and
+rank 0 writes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import os
 import shutil
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -44,22 +46,26 @@ def prune_folder_by_blocks(
 ) -> PruneReport:
     """Prune the checkpoint in ``model_dir`` by ``recipe`` on ``calibration`` windows, holding one
     block at a time, and write the pruned folder to ``out_dir`` (saved in ``dtype``, default the
-    checkpoint's); ``extra`` goes into the report. One process (not under torchrun: a rank failing to write would leave the
-    others waiting). Returns the run's report (also written to ``out_dir/symprune_report.json``)."""
-    if distributed.launched_by_torchrun():
-        raise ValueError("pruning block by block runs in one process: launch it without torchrun")
+    checkpoint's); ``extra`` goes into the report. Under torchrun each rank forwards its share of
+    the windows (``calibrate``) and rank 0 writes; every write ends with an agreement, so a
+    failed write stops every rank. Returns the run's report (also written to
+    ``out_dir/symprune_report.json``)."""
     folder = CheckpointFolder(model_dir)
     dtype = dtype or folder.dtype
     stored = set(folder.shard_of)  # tied or non-persistent parameters are not written
-    with atomic_folder(Path(out_dir)) as tmp:
+    writer = distributed.is_main()
+    with atomic_folder(Path(out_dir)) if writer else nullcontext(Path()) as tmp:
         block_files: list[tuple[str, list[str]]] = []
 
-        def write_block(index: int, name: str, block: nn.Module) -> None:
+        def save_block(index: int, name: str, block: nn.Module) -> None:
             tensors = {f"{name}.{key}": value.detach().to("cpu", dtype).contiguous()
                        for key, value in block.named_parameters() if f"{name}.{key}" in stored}
             file = f"block-{index}.safetensors"  # renamed once the number of shards is known
             save_safetensors(str(tmp / file), tensors, {"format": "pt"})
             block_files.append((file, list(tensors)))
+
+        def write_block(index: int, name: str, block: nn.Module) -> None:
+            distributed.together(lambda: save_block(index, name, block) if writer else None)
 
         result = calibrate(model_dir, calibration, prune=recipe, progress=progress, device=device,
                            on_block_pruned=write_block)
@@ -67,8 +73,14 @@ def prune_folder_by_blocks(
         assert report is not None  # calibrate with a recipe always reports
         report.command = "prune"
         report.extra.update(low_memory=True, dtype=str(dtype), **(extra or {}))
-        _finish_folder(Path(model_dir), tmp, folder, block_files, stored, dtype)
-        report.to_json(tmp / REPORT_FILE)
+        if distributed.launched_by_torchrun():
+            report.extra["ranks"] = distributed.rank_and_world()[1]
+
+        def finish() -> None:
+            _finish_folder(Path(model_dir), tmp, folder, block_files, stored, dtype)
+            report.to_json(tmp / REPORT_FILE)
+
+        distributed.together(lambda: finish() if writer else None)
     return report
 
 
