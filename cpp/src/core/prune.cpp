@@ -152,7 +152,8 @@ at::Tensor& prune_into(const at::Tensor& weight, const LayerStats& stats, const 
 at::Tensor prune_weight(const at::Tensor& weight, const LayerStats& stats, const Recipe& recipe,
                         std::string_view name) {
   detail::check_matrix(weight, "weight", /*check_values=*/false);
-  if (!row_by_row(weight, recipe, recipe.refines(name)) && block_rows(weight, recipe) >= weight.size(0)) return prune(weight, stats, recipe, name).weight;
+  if (!row_by_row(weight, recipe, recipe.refines(name)) && block_rows(weight, recipe) >= weight.size(0))
+    return prune(weight, stats, recipe, name).weight;
   auto out = at::empty(weight.sizes(), weight.options());  // contiguous, whatever the weight's strides
   return prune_into(weight, stats, recipe, out, name);
 }

@@ -156,7 +156,8 @@ std::optional<double> column_norm_order(ScoreMethod method, const ScoreOptions& 
 at::Tensor column_norms(const at::Tensor& weight, double p, const std::function<void(int64_t, int64_t)>& after_block) {
   detail::check_matrix(weight, "weight", /*check_values=*/false);
   const int64_t rows = weight.size(0), cols = weight.size(1);
-  const int64_t block = std::clamp<int64_t>((int64_t{1} << 20) / std::max<int64_t>(cols, 1), 1, std::max<int64_t>(rows, 1));
+  const int64_t block =
+      std::clamp<int64_t>((int64_t{1} << 20) / std::max<int64_t>(cols, 1), 1, std::max<int64_t>(rows, 1));
   auto sums = at::zeros({cols}, weight.options().dtype(at::kDouble));
   for (int64_t begin = 0; begin < rows; begin += block) {
     const int64_t end = std::min(rows, begin + block);

@@ -230,8 +230,10 @@ class ShardStreamer {
     return true;
   }
 
+  // Drop the mapped pages of rows [begin, end) of weight j.
   void release_rows(std::size_t j, int64_t begin, int64_t end) {
-    shard_.reader.release(safetensors::Reader::part(info(j), uint64_t(begin) * row_bytes(j), uint64_t(end - begin) * row_bytes(j)));
+    shard_.reader.release(
+        safetensors::Reader::part(info(j), uint64_t(begin) * row_bytes(j), uint64_t(end - begin) * row_bytes(j)));
   }
 
   // Stage 2 (the calling thread), a weight taken whole: prune it into an output buffer (on a
