@@ -16,6 +16,7 @@ every Linear is pruned, and the pruned block is re-run to produce the next block
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import math
 import sys
@@ -155,16 +156,17 @@ def return_freed_memory() -> None:
     elsewhere). Between blocks: the blocks' temporaries (a Gram's factors, tens of MB each) are
     freed into the allocator's heap, which otherwise keeps them resident, and a later block's
     peak would add to theirs."""
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _malloc_trim = lambda pad: 0  # noqa: E731 - not glibc
-    _malloc_trim(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
-_malloc_trim: Callable[[int], int] | None = None
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
 
 
 def blocks_prefix(model: nn.Module, blocks: nn.ModuleList) -> str:

@@ -55,8 +55,7 @@ void LayerPasses::end_pass() {
   prefix_ |= static_cast<uint32_t>(digit) << shift_;
   prefix_mask_ |= static_cast<uint32_t>(kBins - 1) << shift_;
   std::fill(histogram_.begin(), histogram_.end(), 0);
-  shift_ -= kDigitBits;
-  if (shift_ < 0) ties_left_ = rank_;  // the threshold is the rank_-th of the keys equal to it
+  shift_ -= kDigitBits;  // after the last pass, rank_ ties of the threshold are to be pruned
 }
 
 void LayerPasses::prune_into(const at::Tensor& rows, int64_t begin, at::Tensor& out) {
@@ -69,9 +68,9 @@ void LayerPasses::prune_into(const at::Tensor& rows, int64_t begin, at::Tensor& 
     for (int64_t i = 0, n = part.numel(); i < n; ++i) {
       const uint32_t key = order_key(s[i]);
       bool prune = key < prefix_;
-      if (key == prefix_ && ties_left_ > 0) {
+      if (key == prefix_ && rank_ > 0) {
         prune = true;
-        --ties_left_;
+        --rank_;
       }
       k[i] = !prune;
     }

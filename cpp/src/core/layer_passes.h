@@ -33,11 +33,12 @@ class LayerPasses {
   Recipe recipe_;
   LayerStats whole_;
   std::vector<int64_t> histogram_;
-  int64_t rank_;            // 1-based rank of the threshold among the keys that match the prefix
+  // 1-based rank of the threshold among the keys that match the prefix; once the threshold is
+  // known, the keys equal to it still to prune, in row-major order.
+  int64_t rank_;
   uint32_t prefix_ = 0;     // the threshold's key bits found so far
   uint32_t prefix_mask_ = 0;
   int shift_ = 16;          // the digit the next counting pass finds; -1 once the threshold is known
-  int64_t ties_left_ = 0;   // keys equal to the threshold still to prune, in row-major order
 };
 
 }  // namespace symprune::detail
