@@ -233,8 +233,9 @@ void bind_reconstruct(py::module_& m) {
           return admm(weight, gram, initial_keep, options);
         },
         py::arg("weight"), py::arg("gram"), py::arg("initial_keep"), py::arg("sparsity") = py::none(), py::kw_only(),
-        py::arg("nm") = py::none(), py::arg("percdamp") = 0.01, py::arg("rho0") = 0.1, py::arg("growth") = 1.3,
-        py::arg("max_iterations") = 300, py::arg("patience") = 10,
+        py::arg("nm") = py::none(), py::arg("percdamp") = AdmmOptions{}.percdamp, py::arg("rho0") = AdmmOptions{}.rho0,
+        py::arg("growth") = AdmmOptions{}.growth, py::arg("max_iterations") = AdmmOptions{}.max_iterations,
+        py::arg("patience") = AdmmOptions{}.patience,
         "ADMM pruning from an initial support, finished by the refit (see symprune/reconstruct.h).");
   m.def("refit", &refit, py::arg("weight"), py::arg("keep"), py::arg("gram"), py::kw_only(),
         py::arg("percdamp") = 0.01, py::call_guard<py::gil_scoped_release>(),

@@ -75,29 +75,32 @@ def objective(weight: torch.Tensor, pruned: torch.Tensor, gram: torch.Tensor, pe
 
 
 def oracle_admm(weight: torch.Tensor, gram: torch.Tensor, initial_keep: torch.Tensor, project,
-                percdamp: float = 0.01, rho0: float = 0.1, growth: float = 1.3,
+                percdamp: float = 0.01, rho0: float = 0.1, growth: float = 1.15,
                 max_iterations: int = 300, patience: int = 10) -> torch.Tensor:
-    """ADMM on min (W - V) H (W - V)^T with V in the pattern, in fp64: V by a linear solve per
-    penalty, Z by `project` (a function of |V + U| returning the keep mask), the scaled dual U;
-    rho = rho0 * mean(diag H) * growth^(iteration // 3); then, row by row, the better of the
-    exact refits of the final and of the initial support."""
+    """ADMM on min (B - V) Hs (B - V)^T with V in the pattern, in fp64, in the input-scaled
+    coordinates B = W D, Hs = D^-1 H D^-1, D = sqrt(diag H): V by a linear solve per penalty,
+    Z by `project` (a function of |V + U| returning the keep mask), the scaled dual U;
+    rho = rho0 * growth^(iteration // 3); then, row by row, the better of the exact refits
+    of the final and of the initial support."""
     h, _ = damped(gram, percdamp, dead_to_one=False)
-    w0 = weight.double()
-    scale = float(torch.diag(h).mean())
+    d = torch.diag(h).sqrt()
+    hs = h / d[:, None] / d[None, :]
+    b0 = weight.double() * d
     keep = initial_keep.clone()
-    z = w0 * keep
+    z = b0 * keep
     u = torch.zeros_like(z)
     unchanged = 0
     for it in range(max_iterations):
         if unchanged >= patience:
             break
-        rho = rho0 * growth ** (it // 3) * scale
-        v = torch.linalg.solve(h + rho * torch.eye(h.shape[0], dtype=torch.float64), (w0 @ h + rho * (z - u)).T).T
+        rho = rho0 * growth ** (it // 3)
+        v = torch.linalg.solve(hs + rho * torch.eye(hs.shape[0], dtype=torch.float64), (b0 @ hs + rho * (z - u)).T).T
         new_keep = project((v + u).abs())
         z = (v + u) * new_keep
         u = u + v - z
         unchanged = unchanged + 1 if torch.equal(new_keep, keep) else 0
         keep = new_keep
+    w0 = weight.double()
     found, start = oracle_refit(weight, keep, gram, percdamp), oracle_refit(weight, initial_keep, gram, percdamp)
     out = start.clone()
     for r in range(w0.shape[0]):  # each row keeps the better of the two refits

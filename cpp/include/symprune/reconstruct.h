@@ -50,18 +50,19 @@ struct AdmmOptions {
   std::optional<double> sparsity;  // per row; exactly one of sparsity and nm
   std::optional<NM> nm;
   double percdamp = 0.01;
-  // The penalty rho, relative to mean(diag H): rho0 * growth^(iteration / 3).
+  // The penalty rho in the input-scaled coordinates (where diag H = 1): rho0 * growth^(iteration / 3).
   double rho0 = 0.1;
-  double growth = 1.3;
+  double growth = 1.15;
   int64_t max_iterations = 300;
   int64_t patience = 10;  // stop once the support has not changed for this many iterations
 };
 
 // A joint search of mask and weights: ADMM on min_V (W - V) H (W - V)^T with V in the pattern
 // (each row keeps floor(in * (1 - sparsity)) weights, or n of every m), from the support of
-// `initial_keep`, as in ALPS (Meng et al., 2024). Each iteration solves V for the fixed
-// penalty (one Cholesky per penalty), projects V + U onto the pattern by magnitude, and
-// updates the dual U; the penalty grows until the support stops changing. The result is, row
+// `initial_keep`, as in ALPS (Meng et al., 2024). It works on W D, D = sqrt(diag H) (so the
+// projection ranks |w_ij| * ||x_j||, Wanda's measure): each iteration solves V for the current
+// penalty (through one eigendecomposition of the scaled Gram), projects V + U onto the pattern
+// by magnitude and updates the dual U; the penalty grows until the support stops changing. The result is, row
 // by row, the better of the refits (above) of the final and of the initial support, so it is
 // never worse than its start: pruned entries +0, the input's dtype and device.
 SYMPRUNE_API at::Tensor admm(const at::Tensor& weight, const at::Tensor& gram, const at::Tensor& initial_keep,

@@ -3,16 +3,16 @@
 
 #include "core/checks.h"
 #include "core/gram.h"
+#include "core/refit_from.h"
 
 #include <ATen/TensorOperators.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/abs.h>
 #include <ATen/ops/all.h>
+#include <ATen/ops/equal.h>
 #include <ATen/ops/linalg_eigh.h>
 #include <ATen/ops/matmul.h>
-#include <ATen/ops/mean.h>
 #include <ATen/ops/ne.h>
-#include <ATen/ops/sum.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros_like.h>
 
@@ -32,6 +32,11 @@ void check(const at::Tensor& weight, const at::Tensor& keep, const AdmmOptions& 
   SYMPRUNE_CHECK(o.max_iterations >= 0 && o.patience >= 1, "max_iterations must be >= 0 and patience >= 1");
 }
 
+void check_positive_definite(bool is, double percdamp) {
+  SYMPRUNE_CHECK(is, "gram is not positive definite even after damping (percdamp=", percdamp,
+                 "); raise percdamp or calibrate on more tokens");
+}
+
 // The pattern's support of the largest |x|, with the mask rules of mask.h.
 at::Tensor project_support(const at::Tensor& x, const AdmmOptions& o) {
   const auto magnitude = at::abs(x).to(at::kFloat);
@@ -47,24 +52,30 @@ at::Tensor admm(const at::Tensor& weight, const at::Tensor& gram, const at::Tens
   const int64_t cols = weight.size(1);
   const auto compute = weight.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const auto h64 = detail::damped_gram(gram.to(weight.device()), cols, o.percdamp, /*dead_to_one=*/false).h;
-  const auto scale = at::mean(h64.diagonal()).item<double>();
-  const auto w0 = weight.to(compute);
-  // H = Q diag(lambda) Q^T once: (H + rho I)^-1 = Q diag(1 / (lambda + rho)) Q^T for every rho,
+  // ADMM runs on B = W D with D = sqrt(diag H): the scaled Gram D^-1 H D^-1 has a unit diagonal,
+  // so one rho0 suits every layer, and projecting |B| ranks weights by |w_ij| * ||x_j|| (Wanda's
+  // measure) rather than by |w_ij|, which lowered the layers' output error (docs/semantics.md).
+  const auto diag = h64.diagonal();
+  check_positive_definite(at::all(diag > 0).item<bool>(), o.percdamp);
+  const auto d64 = diag.sqrt();
+  const auto hs64 = h64 / d64.unsqueeze(0) / d64.unsqueeze(1);
+  // Hs = Q diag(lambda) Q^T once: (Hs + rho I)^-1 = Q diag(1 / (lambda + rho)) Q^T for every rho,
   // two products per iteration instead of a factorisation per penalty and triangular solves.
-  auto [lambda64, q64] = at::linalg_eigh(h64);
-  SYMPRUNE_CHECK(at::all(lambda64 > 0).item<bool>(), "gram is not positive definite even after damping (percdamp=",
-                 o.percdamp, "); raise percdamp or calibrate on more tokens");
+  auto [lambda64, q64] = at::linalg_eigh(hs64);
+  check_positive_definite(at::all(lambda64 > 0).item<bool>(), o.percdamp);
   const auto q = q64.to(compute), lambda = lambda64.to(compute);
-  const auto w0hq = at::matmul(w0, at::matmul(h64, q64).to(compute));  // (H w0)^T Q, row by row
+  const auto w0 = weight.to(compute);
+  const auto b0 = w0 * d64.to(compute);
+  const auto b0hq = at::matmul(b0, at::matmul(hs64, q64).to(compute));  // (Hs b0)^T Q, row by row
 
   auto keep = initial_keep.to(weight.device());
-  auto z = w0.masked_fill(keep.logical_not(), 0);
+  auto z = b0.masked_fill(keep.logical_not(), 0);
   auto u = at::zeros_like(z);
   int64_t unchanged = 0;
   for (int64_t it = 0; it < o.max_iterations && unchanged < o.patience; ++it) {
-    const double rho = o.rho0 * std::pow(o.growth, static_cast<double>(it / 3)) * scale;
-    // V = argmin (W0 - V) H (W0 - V)^T + rho |V - Z + U|^2, row by row: (H + rho I) v = H w0 + rho (z - u).
-    const auto rhs_q = w0hq + rho * at::matmul(z - u, q);
+    const double rho = o.rho0 * std::pow(o.growth, static_cast<double>(it / 3));
+    // V = argmin (B0 - V) Hs (B0 - V)^T + rho |V - Z + U|^2, row by row: (Hs + rho I) v = Hs b0 + rho (z - u).
+    const auto rhs_q = b0hq + rho * at::matmul(z - u, q);
     const auto v = at::matmul(rhs_q / (lambda + rho).unsqueeze(0), q.t());
     const auto next_keep = project_support(v + u, o);
     z = (v + u).masked_fill(next_keep.logical_not(), 0);
@@ -73,10 +84,18 @@ at::Tensor admm(const at::Tensor& weight, const at::Tensor& gram, const at::Tens
     keep = next_keep;
   }
   // ADMM is a heuristic: each row keeps the better (by its own objective) of the refits of the
-  // final support and of the initial one, so the result is never worse than its start.
-  const auto found = refit(w0, keep, gram, o.percdamp);
-  const auto start = refit(w0, initial_keep.to(weight.device()), gram, o.percdamp);
+  // final support and of the initial one, so the result is never worse than its start. Both
+  // refits use H^-1 = D^-1 Q diag(1 / lambda) Q^T D^-1 from the eigendecomposition (no new
+  // factorisation), and the final support's starts from ADMM's own iterate on it.
   const auto h = h64.to(compute);
+  const auto d_inv = d64.reciprocal();
+  const auto h_inv = (at::matmul(q64 / lambda64.unsqueeze(0), q64.t()) * d_inv.unsqueeze(0) * d_inv.unsqueeze(1)).to(compute);
+  const auto kept = keep.to(compute);
+  const auto found = detail::refit_from(w0, kept, h, h_inv, z / d64.to(compute));
+  const auto initial = initial_keep.to(weight.device());
+  if (at::equal(keep, initial)) return found.to(weight.scalar_type());
+  const auto start_kept = initial.to(compute);
+  const auto start = detail::refit_from(w0, start_kept, h, h_inv, w0 * start_kept);
   const auto row_error = [&](const at::Tensor& v) {
     const auto d = w0 - v;
     return (at::matmul(d, h) * d).sum(1, /*keepdim=*/true);

@@ -8,6 +8,7 @@
 
 #include "core/checks.h"
 #include "core/gram.h"
+#include "core/refit_from.h"
 
 #include <ATen/TensorOperators.h>
 #include <ATen/core/grad_mode.h>
@@ -36,23 +37,11 @@ at::Tensor safe_ratio(const at::Tensor& num, const at::Tensor& den) {
 
 }  // namespace
 
-at::Tensor refit(const at::Tensor& weight, const at::Tensor& keep, const at::Tensor& gram, double percdamp) {
-  at::NoGradGuard no_grad;
-  detail::check_matrix(weight, "weight");
-  detail::check_mask(keep, weight, "keep");
-  const int64_t cols = weight.size(1);
-  const auto h64 = detail::damped_gram(gram.to(weight.device()), cols, percdamp, /*dead_to_one=*/false).h;
-  const auto lower = detail::cholesky_or_throw(h64, percdamp, "gram");
-  const auto compute = weight.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const double tolerance = compute == at::kDouble ? kTolerance64 : kTolerance32;
-  const auto h = h64.to(compute);
-  const auto h_inv = at::cholesky_inverse(lower).to(compute);  // LAPACK potri: no identity, 1/3 of two solves' flops
-  const auto k = keep.to(weight.device(), compute);  // 1 = kept
-  const auto w = weight.to(compute);
-
+at::Tensor detail::refit_from(const at::Tensor& w, const at::Tensor& k, const at::Tensor& h, const at::Tensor& h_inv,
+                              at::Tensor v) {
+  const double tolerance = w.scalar_type() == at::kDouble ? kTolerance64 : kTolerance32;
   // Minimise f(v) = (w - v)^T H (w - v) over v with v = 0 off the support, for every row:
   // the residual is the projected gradient b - A v with A v = (v H) * k and b = (w H) * k.
-  auto v = w * k;
   auto r = (at::matmul(w - v, h)) * k;
   auto z = at::matmul(r, h_inv) * k;
   auto p = z.clone();
@@ -70,7 +59,21 @@ at::Tensor refit(const at::Tensor& weight, const at::Tensor& keep, const at::Ten
     if (it % kCheckEvery == 0 && !(rz > rz0 * tolerance).any().item<bool>()) break;
   }
   // Pruned entries are +0 (v * k is -0 where v < 0: masked_fill writes +0).
-  return v.masked_fill_(k == 0, 0).to(weight.scalar_type());
+  return v.masked_fill_(k == 0, 0);
+}
+
+at::Tensor refit(const at::Tensor& weight, const at::Tensor& keep, const at::Tensor& gram, double percdamp) {
+  at::NoGradGuard no_grad;
+  detail::check_matrix(weight, "weight");
+  detail::check_mask(keep, weight, "keep");
+  const int64_t cols = weight.size(1);
+  const auto h64 = detail::damped_gram(gram.to(weight.device()), cols, percdamp, /*dead_to_one=*/false).h;
+  const auto lower = detail::cholesky_or_throw(h64, percdamp, "gram");
+  const auto compute = weight.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto h_inv = at::cholesky_inverse(lower).to(compute);  // LAPACK potri: no identity, 1/3 of two solves' flops
+  const auto k = keep.to(weight.device(), compute);  // 1 = kept
+  const auto w = weight.to(compute);
+  return detail::refit_from(w, k, h64.to(compute), h_inv, w * k).to(weight.scalar_type());
 }
 
 }  // namespace symprune
