@@ -168,6 +168,9 @@ def test_refit_lowers_sparsegpt_reconstruction_error() -> None:
         # A rank-one Gram without damping cannot be factorised: an error, never a silent no-op.
         (lambda w, g: symprune.sparsegpt(w, torch.ones_like(g), 0.5, percdamp=0.0), "positive definite"),
         (lambda w, g: symprune.refit(w, w != 0, torch.ones_like(g), percdamp=0.0), "positive definite"),
+        (lambda w, g: symprune.admm(w, torch.ones_like(g), w != 0, 0.5, percdamp=0.0), "positive definite"),
+        (lambda w, g: symprune.admm(w, g, w != 0, 0.5, percdamp=0.0), "positive definite"),  # a dead input
+        (lambda w, g: symprune.admm(w, g, w != 0, 0.5, growth=0.9), "growth must be >= 1"),
     ],
 )
 def test_bad_input_is_a_value_error(call, message: str) -> None:

@@ -62,7 +62,10 @@ at::Tensor admm(const at::Tensor& weight, const at::Tensor& gram, const at::Tens
   // Hs = Q diag(lambda) Q^T once: (Hs + rho I)^-1 = Q diag(1 / (lambda + rho)) Q^T for every rho,
   // two products per iteration instead of a factorisation per penalty and triangular solves.
   auto [lambda64, q64] = at::linalg_eigh(hs64);
-  check_positive_definite(at::all(lambda64 > 0).item<bool>(), o.percdamp);
+  // Numerically singular too: rounding leaves the null eigenvalues of a rank-deficient Gram
+  // anywhere within a few n * eps of the largest one, on either side of 0.
+  const double floor = lambda64.max().item<double>() * static_cast<double>(cols) * 2.2e-16;
+  check_positive_definite(at::all(lambda64 > floor).item<bool>(), o.percdamp);
   const auto q = q64.to(compute), lambda = lambda64.to(compute);
   const auto w0 = weight.to(compute);
   const auto b0 = w0 * d64.to(compute);
