@@ -135,6 +135,27 @@ def test_admm_equals_oracle_and_beats_the_refit_of_its_start(pattern: dict) -> N
     _assert_pruned_zeros_positive(got)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("pattern", [{"sparsity": 0.6}, {"nm": (4, 8)}], ids=str)
+def test_admm_in_low_precision_keeps_the_dtype_and_matches_the_oracle(dtype: torch.dtype, pattern: dict) -> None:
+    """fp32/bf16 weights run in fp32 and come back in their dtype, as good as the fp64 oracle."""
+    w, gram = layer(rows=10, cols=40, seed=8)
+    w = w.to(dtype)
+    keep = symprune.mask(symprune.score(w, "wanda", in_norm=torch.diag(gram).sqrt().float()),
+                         pattern.get("sparsity"), nm=pattern.get("nm"))
+    got = symprune.admm(w, gram.float(), keep, pattern.get("sparsity"), nm=pattern.get("nm"))
+    assert got.dtype == dtype
+    _assert_pruned_zeros_positive(got.float())
+    if "nm" in pattern:
+        assert ((got != 0).reshape(10, -1, 8).sum(-1) <= 4).all()
+    else:
+        assert ((got == 0).sum(1) >= 24).all()
+    expect = oracle_admm(w.double(), gram, keep, lambda m: symprune.mask(m.float(), pattern.get("sparsity"),
+                                                                         nm=pattern.get("nm")))
+    rounding = {torch.float32: 1e-4, torch.bfloat16: 2e-2}[dtype]  # of the result to its dtype
+    assert objective(w, got, gram) <= objective(w, expect.to(dtype), gram) * (1 + rounding) + 1e-9
+
+
 def test_admm_recipe_starts_from_wandas_mask() -> None:
     """prune(recipe admm) is admm() from Wanda's mask, with the Gram's diagonal as input norms."""
     w, gram = layer(rows=12, cols=32, seed=7)
