@@ -166,8 +166,8 @@ PYBIND11_MODULE(_C, m) {
         py::call_guard<py::gil_scoped_release>(),
         "The score of every weight (fp32). a and p (ria), a, beta and seed (stochria) default to 0.5, 1, 0.1 "
         "and 0; an option the method does not read is refused.");
-  m.def("relative_importance", &relative_importance, py::arg("weight"), py::kw_only(), py::arg("p") = 1.0,
-        py::call_guard<py::gil_scoped_release>());
+  m.def("relative_importance", [](const at::Tensor& weight, double p) { return relative_importance(weight, p); },
+        py::arg("weight"), py::kw_only(), py::arg("p") = 1.0, py::call_guard<py::gil_scoped_release>());
   m.def("mask", &mask, py::arg("score"), py::arg("sparsity") = py::none(), py::kw_only(),
         py::arg("nm") = py::none(), py::arg("group") = "row", py::arg("permute") = false);
   m.def("magnitude_mask", &magnitude_mask_binding, py::arg("weight"), py::arg("sparsity") = py::none(),

@@ -286,6 +286,9 @@ def test_resume_after_an_interruption_is_byte_identical(sharded_model_dir: Path,
     symprune.Recipe("symmetric", nm="2:4"),  # the same, data-free
     symprune.Recipe("wanda", 0.5, group="layer"),  # a threshold over the whole weight: passes
     symprune.Recipe("ria", 0.6, group="layer"),
+    # R²-DSnoT's relative metrics read the whole weight's l1 column norms: a first pass.
+    symprune.Recipe("wanda", 0.5, refine="r2dsnot", refine_options={"relative": "prune"}),
+    symprune.Recipe("ria", nm="2:4", refine="r2dsnot", refine_options={"relative": "grow"}),
 ], ids=lambda r: r.describe())
 def test_row_blocks_write_the_bytes_of_whole_weights(recipe: symprune.Recipe, tiny_model_dir: Path,
                                                      text_files: tuple[Path, Path], tmp_path: Path) -> None:
@@ -306,6 +309,8 @@ def test_row_blocks_write_the_bytes_of_whole_weights(recipe: symprune.Recipe, ti
     symprune.Recipe("ria", 0.5), symprune.Recipe("ria", nm="2:4", score_options={"p": 2.0}),
     symprune.Recipe("symmetric", 0.5), symprune.Recipe("magnitude", 0.5, group="layer"),
     symprune.Recipe("ria", 0.7, group="layer"), symprune.Recipe("owanda", 0.3, group="layer"),
+    symprune.Recipe("wanda", 0.5, refine="r2dsnot", refine_options={"relative": "prune"}),
+    symprune.Recipe("ria", nm="2:4", refine="r2dsnot", refine_options={"relative": "grow", "gamma1": 0.0}),
 ], ids=lambda r: r.describe())
 def test_weights_read_in_passes_are_pruned_as_whole_weights(recipe: symprune.Recipe, tmp_path: Path) -> None:
     """A weight over 1 M elements, read in passes (its column norms summed over several blocks;
@@ -318,9 +323,11 @@ def test_weights_read_in_passes_are_pruned_as_whole_weights(recipe: symprune.Rec
     weight = (torch.randn(1100, 1024, generator=generator) * torch.rand(1024, generator=generator) ** 3).to(torch.bfloat16)
     weight[:, 5] = 0  # a dead column
     symprune.save_safetensors(str(model / "model.safetensors"), {name: weight}, {"format": "pt"})
-    statistics = {"in_norm": torch.rand(1024, generator=generator) + 0.1, "out_norm": torch.rand(1100, generator=generator)}
+    statistics = {"in_norm": torch.rand(1024, generator=generator) + 0.1, "out_norm": torch.rand(1100, generator=generator),
+                  "in_mean": torch.randn(1024, generator=generator), "in_var": torch.rand(1024, generator=generator)}
     read = {key: value for key, value in statistics.items() if key == "in_norm" and recipe.needs_input_stats
-            or key == "out_norm" and recipe.needs_output_stats}
+            or key == "out_norm" and recipe.needs_output_stats
+            or key in ("in_mean", "in_var") and recipe.needs_refine_stats}
     options: dict[str, Any] = {} if recipe.data_free else {"stats": str(_stats_file(
         tmp_path / "stats.safetensors", {f"{name}.{key}": value for key, value in read.items()}))}
     _stream(model, tmp_path / "whole", recipe, row_block_bytes=2**40, **options)

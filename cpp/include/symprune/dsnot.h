@@ -45,6 +45,9 @@ struct SYMPRUNE_API DsnotInputs {
   // N:M branch only: the initial score whose lowest kept entry in the group of a regrown
   // weight is pruned; defaults to the Wanda metric |W| * in_norm.
   std::optional<at::Tensor> initial_score;
+  // R2-DSnoT's relative metrics only: the whole weight's l1 column norms (column_norms(W, 1))
+  // when `weight` is a block of its rows; computed from `weight` when absent.
+  std::optional<at::Tensor> column_norms;
 };
 
 // Returns the refined keep mask. Kept weights per row (and per N:M group) are unchanged.

@@ -89,8 +89,12 @@ struct SYMPRUNE_API Recipe {
   // Whether the weight called `name` is refined (refinement on and no skip fragment matches).
   bool refines(std::string_view name) const;
   // Rows of a weight are pruned independently of each other, given the whole weight's column
-  // norms where the score reads them (MethodInfo::reads_column_norms): they can go in blocks.
+  // norms where the score (MethodInfo::reads_column_norms) or R2-DSnoT's relative metrics read
+  // them: they can go in blocks.
   bool rows_independent() const;
+  // The order p of the whole weight's column norms that pruning reads (the score's, score.h
+  // column_norm_order, or 1 for R2-DSnoT's relative metrics); nullopt if none.
+  std::optional<double> column_norm_order() const;
   // A per-layer mask of a score whose rows would be independent: found a block of rows at a time,
   // in passes (a threshold by selection, then the masks).
   bool layer_mask_in_passes() const;

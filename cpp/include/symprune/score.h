@@ -54,7 +54,9 @@ SYMPRUNE_API std::vector<std::string> score_options_read(ScoreMethod method);
 SYMPRUNE_API at::Tensor score(const at::Tensor& weight, ScoreMethod method, const ScoreOptions& options = {});
 
 // RIA's relative importance |W|/||W_:j||_p + |W|/||W_i:||_p (fp32), the building block of
-// ria, stochria (with sampled norms) and R2-DSnoT.
-SYMPRUNE_API at::Tensor relative_importance(const at::Tensor& weight, double p = 1.0);
+// ria, stochria (with sampled norms) and R2-DSnoT. `column_norms`: the whole weight's (fp64, from
+// column_norms()) when `weight` is a block of its rows; computed from `weight` when absent.
+SYMPRUNE_API at::Tensor relative_importance(const at::Tensor& weight, double p = 1.0,
+                                            const std::optional<at::Tensor>& column_norms = std::nullopt);
 
 }  // namespace symprune

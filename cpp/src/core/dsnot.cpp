@@ -57,12 +57,13 @@ detail::DsnotPrepared prepare(const DsnotInputs& in, const DsnotOptions& opt, at
   p.mean = to_device(in.in_mean);
   p.var_denominator = at::pow(at::clamp_min(to_device(in.in_var), kVarEpsilon), opt.var_power).contiguous();
   if (opt.relative == Relative::Grow)
-    p.grow_key = (at::sign(p.w) * relative_importance(p.w) * p.mean.unsqueeze(0) /
+    p.grow_key = (at::sign(p.w) * relative_importance(p.w, 1.0, in.column_norms) * p.mean.unsqueeze(0) /
                   p.var_denominator.unsqueeze(0)).contiguous();
   if (opt.relative == Relative::Prune) {
     ScoreOptions ria;
     ria.in_norm = p.norm;
     ria.a = opt.a;
+    ria.column_norms = in.column_norms;
     p.prune_key = score(p.w, ScoreMethod::Ria, ria).contiguous();
   } else if (opt.nm && in.initial_score) {
     p.prune_key = to_device(*in.initial_score);

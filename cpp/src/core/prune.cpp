@@ -113,7 +113,9 @@ Pruned prune(const at::Tensor& weight, const LayerStats& stats, const Recipe& re
     options.nm = recipe.nm;
     std::optional<at::Tensor> initial;
     if (recipe.nm) initial = scores;  // DSnoT's N:M branch prunes by the score that built the mask
-    auto keep = dsnot({weight, result.keep, stats.in_norm, stats.in_mean, stats.in_var, initial}, options);
+    std::optional<at::Tensor> column_norms;  // of the whole weight, when `weight` is a block of its rows
+    if (stats.column_norms.defined()) column_norms = stats.column_norms;
+    auto keep = dsnot({weight, result.keep, stats.in_norm, stats.in_mean, stats.in_var, initial, column_norms}, options);
     result.refined = at::ne(keep, result.keep).sum().item<int64_t>();
     result.keep = std::move(keep);
   }
@@ -137,8 +139,8 @@ at::Tensor& prune_into(const at::Tensor& weight, const LayerStats& stats, const 
   }
   const int64_t rows = weight.size(0), block = block_rows(weight, recipe);
   if (block >= rows) return out.copy_(prune(weight, stats, recipe, name).weight);
-  LayerStats whole = stats;  // a block's score reads the whole weight's column norms, if any
-  const auto order = column_norm_order(recipe.method, recipe.score);
+  LayerStats whole = stats;  // a block's score or refinement reads the whole weight's column norms, if any
+  const auto order = recipe.column_norm_order();
   if (order && !whole.column_norms.defined()) whole.column_norms = column_norms(weight, *order);
   for (int64_t begin = 0; begin < rows; begin += block) {
     const int64_t end = std::min(rows, begin + block);

@@ -324,11 +324,19 @@ bool Recipe::refines(std::string_view name) const {
 }
 
 bool Recipe::rows_independent() const {
-  // R2-DSnoT's relative importance uses column norms of the whole weight.
+  // R2-DSnoT's relative metrics read the whole weight's l1 column norms: a score that reads
+  // norms of another order would need two vectors, so such a weight is pruned whole.
   const bool relative = refine != Refinement::None && refine_options.relative != Relative::None;
+  const auto score_order = symprune::column_norm_order(method, score);
   const auto info = method_info(method);
   return solver == Solver::Mask && update == Update::None && (info.row_local || info.reads_column_norms) && !permute &&
-         !relative && (nm || group == MaskGroup::Row);
+         !(relative && score_order && *score_order != 1.0) && (nm || group == MaskGroup::Row);
+}
+
+std::optional<double> Recipe::column_norm_order() const {
+  const bool relative = refine != Refinement::None && refine_options.relative != Relative::None;
+  if (relative) return 1.0;
+  return symprune::column_norm_order(method, score);
 }
 
 bool Recipe::layer_mask_in_passes() const {

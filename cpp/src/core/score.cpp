@@ -139,12 +139,14 @@ std::string_view score_method_name(ScoreMethod method) {
   return "?";
 }
 
-at::Tensor relative_importance(const at::Tensor& weight, double p) {
+at::Tensor relative_importance(const at::Tensor& weight, double p, const std::optional<at::Tensor>& column_norms) {
   at::NoGradGuard no_grad;  // scores are data, not part of a graph
   detail::check_matrix(weight, "weight");
   SYMPRUNE_CHECK(std::isfinite(p) && p > 0, "norm order p must be positive, got ", p);
   auto abs_w = at::abs(weight.to(at::kFloat));
-  return relative_from_norms(abs_w, lp_norm(abs_w, p, 0), lp_norm(abs_w, p, 1));
+  ScoreOptions given;
+  given.column_norms = column_norms;
+  return relative_from_norms(abs_w, safe_norm(whole_column_norms(weight, p, given)), lp_norm(abs_w, p, 1));
 }
 
 std::optional<double> column_norm_order(ScoreMethod method, const ScoreOptions& options) {

@@ -188,8 +188,8 @@ class ShardStreamer {
     const auto weight = detail::tensor_view(shard_.reader, info(j));
     const int64_t rows = weight.size(0);
     LayerStats whole = job.stats;
-    if (const auto order = column_norm_order(o_.recipe.method, o_.recipe.score)) {
-      // A first pass for the score's column norms, dropping each block's pages once read.
+    if (const auto order = o_.recipe.column_norm_order()) {
+      // A first pass for the column norms, dropping each block's pages once read.
       whole.column_norms = naming_errors(where(j), [&] {
         return column_norms(weight, *order, [&](int64_t begin, int64_t end) { release_rows(j, begin, end); });
       });
