@@ -289,6 +289,7 @@ def test_resume_after_an_interruption_is_byte_identical(sharded_model_dir: Path,
     # R²-DSnoT's relative metrics read the whole weight's l1 column norms: a first pass.
     symprune.Recipe("wanda", 0.5, refine="r2dsnot", refine_options={"relative": "prune"}),
     symprune.Recipe("ria", nm="2:4", refine="r2dsnot", refine_options={"relative": "grow"}),
+    symprune.Recipe("wanda", 0.5, group="layer", refine="r2dsnot"),
 ], ids=lambda r: r.describe())
 def test_row_blocks_write_the_bytes_of_whole_weights(recipe: symprune.Recipe, tiny_model_dir: Path,
                                                      text_files: tuple[Path, Path], tmp_path: Path) -> None:
@@ -311,6 +312,9 @@ def test_row_blocks_write_the_bytes_of_whole_weights(recipe: symprune.Recipe, ti
     symprune.Recipe("ria", 0.7, group="layer"), symprune.Recipe("owanda", 0.3, group="layer"),
     symprune.Recipe("wanda", 0.5, refine="r2dsnot", refine_options={"relative": "prune"}),
     symprune.Recipe("ria", nm="2:4", refine="r2dsnot", refine_options={"relative": "grow", "gamma1": 0.0}),
+    # A per-layer mask, then a refinement that keeps each row's count: both in the last pass.
+    symprune.Recipe("wanda", 0.5, group="layer", refine="dsnot", refine_options={"skip": None}),
+    symprune.Recipe("ria", 0.6, group="layer", refine="r2dsnot", refine_options={"relative": "prune"}),
 ], ids=lambda r: r.describe())
 def test_weights_read_in_passes_are_pruned_as_whole_weights(recipe: symprune.Recipe, tmp_path: Path) -> None:
     """A weight over 1 M elements, read in passes (its column norms summed over several blocks;

@@ -96,7 +96,7 @@ struct SYMPRUNE_API Recipe {
   // column_norm_order, or 1 for R2-DSnoT's relative metrics); nullopt if none.
   std::optional<double> column_norm_order() const;
   // A per-layer mask of a score whose rows would be independent: found a block of rows at a time,
-  // in passes (a threshold by selection, then the masks).
+  // in passes (a threshold by selection, then the masks and any refinement).
   bool layer_mask_in_passes() const;
 
   // This recipe at another sparsity and without OWL: what one block is pruned with under OWL.

@@ -2,6 +2,8 @@
 
 #include "core/score_inputs.h"
 #include "core/select.h"
+#include "core/checks.h"
+#include "symprune/dsnot.h"
 #include "symprune/mask.h"
 
 #include <ATen/ops/empty.h>
@@ -24,8 +26,11 @@ void for_each_part(const at::Tensor& rows, F&& f) {
 }
 }  // namespace
 
-LayerPasses::LayerPasses(const Recipe& recipe, LayerStats whole, int64_t rows, int64_t cols)
-    : recipe_(recipe), whole_(std::move(whole)), histogram_(kBins) {
+LayerPasses::LayerPasses(const Recipe& recipe, LayerStats whole, int64_t rows, int64_t cols, bool refined)
+    : recipe_(recipe), whole_(std::move(whole)), refined_(refined), histogram_(kBins) {
+  if (refined_)
+    SYMPRUNE_CHECK(whole_.in_norm.defined() && whole_.in_mean.defined() && whole_.in_var.defined(), "recipe '",
+                   recipe_.describe(), "' needs in_norm, in_mean and in_var (activation statistics from calibration)");
   // floor(numel * sparsity), as unstructured_mask computes k.
   rank_ = static_cast<int64_t>(static_cast<double>(rows * cols) * recipe.sparsity.value());
   if (rank_ == 0) shift_ = -1;  // threshold key 0: below every score's key, nothing is pruned
@@ -73,6 +78,12 @@ void LayerPasses::prune_into(const at::Tensor& rows, int64_t begin, at::Tensor& 
         --rank_;
       }
       k[i] = !prune;
+    }
+    if (refined_) {
+      std::optional<at::Tensor> column_norms;  // the whole weight's, for R2-DSnoT's relative metrics
+      if (whole_.column_norms.defined()) column_norms = whole_.column_norms;
+      keep = dsnot({input, keep, whole_.in_norm, whole_.in_mean, whole_.in_var, std::nullopt, column_norms},
+                   recipe_.refine_options);
     }
     out.slice(0, first, end).copy_(apply_mask(input, keep));
   });

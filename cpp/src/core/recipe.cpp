@@ -323,26 +323,29 @@ bool Recipe::refines(std::string_view name) const {
   return true;
 }
 
-bool Recipe::rows_independent() const {
-  // R2-DSnoT's relative metrics read the whole weight's l1 column norms: a score that reads
-  // norms of another order would need two vectors, so such a weight is pruned whole.
-  const bool relative = refine != Refinement::None && refine_options.relative != Relative::None;
-  const auto score_order = symprune::column_norm_order(method, score);
-  const auto info = method_info(method);
-  return solver == Solver::Mask && update == Update::None && (info.row_local || info.reads_column_norms) && !permute &&
-         !(relative && score_order && *score_order != 1.0) && (nm || group == MaskGroup::Row);
+namespace {
+bool refines_relatively(const Recipe& r) { return r.refine != Refinement::None && r.refine_options.relative != Relative::None; }
+
+// A mask recipe whose weight's rows can be pruned in blocks once the whole weight's column norms
+// are known. R2-DSnoT's relative metrics read l1 column norms: a score that reads norms of
+// another order would need two vectors, so such a weight is pruned whole.
+bool rows_need_only_column_norms(const Recipe& r) {
+  const auto info = method_info(r.method);
+  const auto score_order = column_norm_order(r.method, r.score);
+  return r.solver == Solver::Mask && r.update == Update::None && !r.permute &&
+         (info.row_local || info.reads_column_norms) && !(refines_relatively(r) && score_order && *score_order != 1.0);
 }
+}  // namespace
+
+bool Recipe::rows_independent() const { return rows_need_only_column_norms(*this) && (nm || group == MaskGroup::Row); }
 
 std::optional<double> Recipe::column_norm_order() const {
-  const bool relative = refine != Refinement::None && refine_options.relative != Relative::None;
-  if (relative) return 1.0;
+  if (refines_relatively(*this)) return 1.0;
   return symprune::column_norm_order(method, score);
 }
 
 bool Recipe::layer_mask_in_passes() const {
-  const auto info = method_info(method);
-  return solver == Solver::Mask && update == Update::None && refine == Refinement::None && !permute && !owl &&
-         sparsity && group == MaskGroup::Layer && (info.row_local || info.reads_column_norms);
+  return rows_need_only_column_norms(*this) && !owl && sparsity && group == MaskGroup::Layer;
 }
 
 Recipe Recipe::at_sparsity(double block_sparsity) const {

@@ -196,7 +196,7 @@ class ShardStreamer {
     }
     std::optional<detail::LayerPasses> layer;  // a per-layer mask: its threshold first
     if (o_.recipe.layer_mask_in_passes()) {
-      layer.emplace(o_.recipe, whole, rows, weight.size(1));
+      layer.emplace(o_.recipe, whole, rows, weight.size(1), o_.recipe.refines(info(j).name));
       naming_errors(where(j), [&] {
         for (; layer->counting(); layer->end_pass()) {
           for (int64_t begin = 0; begin < rows; begin += job.block_rows) {
