@@ -17,6 +17,7 @@
 #include <ATen/ops/zeros_like.h>
 
 #include <cmath>
+#include <limits>
 
 namespace symprune {
 namespace {
@@ -64,8 +65,8 @@ at::Tensor admm(const at::Tensor& weight, const at::Tensor& gram, const at::Tens
   auto [lambda64, q64] = at::linalg_eigh(hs64);
   // Numerically singular too: rounding leaves the null eigenvalues of a rank-deficient Gram
   // anywhere within a few n * eps of the largest one, on either side of 0.
-  const double floor = lambda64.max().item<double>() * static_cast<double>(cols) * 2.2e-16;
-  check_positive_definite(at::all(lambda64 > floor).item<bool>(), o.percdamp);
+  const double noise = lambda64.max().item<double>() * static_cast<double>(cols) * std::numeric_limits<double>::epsilon();
+  check_positive_definite(at::all(lambda64 > noise).item<bool>(), o.percdamp);
   const auto q = q64.to(compute), lambda = lambda64.to(compute);
   const auto w0 = weight.to(compute);
   const auto b0 = w0 * d64.to(compute);
