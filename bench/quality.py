@@ -142,7 +142,8 @@ def write_report(rows: list[dict[str, Any]], grid_size: int, model: str, out_md:
         + ("; rerunning the command resumes the rest" if len(rows) < grid_size else "")
         + ". Times depend on what else ran on the machine: runs shared it with test suites, builds"
         + (", benchmarks and a fuzzer, and some were paused (SIGSTOP) while streaming benchmarks ran "
-           "(ria 2:4, stochria 50 %, maybe others of that session)" if model == "smollm2" else " and benchmarks")
+           "(ria 2:4, stochria 50 %, maybe others of that session; ria+refit 50 % for about 100 minutes while "
+           "ADMM ran, so its seconds and its ratio mean nothing)" if model == "smollm2" else " and benchmarks")
         + ", so their seconds are inflated; the ratio to a dense forward is measured in the same "
         "process and suffers less. Perplexities do not depend on it."),
         "",
