@@ -3,7 +3,6 @@
 #include "core/score_inputs.h"
 #include "core/select.h"
 #include "core/checks.h"
-#include "symprune/dsnot.h"
 #include "symprune/mask.h"
 
 #include <ATen/ops/empty.h>
@@ -79,12 +78,7 @@ void LayerPasses::prune_into(const at::Tensor& rows, int64_t begin, at::Tensor& 
       }
       k[i] = !prune;
     }
-    if (refined_) {
-      std::optional<at::Tensor> column_norms;  // the whole weight's, for R2-DSnoT's relative metrics
-      if (whole_.column_norms.defined()) column_norms = whole_.column_norms;
-      keep = dsnot({input, keep, whole_.in_norm, whole_.in_mean, whole_.in_var, std::nullopt, column_norms},
-                   recipe_.refine_options);
-    }
+    if (refined_) keep = dsnot(dsnot_inputs(input, keep, whole_), recipe_.refine_options);
     out.slice(0, first, end).copy_(apply_mask(input, keep));
   });
 }

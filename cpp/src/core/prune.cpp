@@ -27,6 +27,13 @@ ScoreOptions detail::score_options(const Recipe& recipe, const LayerStats& stats
   return options;
 }
 
+DsnotInputs detail::dsnot_inputs(const at::Tensor& weight, const at::Tensor& keep, const LayerStats& stats,
+                                 std::optional<at::Tensor> initial_score) {
+  std::optional<at::Tensor> column_norms;  // of the whole weight, when `weight` is a block of its rows
+  if (stats.column_norms.defined()) column_norms = stats.column_norms;
+  return {weight, keep, stats.in_norm, stats.in_mean, stats.in_var, std::move(initial_score), column_norms};
+}
+
 namespace {
 
 void require(const at::Tensor& stat, const char* name, const Recipe& recipe) {
@@ -113,9 +120,7 @@ Pruned prune(const at::Tensor& weight, const LayerStats& stats, const Recipe& re
     options.nm = recipe.nm;
     std::optional<at::Tensor> initial;
     if (recipe.nm) initial = scores;  // DSnoT's N:M branch prunes by the score that built the mask
-    std::optional<at::Tensor> column_norms;  // of the whole weight, when `weight` is a block of its rows
-    if (stats.column_norms.defined()) column_norms = stats.column_norms;
-    auto keep = dsnot({weight, result.keep, stats.in_norm, stats.in_mean, stats.in_var, initial, column_norms}, options);
+    auto keep = dsnot(detail::dsnot_inputs(weight, result.keep, stats, initial), options);
     result.refined = at::ne(keep, result.keep).sum().item<int64_t>();
     result.keep = std::move(keep);
   }

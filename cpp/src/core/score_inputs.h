@@ -1,7 +1,8 @@
 #pragma once
 // A score's inputs: validation of its statistics, shared by score() and the fused row-local
-// pruning, and the options a recipe scores a weight with.
+// pruning, and the options a recipe scores (and refines) a weight with.
 
+#include "symprune/dsnot.h"
 #include "symprune/prune.h"
 #include "symprune/score.h"
 
@@ -19,5 +20,10 @@ at::Tensor require_stat(const std::optional<at::Tensor>& stat, int64_t size, Sco
 
 // The recipe's score options with the weight's statistics (and column norms, where given).
 ScoreOptions score_options(const Recipe& recipe, const LayerStats& stats);
+
+// The refinement's inputs: `weight` (or a block of its rows), its mask and statistics, with the
+// whole weight's column norms where given.
+DsnotInputs dsnot_inputs(const at::Tensor& weight, const at::Tensor& keep, const LayerStats& stats,
+                         std::optional<at::Tensor> initial_score = std::nullopt);
 
 }  // namespace symprune::detail
