@@ -274,6 +274,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=0, help="calibration tokens in the Gram (0: 2 * cols)")
     ap.add_argument("--dtype", choices=DTYPES, default="float32", help="weight dtype (float32)")
     ap.add_argument("--cases", default=",".join(CASES), help="comma-separated: 50%%,2:4")
+    ap.add_argument("--methods", default="sparsegpt,refit", help="comma-separated: sparsegpt,refit")
     ap.add_argument("--blocksize", type=int, default=128, help="SparseGPT's column blocks (128)")
     ap.add_argument("--percdamp", type=float, default=0.01, help="damping (0.01)")
     ap.add_argument("--backend", choices=("auto", "rows", "columns"), default="auto", help="symprune.sparsegpt's")
@@ -292,6 +293,9 @@ def main() -> None:
     cases = [c for c in args.cases.split(",") if c]
     if unknown := [c for c in cases if c not in CASES]:
         raise SystemExit(f"unknown case(s) {unknown}; choose from {list(CASES)}")
+    methods = {m for m in args.methods.split(",") if m}
+    if unknown := methods - {"sparsegpt", "refit"}:
+        raise SystemExit(f"unknown method(s) {sorted(unknown)}; choose from sparsegpt, refit")
     tokens = args.tokens or 2 * args.cols
     dtype = DTYPES[args.dtype]
     print(f"weight {args.rows}x{args.cols} {args.dtype}, Gram of {tokens} tokens, blocksize {args.blocksize}, "
@@ -307,10 +311,14 @@ def main() -> None:
         print(f"inputs only (interpreter, torch, weight, Gram, masks): peak RSS {floor['peak_rss_mib']:.0f} MiB",
               flush=True)
         for case in cases:
-            ours, ours_out = spawn("sparsegpt", case, args, folder)
-            ref, ref_out = spawn("sparsegpt-torch", case, args, folder)
-            ok &= report_sparsegpt(case, ours, ref, compare_sparsegpt(ours_out, ref_out, inputs["weight"]), args.rows)
-            del ours_out, ref_out
+            if "sparsegpt" in methods:
+                ours, ours_out = spawn("sparsegpt", case, args, folder)
+                ref, ref_out = spawn("sparsegpt-torch", case, args, folder)
+                ok &= report_sparsegpt(case, ours, ref, compare_sparsegpt(ours_out, ref_out, inputs["weight"]),
+                                       args.rows)
+                del ours_out, ref_out
+            if "refit" not in methods:
+                continue
             ours, ours_out = spawn("refit", case, args, folder)
             ref, ref_out = spawn("refit-solve", case, args, folder)
             timed = ref["rows_timed"]

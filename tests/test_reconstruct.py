@@ -16,6 +16,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 PATTERNS = [
     {"sparsity": 0.5}, {"sparsity": 0.7, "blocksize": 16}, {"sparsity": 0.3, "blocksize": 40},
     {"nm": (2, 4)}, {"nm": (4, 8), "blocksize": 16}, {"nm": (1, 4), "blocksize": 8},
+    {"nm": (8, 32), "blocksize": 32},  # groups over 16 columns: selected by a sort, not by ranks
 ]
 
 
@@ -49,6 +50,22 @@ def test_sparsegpt_equals_oracle_fp64(pattern: dict, backend: str) -> None:
         if "nm" in pattern:
             n, m = pattern["nm"]
             assert ((got != 0).reshape(w.shape[0], -1, m).sum(-1) <= n).all()
+
+
+@pytest.mark.parametrize("backend", ["rows", "columns"])
+@pytest.mark.parametrize("nm", [(2, 4), (3, 8), (8, 32)], ids=str)
+def test_sparsegpt_breaks_nm_ties_by_the_lower_index(nm: tuple[int, int], backend: str) -> None:
+    """With a diagonal Gram nothing is updated, and equal |w| tie every key of a group: the
+    lowest-indexed m - n entries of each group are pruned."""
+    n, m = nm
+    w = torch.ones(5, 2 * m, dtype=torch.float64)
+    w[:, 1::3] = -1.0
+    got = symprune.sparsegpt(w, torch.eye(2 * m, dtype=torch.float64) * 7, nm=nm, blocksize=m, backend=backend)
+    expect = w.clone()
+    expect.view(5, 2, m)[:, :, : m - n] = 0
+    assert torch.equal(got, expect)
+    torch.testing.assert_close(got, oracle_sparsegpt(w, torch.eye(2 * m, dtype=torch.float64) * 7, nm=nm,
+                                                     blocksize=m), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("pattern", [{"sparsity": 0.5}, {"nm": (2, 4)}], ids=str)

@@ -4,30 +4,40 @@
 
 #include <ATen/TensorOperators.h>
 
-#include <ATen/Dispatch.h>
 #include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/all.h>
 #include <ATen/ops/isfinite.h>
 
 #include <atomic>
-#include <cmath>
+#include <cstdint>
 
 namespace symprune::detail {
 namespace {
 
-// One parallel pass over the data; at::isfinite(t).all() would first write a bool tensor.
-bool all_finite_cpu(const at::Tensor& t) {
+// True when every element's exponent bits are not all ones (NaN and Inf have all ones). A test of
+// the bits, unlike std::isfinite, vectorises: one parallel pass at memory speed, where
+// at::isfinite(t).all() would first write a bool tensor.
+template <typename bits_t>
+bool exponents_finite(const void* data, int64_t numel, bits_t exponent) {
+  const auto* bits = static_cast<const bits_t*>(data);
   std::atomic<bool> finite{true};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "all_finite", [&] {
-    const scalar_t* data = t.const_data_ptr<scalar_t>();
-    at::parallel_for(0, t.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
-      bool ok = true;
-      for (int64_t i = begin; i < end; ++i) ok &= std::isfinite(static_cast<float>(data[i]));
-      if (!ok) finite.store(false, std::memory_order_relaxed);
-    });
+  at::parallel_for(0, numel, 1 << 16, [&](int64_t begin, int64_t end) {
+    bool bad = false;
+    for (int64_t i = begin; i < end; ++i) bad |= (bits[i] & exponent) == exponent;
+    if (bad) finite.store(false, std::memory_order_relaxed);
   });
   return finite.load();
+}
+
+bool all_finite_cpu(const at::Tensor& t) {
+  const void* data = t.const_data_ptr();
+  switch (t.scalar_type()) {
+    case at::kDouble: return exponents_finite<uint64_t>(data, t.numel(), 0x7ff0000000000000ULL);
+    case at::kFloat: return exponents_finite<uint32_t>(data, t.numel(), 0x7f800000U);
+    case at::kBFloat16: return exponents_finite<uint16_t>(data, t.numel(), 0x7f80U);
+    default: return exponents_finite<uint16_t>(data, t.numel(), 0x7c00U);  // fp16 (callers check the dtype)
+  }
 }
 
 }  // namespace
@@ -37,7 +47,7 @@ bool is_supported_float(at::ScalarType type) {
 }
 
 void check_finite(const at::Tensor& t, const char* name) {
-  const bool finite = t.device().is_cpu() && t.is_contiguous() && t.scalar_type() != at::kDouble
+  const bool finite = t.device().is_cpu() && t.is_contiguous() && is_supported_float(t.scalar_type())
                           ? all_finite_cpu(t)
                           : at::isfinite(t).all().item<bool>();
   SYMPRUNE_CHECK(finite, name, " contains NaN or Inf");

@@ -10,12 +10,10 @@
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/flip.h>
 #include <ATen/ops/linalg_solve_triangular.h>
-#include <ATen/ops/empty_like.h>
 #include <ATen/ops/eye.h>
-#include <ATen/ops/mm.h>
 #include <ATen/ops/diagonal.h>
 #include <ATen/ops/kthvalue.h>
-#include <ATen/ops/matmul.h>
+#include <ATen/ops/addmm.h>
 #include <ATen/ops/sort.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/scatter.h>
@@ -29,15 +27,22 @@ namespace symprune {
 namespace {
 
 // Entries of one N:M group pruned by SparseGPT: the m - n lowest w^2 / d_j^2, ties broken by
-// the lower index first (what a stable ascending sort gives).
+// the lower index first (what a stable ascending sort gives). Small groups (2:4, 4:8) count each
+// entry's rank in that order, without branches; larger ones sort.
 template <typename scalar_t>
 void prune_group(const scalar_t* w, const scalar_t* d, int64_t m, int64_t pruned, bool* out) {
   scalar_t key[64];
-  int64_t order[64];
-  for (int64_t j = 0; j < m; ++j) {
-    key[j] = w[j] * w[j] / (d[j] * d[j]);
-    order[j] = j;
+  for (int64_t j = 0; j < m; ++j) key[j] = w[j] * w[j] / (d[j] * d[j]);
+  if (m <= 16) {
+    for (int64_t j = 0; j < m; ++j) {
+      int64_t rank = 0;
+      for (int64_t k = 0; k < m; ++k) rank += (key[k] < key[j]) | ((key[k] == key[j]) & (k < j));
+      out[j] = rank < pruned;
+    }
+    return;
   }
+  int64_t order[64];
+  for (int64_t j = 0; j < m; ++j) order[j] = j;
   std::stable_sort(order, order + m, [&](int64_t a, int64_t b) { return key[a] < key[b]; });
   for (int64_t j = 0; j < m; ++j) out[j] = false;
   for (int64_t j = 0; j < pruned; ++j) out[order[j]] = true;
@@ -100,22 +105,24 @@ void block_columns(at::Tensor& w1, at::Tensor& err, const at::Tensor& u1, at::Te
   }
 }
 
-// The inverse of the lower-triangular `l` into `out` (its shape; zero above the diagonal on
-// return), by blocks: [[A, 0], [B, C]]^-1 = [[A^-1, 0], [-C^-1 B A^-1, C^-1]]. Most of the work
-// is two matrix products per level, 2n^3/3 flops in all, where a triangular solve against the
-// identity takes n^3 (and an n x n identity).
-void invert_lower(const at::Tensor& l, const at::Tensor& out) {
+// Inverts the lower-triangular `l` in place (zero above the diagonal on return), by blocks:
+// [[A, 0], [B, C]]^-1 = [[A^-1, 0], [-C^-1 B A^-1, C^-1]], the corner from A, B and C by two
+// triangular solves (n^3 / 4 flops at the top level), then A and C by recursion: n^3 / 3 flops in
+// all, as LAPACK's trtri, where a solve against the identity takes n^3 (and another n x n matrix).
+void invert_lower_in_place(const at::Tensor& l) {
   const int64_t n = l.size(0);
   if (n <= 256) {
-    out.copy_(at::linalg_solve_triangular(l, at::eye(n, l.options()), /*upper=*/false));
+    l.copy_(at::linalg_solve_triangular(l, at::eye(n, l.options()), /*upper=*/false));
     return;
   }
   const int64_t h = n / 2;
-  const auto a_inv = out.narrow(0, 0, h).narrow(1, 0, h), c_inv = out.narrow(0, h, n - h).narrow(1, h, n - h);
-  invert_lower(l.narrow(0, 0, h).narrow(1, 0, h), a_inv);
-  invert_lower(l.narrow(0, h, n - h).narrow(1, h, n - h), c_inv);
-  out.narrow(0, 0, h).narrow(1, h, n - h).zero_();
-  out.narrow(0, h, n - h).narrow(1, 0, h).copy_(at::mm(c_inv, at::mm(l.narrow(0, h, n - h).narrow(1, 0, h), a_inv))).neg_();
+  const auto a = l.narrow(0, 0, h).narrow(1, 0, h), b = l.narrow(0, h, n - h).narrow(1, 0, h),
+             c = l.narrow(0, h, n - h).narrow(1, h, n - h);
+  b.copy_(at::linalg_solve_triangular(c, at::linalg_solve_triangular(a, b, /*upper=*/false, /*left=*/false),
+                                      /*upper=*/false))
+      .neg_();
+  invert_lower_in_place(a);
+  invert_lower_in_place(c);
 }
 
 void check(const at::Tensor& weight, const SparseGptOptions& o) {
@@ -137,21 +144,24 @@ at::Tensor sparsegpt(const at::Tensor& weight, const at::Tensor& gram, const Spa
   at::NoGradGuard no_grad;
   check(weight, o);
   const int64_t rows = weight.size(0), cols = weight.size(1);
-  auto prepared = detail::damped_gram(gram.to(weight.device()), cols, o.percdamp, /*dead_to_one=*/true);
-  // U: the upper Cholesky factor of the damped Gram's inverse, in fp64, without forming the
-  // inverse: with J the reversal of rows and columns and J H J = M M^T, H^-1 = (J M^-1 J)^T (J M^-1 J),
-  // so U = J M^-1 J, one factorisation and one triangular inverse. Each n x n fp64 matrix is
-  // dropped once used (0.9 GiB at n = 11008).
-  auto reversed_factor = detail::cholesky_or_throw(prepared.h.flip({0, 1}), o.percdamp, "gram");
-  prepared.h.reset();
-  auto inverse = at::empty_like(reversed_factor);
-  invert_lower(reversed_factor, inverse);
-  reversed_factor.reset();
+  // U: the upper Cholesky factor of the damped Gram's inverse, without forming the inverse: with
+  // J the reversal of rows and columns and J H J = M M^T, H^-1 = (J M^-1 J)^T (J M^-1 J), so
+  // U = J M^-1 J, one factorisation and one triangular inverse. M is factorised in fp64 (it
+  // exists whenever the damped Gram is positive definite to fp64's precision); M^-1 is computed
+  // in the precision the walk uses U in (fp32, or fp64 for fp64 weights): the inversion is
+  // componentwise backward stable, and in fp32 it takes half the time. The Gram is reversed
+  // before its fp64 copy (the smaller copy), the inverse overwrites the factor, and each n x n
+  // matrix is dropped once used: at n = 11008, fresh memory's page faults cost seconds.
   const auto compute = weight.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const auto u = inverse.flip({0, 1}).to(compute).contiguous();
+  auto reversed = detail::damped_gram(gram.to(weight.device()).flip({0, 1}), cols, o.percdamp, /*dead_to_one=*/true);
+  const auto dead = reversed.dead.flip({0});
+  auto inverse = detail::cholesky_or_throw(reversed.h, o.percdamp, "gram").to(compute);
+  reversed.h.reset();
+  invert_lower_in_place(inverse);
+  const auto u = inverse.flip({0, 1});
   inverse.reset();
   auto w = weight.to(compute, /*non_blocking=*/false, /*copy=*/true).contiguous();
-  w.masked_fill_(prepared.dead.unsqueeze(0), 0);
+  w.masked_fill_(dead.unsqueeze(0), 0);
 
   const bool rows_backend = o.backend == SparseGptBackend::Rows ||
                             (o.backend == SparseGptBackend::Auto && weight.device().is_cpu());
@@ -183,7 +193,7 @@ at::Tensor sparsegpt(const at::Tensor& weight, const at::Tensor& gram, const Spa
     // The lazy update: the block's errors reach the later columns in one product.
     if (i2 < cols) {
       auto rest = w.narrow(1, i2, cols - i2);
-      rest.sub_(at::matmul(err, u.narrow(0, i1, count).narrow(1, i2, cols - i2)));
+      rest.addmm_(err, u.narrow(0, i1, count).narrow(1, i2, cols - i2), /*beta=*/1, /*alpha=*/-1);
     }
   }
   // Pruned entries are +0 (masked_fill and the zeros written above); convert back.
