@@ -3,6 +3,7 @@
 
 #include "core/checks.h"
 #include "core/gram.h"
+#include "core/select.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -27,25 +28,15 @@ namespace symprune {
 namespace {
 
 // Entries of one N:M group pruned by SparseGPT: the m - n lowest w^2 / d_j^2, ties broken by
-// the lower index first (what a stable ascending sort gives). Small groups (2:4, 4:8) count each
-// entry's rank in that order, without branches; larger ones sort.
+// the lower index first (what a stable ascending sort gives): the masks' group selection.
 template <typename scalar_t>
-void prune_group(const scalar_t* w, const scalar_t* d, int64_t m, int64_t pruned, bool* out) {
+void prune_group(const scalar_t* w, const scalar_t* d, int64_t m, int64_t pruned, bool* out,
+                 detail::SelectScratch<detail::key_t<scalar_t>>& scratch) {
   scalar_t key[64];
+  bool keep[64];
   for (int64_t j = 0; j < m; ++j) key[j] = w[j] * w[j] / (d[j] * d[j]);
-  if (m <= 16) {
-    for (int64_t j = 0; j < m; ++j) {
-      int64_t rank = 0;
-      for (int64_t k = 0; k < m; ++k) rank += (key[k] < key[j]) | ((key[k] == key[j]) & (k < j));
-      out[j] = rank < pruned;
-    }
-    return;
-  }
-  int64_t order[64];
-  for (int64_t j = 0; j < m; ++j) order[j] = j;
-  std::stable_sort(order, order + m, [&](int64_t a, int64_t b) { return key[a] < key[b]; });
-  for (int64_t j = 0; j < m; ++j) out[j] = false;
-  for (int64_t j = 0; j < pruned; ++j) out[order[j]] = true;
+  detail::keep_all_but_lowest_in_group(key, m, pruned, keep, scratch);
+  for (int64_t j = 0; j < m; ++j) out[j] = !keep[j];
 }
 
 // One block on the CPU, each row on its own: w1 (rows, count) holds the block's weights as
@@ -59,6 +50,7 @@ void block_rows(scalar_t* w1, scalar_t* err, const scalar_t* u1, const bool* pru
   for (int64_t i = 0; i < count; ++i) diag[i] = u1[i * count + i];
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
     bool group[64];
+    detail::SelectScratch<detail::key_t<scalar_t>> scratch;
     for (int64_t r = begin; r < end; ++r) {
       scalar_t* w = w1 + r * count;
       scalar_t* e = err + r * count;
@@ -67,7 +59,7 @@ void block_rows(scalar_t* w1, scalar_t* err, const scalar_t* u1, const bool* pru
         if (prune) {
           pruned = prune[r * count + i];
         } else {
-          if (i % m == 0) prune_group(w + i, diag.data() + i, m, pruned_per_group, group);
+          if (i % m == 0) prune_group(w + i, diag.data() + i, m, pruned_per_group, group, scratch);
           pruned = group[i % m];
         }
         const scalar_t q = pruned ? scalar_t(0) : w[i];
