@@ -139,7 +139,9 @@ def test_admm_equals_oracle_and_beats_the_refit_of_its_start(pattern: dict) -> N
     w, gram = layer(rows=12, cols=32, seed=6)
     keep = symprune.mask(symprune.score(w, "wanda", in_norm=torch.diag(gram).sqrt().float()),
                          pattern.get("sparsity"), nm=pattern.get("nm"))
+    inputs = (w.clone(), gram.clone(), keep.clone())
     got = symprune.admm(w, gram, keep, pattern.get("sparsity"), nm=pattern.get("nm"))
+    assert all(torch.equal(a, b) for a, b in zip(inputs, (w, gram, keep)))  # the support is tracked in a copy
     expect = oracle_admm(w, gram, keep, lambda m: symprune.mask(m.float(), pattern.get("sparsity"),
                                                                 nm=pattern.get("nm")))
     assert torch.equal(got == 0, expect == 0)

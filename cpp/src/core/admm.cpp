@@ -4,20 +4,29 @@
 #include "core/checks.h"
 #include "core/gram.h"
 #include "core/refit_from.h"
+#include "core/select.h"
 
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 #include <ATen/TensorOperators.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/abs.h>
+#include <ATen/ops/addmm.h>
 #include <ATen/ops/all.h>
 #include <ATen/ops/equal.h>
 #include <ATen/ops/linalg_eigh.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/matmul.h>
+#include <ATen/ops/mm.h>
 #include <ATen/ops/ne.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros_like.h>
 
+#include <atomic>
 #include <cmath>
 #include <limits>
+#include <memory>
+#include <vector>
 
 namespace symprune {
 namespace {
@@ -42,6 +51,70 @@ void check_positive_definite(bool is, double percdamp) {
 at::Tensor project_support(const at::Tensor& x, const AdmmOptions& o) {
   const auto magnitude = at::abs(x).to(at::kFloat);
   return o.nm ? nm_mask(magnitude, *o.nm) : unstructured_mask(magnitude, *o.sparsity, MaskGroup::Row);
+}
+
+// The state of the iteration: V, the scaled dual U, Z = V + U on the support, Z - U (the next
+// solve's right-hand side) and the support, all (rows, in), updated in place.
+struct Iterate {
+  at::Tensor v, u, z, z_minus_u, keep;
+};
+
+// The elementwise half of an iteration, fused row by row on the CPU (no temporaries): X = V + U;
+// the support of the largest |X| (|X| in fp32, the masks' own selection, so ties go as in
+// project_support); Z = X on it and +0 elsewhere; U = X - Z. Returns whether a row's support changed.
+template <typename scalar_t>
+bool project_rows_cpu(Iterate& s, const AdmmOptions& o) {
+  const int64_t rows = s.v.size(0), cols = s.v.size(1);
+  const int64_t k = o.sparsity ? static_cast<int64_t>(static_cast<double>(cols) * *o.sparsity) : 0;  // as unstructured_mask
+  const scalar_t* v = s.v.const_data_ptr<scalar_t>();
+  scalar_t *u = s.u.mutable_data_ptr<scalar_t>(), *z = s.z.mutable_data_ptr<scalar_t>(),
+           *z_minus_u = s.z_minus_u.mutable_data_ptr<scalar_t>();
+  bool* keep = s.keep.mutable_data_ptr<bool>();
+  std::atomic<bool> changed{false};
+  at::parallel_for(0, rows, detail::row_grain(cols), [&](int64_t begin, int64_t end) {
+    std::vector<float> magnitude(cols);
+    std::unique_ptr<bool[]> next(new bool[cols]);
+    detail::SelectScratch<uint32_t> scratch;
+    bool any = false;
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t row = r * cols;
+      for (int64_t j = 0; j < cols; ++j) magnitude[j] = static_cast<float>(std::abs(v[row + j] + u[row + j]));
+      if (o.nm) {
+        for (int64_t g = 0; g < cols; g += o.nm->m)
+          detail::keep_all_but_lowest_in_group(magnitude.data() + g, o.nm->m, o.nm->m - o.nm->n, next.get() + g, scratch);
+      } else {
+        detail::keep_all_but_lowest(magnitude.data(), cols, k, next.get(), scratch);
+      }
+      for (int64_t j = 0; j < cols; ++j) {
+        const scalar_t x = v[row + j] + u[row + j];
+        const scalar_t zj = next[j] ? x : scalar_t(0);
+        z[row + j] = zj;
+        u[row + j] = x - zj;
+        z_minus_u[row + j] = zj - (x - zj);
+        any |= next[j] != keep[row + j];
+        keep[row + j] = next[j];
+      }
+    }
+    if (any) changed.store(true, std::memory_order_relaxed);
+  });
+  return changed.load();
+}
+
+// The same step with tensor operations (any device).
+bool project_rows(Iterate& s, const AdmmOptions& o) {
+  if (s.v.device().is_cpu()) {
+    bool changed = false;
+    AT_DISPATCH_FLOATING_TYPES(s.v.scalar_type(), "admm_project", [&] { changed = project_rows_cpu<scalar_t>(s, o); });
+    return changed;
+  }
+  const auto x = s.v + s.u;
+  const auto next = project_support(x, o);
+  s.z.copy_(x.masked_fill(next.logical_not(), 0));
+  s.u.copy_(x - s.z);
+  s.z_minus_u.copy_(s.z - s.u);
+  const bool changed = at::ne(next, s.keep).any().item<bool>();
+  s.keep.copy_(next);
+  return changed;
 }
 
 }  // namespace
@@ -72,21 +145,26 @@ at::Tensor admm(const at::Tensor& weight, const at::Tensor& gram, const at::Tens
   const auto b0 = w0 * d64.to(compute);
   const auto b0hq = at::matmul(b0, at::matmul(hs64, q64).to(compute));  // (Hs b0)^T Q, row by row
 
-  auto keep = initial_keep.to(weight.device());
-  auto z = b0.masked_fill(keep.logical_not(), 0);
-  auto u = at::zeros_like(z);
+  // A copy: the support is updated in place, and initial_keep is the caller's.
+  Iterate s;
+  s.keep = initial_keep.to(weight.device(), at::kBool, /*non_blocking=*/false, /*copy=*/true).contiguous();
+  s.z = b0.masked_fill(s.keep.logical_not(), 0).contiguous();
+  s.u = at::zeros_like(s.z);
+  s.z_minus_u = s.z.clone();
+  s.v = at::empty_like(s.z);
+  auto rhs = at::empty_like(s.z);
   int64_t unchanged = 0;
   for (int64_t it = 0; it < o.max_iterations && unchanged < o.patience; ++it) {
     const double rho = o.rho0 * std::pow(o.growth, static_cast<double>(it / 3));
-    // V = argmin (B0 - V) Hs (B0 - V)^T + rho |V - Z + U|^2, row by row: (Hs + rho I) v = Hs b0 + rho (z - u).
-    const auto rhs_q = b0hq + rho * at::matmul(z - u, q);
-    const auto v = at::matmul(rhs_q / (lambda + rho).unsqueeze(0), q.t());
-    const auto next_keep = project_support(v + u, o);
-    z = (v + u).masked_fill(next_keep.logical_not(), 0);
-    u = u + v - z;
-    unchanged = at::ne(next_keep, keep).any().item<bool>() ? 0 : unchanged + 1;
-    keep = next_keep;
+    // V = argmin (B0 - V) Hs (B0 - V)^T + rho |V - Z + U|^2, row by row: (Hs + rho I) v = Hs b0 + rho (z - u),
+    // in the eigenbasis; every product writes into buffers of the iteration.
+    at::addmm_out(rhs, b0hq, s.z_minus_u, q, /*beta=*/1, /*alpha=*/rho);
+    rhs.div_((lambda + rho).unsqueeze(0));
+    at::mm_out(s.v, rhs, q.t());
+    unchanged = project_rows(s, o) ? 0 : unchanged + 1;
   }
+  const auto& keep = s.keep;
+  const auto& z = s.z;
   // ADMM is a heuristic: each row keeps the better (by its own objective) of the refits of the
   // final support and of the initial one, so the result is never worse than its start. Both
   // refits use H^-1 = D^-1 Q diag(1 / lambda) Q^T D^-1 from the eigendecomposition (no new
