@@ -140,6 +140,54 @@ def test_streaming_on_gpu_prunes_large_weights_in_row_blocks(
     assert (tmp_path / "gpu" / "model.safetensors").read_bytes() == (tmp_path / "cpu" / "model.safetensors").read_bytes()
 
 
+@pytest.mark.parametrize("recipe", [
+    symprune.Recipe("magnitude", 0.5), symprune.Recipe("wanda", nm="2:4", refine="dsnot"),
+    symprune.Recipe("owanda", nm="1:4"),  # out_norm: one entry per row, sliced with the block
+    symprune.Recipe("symwanda", 0.5),
+    symprune.Recipe("ria", 0.5),  # the whole weight's column norms, from a first pass on the CPU
+    symprune.Recipe("wanda", 0.5, refine="r2dsnot", refine_options={"relative": "prune"}),
+], ids=lambda r: r.describe())
+def test_streaming_on_gpu_uploads_blocks_of_rows(recipe: symprune.Recipe, tmp_path: Path) -> None:
+    """A device prunes a weight whose rows are independent a block of rows at a time (one row;
+    three; 700, the last block shorter), uploaded and downloaded through the pinned buffers of a
+    block: the bytes of the CPU's blocks. Scores that sum along rows (ria, R²-DSnoT) may round
+    otherwise on the GPU: near-ties only."""
+    model = tmp_path / "model"
+    model.mkdir()
+    name = "model.layers.0.mlp.down_proj.weight"
+    g = torch.Generator().manual_seed(4)
+    weight = (torch.randn(1100, 1024, generator=g) * torch.rand(1024, generator=g) ** 3).to(torch.bfloat16)
+    weight[:, 5] = 0  # a dead column
+    symprune.save_safetensors(str(model / "model.safetensors"), {name: weight}, {"format": "pt"})
+    stats = tmp_path / "stats.safetensors"
+    symprune.save_safetensors(str(stats), {
+        f"{name}.in_norm": torch.rand(1024, generator=g) + 0.1, f"{name}.out_norm": torch.rand(1100, generator=g),
+        f"{name}.in_mean": torch.randn(1024, generator=g), f"{name}.in_var": torch.rand(1024, generator=g)},
+        {"format": "symprune-stats"})
+    options = {"recipe": recipe, "stats": str(stats)}
+    cpu = _stream_job(model, tmp_path / "cpu", row_block_bytes=2048 * 3, **options)
+    exact = recipe.method != "ria" and recipe.refine != "r2dsnot"
+    for budget in (1, 2048 * 3, 2048 * 700):  # rows are 2048 bytes
+        out = tmp_path / f"gpu-{budget}"
+        report = _stream_job(model, out, device="cuda", row_block_bytes=budget, **options)
+        assert report["tensors_pruned"] == 1 and cpu["pruned_zeros"] > 0, budget
+        gpu_weight = symprune.load_safetensors(str(out / "model.safetensors"))[name]
+        cpu_weight = symprune.load_safetensors(str(tmp_path / "cpu" / "model.safetensors"))[name]
+        differ = int((gpu_weight != cpu_weight).sum())
+        assert differ == 0 if exact else differ <= 1e-3 * weight.numel(), (budget, differ)
+        if exact:
+            assert report["pruned_zeros"] == cpu["pruned_zeros"], budget
+            assert (out / "model.safetensors").read_bytes() == (tmp_path / "cpu" / "model.safetensors").read_bytes()
+
+
+def _stream_job(model: Path, out: Path, **options: object) -> dict:
+    """The core's streaming run, step by step (its options, such as row_block_bytes, as given)."""
+    job = symprune._C.StreamJob(str(model), str(out), **options)
+    report = job.write(job.prepare())
+    job.finish()
+    return report
+
+
 def test_streaming_on_gpu_with_sums_in_the_score_agrees_but_for_rounding(tmp_path: Path) -> None:
     """RIA and R²-DSnoT sum over rows and columns, which a GPU adds in another order: the
     result keeps the pattern exactly and differs from the CPU's at near-ties only."""

@@ -68,6 +68,7 @@ DeviceWeight DevicePruner::upload(HostBuffer& input, const at::Tensor& like, con
   on_device.in_mean = copy(stats.in_mean);
   on_device.in_var = copy(stats.in_var);
   on_device.out_norm = copy(stats.out_norm);
+  on_device.column_norms = copy(stats.column_norms);
   auto weight = at::empty(like.sizes(), like.options().device(device_));
   weight.copy_(input.shaped_like(like), /*non_blocking=*/true);
   weight.record_stream(compute_);

@@ -1,9 +1,10 @@
 #pragma once
-// The streaming engine's accelerator stage. The loader thread uploads each weight from a pinned
-// host buffer on an upload stream; the compute thread prunes it on a compute stream and
-// downloads the result into a pinned host buffer on a download stream. Events order the three,
-// so the upload of the next weight and the download of the previous one overlap the pruning of
-// the current one; the host waits only where the pruning reads a value back.
+// The streaming engine's accelerator stage. The loader thread uploads each weight, or each block
+// of its rows when its rows are independent, from a pinned host buffer on an upload stream; the
+// compute thread prunes it on a compute stream and downloads the result into a pinned host buffer
+// on a download stream. Events order the three, so the upload of the next weight and the
+// download of the previous one overlap the pruning of the current one; the host waits only
+// where the pruning reads a value back.
 
 #include "stream/buffers.h"
 #include "stream/plan.h"
@@ -23,7 +24,7 @@ namespace symprune::detail {
 // The device a run may prune on (index resolved), or ValueError saying why not.
 c10::Device resolve_stream_device(c10::Device device);
 
-// A weight and its statistics on their way to the device.
+// A weight (or a block of its rows) and its statistics on their way to the device.
 struct DeviceWeight {
   at::Tensor weight;
   LayerStats stats;

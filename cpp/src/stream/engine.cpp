@@ -155,27 +155,61 @@ class ShardStreamer {
   }
 
   // Stage 1: page in the next weight to prune while the current one is computed; for a
-  // device, copy it into a pinned buffer whose previous upload is done and upload it.
+  // device, copy it (or each block of its rows) into a pinned buffer whose previous upload is
+  // done and upload it.
   void load_ahead() {
     for (std::size_t j = 0; j < shard_.jobs.size(); ++j) {
-      if (!shard_.jobs[j].prune) continue;
-      Loaded item{j, {}};
-      if (compute_.device) {
-        auto staged = compute_.inputs->acquire();
-        if (!staged) return;
-        staged->wait();
-        const auto weight = detail::tensor_view(shard_.reader, info(j));
-        staged->shaped_like(weight).copy_(weight);
-        shard_.reader.release(info(j));
-        const auto& stats = shard_.jobs[j].stats;
-        item.uploaded = naming_errors(where(j), [&] { return compute_.device->upload(*staged, weight, stats); });
-        compute_.inputs->give_back(std::move(*staged));
-      } else {
+      const auto& job = shard_.jobs[j];
+      if (!job.prune) continue;
+      if (!compute_.device) {
         shard_.reader.load(first_block(j));
+        if (!loaded_.push(Loaded{j, {}})) return;
+      } else if (!(job.block_rows ? upload_row_blocks(j) : upload(j, 0, info(j).shape[0], job.stats))) {
+        return;
       }
-      if (!loaded_.push(std::move(item))) return;
     }
     loaded_.close();
+  }
+
+  // Loader thread, a device and a recipe whose rows are independent: the whole weight's column
+  // norms first if the recipe reads them (a pass over the mapping, as on the CPU, so the bits
+  // agree), then each block of rows uploaded on its own.
+  bool upload_row_blocks(std::size_t j) {
+    const auto& job = shard_.jobs[j];
+    LayerStats whole = job.stats;
+    if (const auto order = o_.recipe.column_norm_order()) {
+      const auto weight = detail::tensor_view(shard_.reader, info(j));
+      whole.column_norms = naming_errors(where(j), [&] {
+        return column_norms(weight, *order, [&](int64_t begin, int64_t end) { release_rows(j, begin, end); });
+      });
+    }
+    const int64_t rows = info(j).shape[0];
+    for (int64_t begin = 0; begin < rows; begin += job.block_rows) {
+      const int64_t end = std::min(rows, begin + job.block_rows);
+      if (!upload(j, begin, end, block_stats(whole, begin, end))) return false;
+    }
+    return true;
+  }
+
+  // Loader thread: rows [begin, end) of weight j staged in a pinned buffer, their pages dropped,
+  // and uploaded with `stats`; false once the run has stopped.
+  bool upload(std::size_t j, int64_t begin, int64_t end, const LayerStats& stats) {
+    auto staged = compute_.inputs->acquire();
+    if (!staged) return false;
+    staged->wait();
+    const auto block = detail::tensor_view(shard_.reader, info(j)).slice(0, begin, end);
+    staged->shaped_like(block).copy_(block);
+    release_rows(j, begin, end);
+    Loaded item{j, naming_errors(where(j), [&] { return compute_.device->upload(*staged, block, stats); })};
+    compute_.inputs->give_back(std::move(*staged));
+    return loaded_.push(std::move(item));
+  }
+
+  // The statistics of rows [begin, end): the per-output ones sliced, the rest whole.
+  static LayerStats block_stats(const LayerStats& whole, int64_t begin, int64_t end) {
+    LayerStats part = whole;
+    if (part.out_norm.defined()) part.out_norm = part.out_norm.slice(0, begin, end);
+    return part;
   }
 
   // Stage 2 (the calling thread), CPU, a recipe whose rows are independent: prune a block of
@@ -214,13 +248,11 @@ class ShardStreamer {
       if (!item.buffer) return false;
       const auto input = weight.slice(0, begin, begin + count);
       item.pruned = item.buffer->shaped_like(input);
-      LayerStats part = whole;
-      if (part.out_norm.defined()) part.out_norm = part.out_norm.slice(0, begin, begin + count);
       naming_errors(where(j), [&] {
         if (layer)
           layer->prune_into(input, begin, item.pruned);
         else
-          prune_into(input, part, o_.recipe, item.pruned, info(j).name);
+          prune_into(input, block_stats(whole, begin, begin + count), o_.recipe, item.pruned, info(j).name);
         return 0;
       });
       release_rows(j, begin, begin + count);
@@ -236,27 +268,41 @@ class ShardStreamer {
         safetensors::Reader::part(info(j), uint64_t(begin) * row_bytes(j), uint64_t(end - begin) * row_bytes(j)));
   }
 
-  // Stage 2 (the calling thread), a weight taken whole: prune it into an output buffer (on a
-  // device: queue it there).
+  // Stage 2 (the calling thread), CPU, a weight taken whole: prune it into an output buffer.
   bool compute_whole(std::size_t j) {
-    const auto& job = shard_.jobs[j];
-    auto loaded = loaded_.pop();
-    if (!loaded) return false;
+    if (!loaded_.pop()) return false;
     Written item{j, compute_.outputs->acquire(), {}, 0, {}};
     if (!item.buffer) return false;
     const auto weight = detail::tensor_view(shard_.reader, info(j));
     item.pruned = item.buffer->shaped_like(weight);
     naming_errors(where(j), [&] {
-      if (compute_.device) {
-        compute_.device->prune(std::move(*loaded->uploaded), *item.buffer, o_.recipe, info(j).name);
-      } else {
-        prune_into(weight, job.stats, o_.recipe, item.pruned, info(j).name);
-        shard_.reader.release(info(j));  // the writer only needs the pruned copy
-        item.zeros = detail::count_zeros(item.pruned);
-      }
+      prune_into(weight, shard_.jobs[j].stats, o_.recipe, item.pruned, info(j).name);
       return 0;
     });
+    shard_.reader.release(info(j));  // the writer only needs the pruned copy
+    item.zeros = detail::count_zeros(item.pruned);
     return written_.push(std::move(item));
+  }
+
+  // Stage 2 (the calling thread), a device: queue the pruning of each uploaded weight, or block
+  // of its rows, and its download into an output buffer; the writer counts its zeros once in.
+  bool compute_on_device(std::size_t j) {
+    const auto weight = detail::tensor_view(shard_.reader, info(j));
+    const int64_t rows = weight.size(0);
+    const int64_t step = shard_.jobs[j].block_rows ? shard_.jobs[j].block_rows : std::max<int64_t>(rows, 1);
+    for (int64_t begin = 0; begin == 0 || begin < rows; begin += step) {  // one upload for a weight of 0 rows
+      auto loaded = loaded_.pop();
+      if (!loaded) return false;
+      Written item{j, compute_.outputs->acquire(), {}, uint64_t(begin) * row_bytes(j), {}};
+      if (!item.buffer) return false;
+      item.pruned = item.buffer->shaped_like(weight.slice(0, begin, std::min(rows, begin + step)));
+      naming_errors(where(j), [&] {
+        compute_.device->prune(std::move(*loaded->uploaded), *item.buffer, o_.recipe, info(j).name);
+        return 0;
+      });
+      if (!written_.push(std::move(item))) return false;
+    }
+    return true;
   }
 
   // Stage 2 (the calling thread): prune each weight (in row blocks or whole), hand copied
@@ -268,7 +314,10 @@ class ShardStreamer {
         if (!written_.push(Written{j, {}, {}, 0, {}})) return;
         report_.tensors_copied += 1;
       } else {
-        if (job.block_rows ? !loaded_.pop() || !compute_row_blocks(j) : !compute_whole(j)) return;
+        const bool pruned = compute_.device ? compute_on_device(j)
+                            : job.block_rows ? loaded_.pop() && compute_row_blocks(j)
+                                             : compute_whole(j);
+        if (!pruned) return;
         report_.tensors_pruned += 1;
       }
       progress_.tensor = info(j).name;

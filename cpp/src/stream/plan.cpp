@@ -230,7 +230,8 @@ StreamPlan plan_stream(const StreamOptions& options, const fs::path& model_dir, 
         }
         if (needs_out) require(job.stats.out_norm, info.name, "out_norm", rows, options.stats);
         ++pruned;
-        if (options.device.is_cpu() && (recipe.rows_independent() || recipe.layer_mask_in_passes()) && rows > 0) {
+        // A device takes blocks of rows too, but a per-layer mask's passes only on the CPU.
+        if ((recipe.rows_independent() || (options.device.is_cpu() && recipe.layer_mask_in_passes())) && rows > 0) {
           const uint64_t row_bytes = info.nbytes() / uint64_t(rows);
           job.block_rows =
               std::clamp<int64_t>(int64_t(options.row_block_bytes / std::max<uint64_t>(row_bytes, 1)), 1, rows);
