@@ -134,9 +134,12 @@ def test_refit_equals_exact_least_squares(make_mask: str, dtype: torch.dtype) ->
     assert optimum <= objective(w.double(), w.double() * keep, gram)
 
 
+# 12 x 32 forms rho (Hs + rho I)^-1; 8 x 64 (under a third as many rows as inputs) multiplies by
+# the eigenvectors instead.
+@pytest.mark.parametrize(("rows", "cols"), [(12, 32), (8, 64)])
 @pytest.mark.parametrize("pattern", [{"sparsity": 0.5}, {"nm": (2, 4)}], ids=str)
-def test_admm_equals_oracle_and_beats_the_refit_of_its_start(pattern: dict) -> None:
-    w, gram = layer(rows=12, cols=32, seed=6)
+def test_admm_equals_oracle_and_beats_the_refit_of_its_start(pattern: dict, rows: int, cols: int) -> None:
+    w, gram = layer(rows=rows, cols=cols, seed=6)
     keep = symprune.mask(symprune.score(w, "wanda", in_norm=torch.diag(gram).sqrt().float()),
                          pattern.get("sparsity"), nm=pattern.get("nm"))
     inputs = (w.clone(), gram.clone(), keep.clone())
@@ -148,9 +151,9 @@ def test_admm_equals_oracle_and_beats_the_refit_of_its_start(pattern: dict) -> N
     torch.testing.assert_close(got, expect, rtol=1e-6, atol=1e-6)
     assert objective(w, got, gram) <= objective(w, symprune.refit(w, keep, gram), gram)
     if "nm" in pattern:
-        assert ((got != 0).reshape(12, -1, 4).sum(-1) <= 2).all()
+        assert ((got != 0).reshape(rows, -1, 4).sum(-1) <= 2).all()
     else:
-        assert ((got == 0).sum(1) >= 16).all()
+        assert ((got == 0).sum(1) >= cols // 2).all()
     _assert_pruned_zeros_positive(got)
 
 

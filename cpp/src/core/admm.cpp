@@ -22,6 +22,7 @@
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros_like.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <limits>
@@ -53,22 +54,41 @@ at::Tensor project_support(const at::Tensor& x, const AdmmOptions& o) {
   return o.nm ? nm_mask(magnitude, *o.nm) : unstructured_mask(magnitude, *o.sparsity, MaskGroup::Row);
 }
 
-// The state of the iteration: V, the scaled dual U, Z = V + U on the support, Z - U (the next
-// solve's right-hand side) and the support, all (rows, in), updated in place.
+// The state of the iteration: V, the scaled dual U, Z = V + U on the support, Z - U - B0 (what
+// the next solve multiplies) and the support, all (rows, in), updated in place; B0, the start.
 struct Iterate {
-  at::Tensor v, u, z, z_minus_u, keep;
+  at::Tensor v, u, z, step, keep, b0;
 };
+
+// Whether `keep` already prunes exactly the k lowest of a row's magnitudes: k pruned, each below
+// every kept one. Late iterations rarely move a support, and this one pass is much cheaper than
+// a selection. A tie across the boundary, or a NaN, says no: the selection then decides.
+bool keeps_the_largest(const float* magnitude, const bool* keep, int64_t n, int64_t k) {
+  float pruned_max = -std::numeric_limits<float>::infinity(), kept_min = std::numeric_limits<float>::infinity();
+  int64_t pruned = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const float m = magnitude[j];
+    if (keep[j]) {
+      kept_min = m < kept_min ? m : (m == m ? kept_min : m);
+    } else {
+      pruned_max = m > pruned_max ? m : (m == m ? pruned_max : m);
+      ++pruned;
+    }
+  }
+  return pruned == k && pruned_max < kept_min;
+}
 
 // The elementwise half of an iteration, fused row by row on the CPU (no temporaries): X = V + U;
 // the support of the largest |X| (|X| in fp32, the masks' own selection, so ties go as in
-// project_support); Z = X on it and +0 elsewhere; U = X - Z. Returns whether a row's support changed.
+// project_support); Z = X on it and +0 elsewhere; U = X - Z; the step Z - U - B0. Returns whether
+// a row's support changed.
 template <typename scalar_t>
 bool project_rows_cpu(Iterate& s, const AdmmOptions& o) {
   const int64_t rows = s.v.size(0), cols = s.v.size(1);
   const int64_t k = o.sparsity ? static_cast<int64_t>(static_cast<double>(cols) * *o.sparsity) : 0;  // as unstructured_mask
-  const scalar_t* v = s.v.const_data_ptr<scalar_t>();
+  const scalar_t *v = s.v.const_data_ptr<scalar_t>(), *b0 = s.b0.const_data_ptr<scalar_t>();
   scalar_t *u = s.u.mutable_data_ptr<scalar_t>(), *z = s.z.mutable_data_ptr<scalar_t>(),
-           *z_minus_u = s.z_minus_u.mutable_data_ptr<scalar_t>();
+           *step = s.step.mutable_data_ptr<scalar_t>();
   bool* keep = s.keep.mutable_data_ptr<bool>();
   std::atomic<bool> changed{false};
   at::parallel_for(0, rows, detail::row_grain(cols), [&](int64_t begin, int64_t end) {
@@ -82,6 +102,8 @@ bool project_rows_cpu(Iterate& s, const AdmmOptions& o) {
       if (o.nm) {
         for (int64_t g = 0; g < cols; g += o.nm->m)
           detail::keep_all_but_lowest_in_group(magnitude.data() + g, o.nm->m, o.nm->m - o.nm->n, next.get() + g, scratch);
+      } else if (keeps_the_largest(magnitude.data(), keep + row, cols, k)) {
+        std::copy(keep + row, keep + row + cols, next.get());
       } else {
         detail::keep_all_but_lowest(magnitude.data(), cols, k, next.get(), scratch);
       }
@@ -90,7 +112,7 @@ bool project_rows_cpu(Iterate& s, const AdmmOptions& o) {
         const scalar_t zj = next[j] ? x : scalar_t(0);
         z[row + j] = zj;
         u[row + j] = x - zj;
-        z_minus_u[row + j] = zj - (x - zj);
+        step[row + j] = zj - (x - zj) - b0[row + j];
         any |= next[j] != keep[row + j];
         keep[row + j] = next[j];
       }
@@ -111,7 +133,7 @@ bool project_rows(Iterate& s, const AdmmOptions& o) {
   const auto next = project_support(x, o);
   s.z.copy_(x.masked_fill(next.logical_not(), 0));
   s.u.copy_(x - s.z);
-  s.z_minus_u.copy_(s.z - s.u);
+  s.step.copy_(s.z - s.u - s.b0);
   const bool changed = at::ne(next, s.keep).any().item<bool>();
   s.keep.copy_(next);
   return changed;
@@ -134,7 +156,7 @@ at::Tensor admm(const at::Tensor& weight, const at::Tensor& gram, const at::Tens
   const auto d64 = diag.sqrt();
   const auto hs64 = h64 / d64.unsqueeze(0) / d64.unsqueeze(1);
   // Hs = Q diag(lambda) Q^T once: (Hs + rho I)^-1 = Q diag(1 / (lambda + rho)) Q^T for every rho,
-  // two products per iteration instead of a factorisation per penalty and triangular solves.
+  // products instead of a factorisation per penalty and triangular solves.
   auto [lambda64, q64] = at::linalg_eigh(hs64);
   // Numerically singular too: rounding leaves the null eigenvalues of a rank-deficient Gram
   // anywhere within a few n * eps of the largest one, on either side of 0.
@@ -142,25 +164,38 @@ at::Tensor admm(const at::Tensor& weight, const at::Tensor& gram, const at::Tens
   check_positive_definite(at::all(lambda64 > noise).item<bool>(), o.percdamp);
   const auto q = q64.to(compute), lambda = lambda64.to(compute);
   const auto w0 = weight.to(compute);
-  const auto b0 = w0 * d64.to(compute);
-  const auto b0hq = at::matmul(b0, at::matmul(hs64, q64).to(compute));  // (Hs b0)^T Q, row by row
 
   // A copy: the support is updated in place, and initial_keep is the caller's.
   Iterate s;
   s.keep = initial_keep.to(weight.device(), at::kBool, /*non_blocking=*/false, /*copy=*/true).contiguous();
-  s.z = b0.masked_fill(s.keep.logical_not(), 0).contiguous();
+  s.b0 = (w0 * d64.to(compute)).contiguous();
+  s.z = s.b0.masked_fill(s.keep.logical_not(), 0).contiguous();
   s.u = at::zeros_like(s.z);
-  s.z_minus_u = s.z.clone();
+  s.step = s.z - s.b0;
   s.v = at::empty_like(s.z);
-  auto rhs = at::empty_like(s.z);
+  // V = argmin (B0 - V) Hs (B0 - V)^T + rho |V - Z + U|^2, row by row: (Hs + rho I) v = Hs b0 + rho (z - u),
+  // i.e. V = B0 + (Z - U - B0) M with M = rho (Hs + rho I)^-1 = Q diag(rho / (lambda + rho)) Q^T. rho
+  // changes every 3 iterations: forming M then (2 n^3 flops) and one product per iteration
+  // (2 rows n^2) beats two products with Q per iteration unless the layer has under a third as
+  // many rows as inputs. Every product writes into buffers of the iteration.
+  const bool form_m = cols < 3 * weight.size(0);
+  at::Tensor m, scale, projected = form_m ? at::Tensor() : at::empty_like(s.z);
+  double rho = -1;
   int64_t unchanged = 0;
   for (int64_t it = 0; it < o.max_iterations && unchanged < o.patience; ++it) {
-    const double rho = o.rho0 * std::pow(o.growth, static_cast<double>(it / 3));
-    // V = argmin (B0 - V) Hs (B0 - V)^T + rho |V - Z + U|^2, row by row: (Hs + rho I) v = Hs b0 + rho (z - u),
-    // in the eigenbasis; every product writes into buffers of the iteration.
-    at::addmm_out(rhs, b0hq, s.z_minus_u, q, /*beta=*/1, /*alpha=*/rho);
-    rhs.div_((lambda + rho).unsqueeze(0));
-    at::mm_out(s.v, rhs, q.t());
+    const double next = o.rho0 * std::pow(o.growth, static_cast<double>(it / 3));
+    if (next != rho) {
+      rho = next;
+      scale = rho / (lambda + rho);
+      if (form_m) m = at::matmul(q * scale.unsqueeze(0), q.t());
+    }
+    if (form_m) {
+      at::addmm_out(s.v, s.b0, s.step, m);
+    } else {
+      at::mm_out(projected, s.step, q);
+      projected.mul_(scale.unsqueeze(0));
+      at::addmm_out(s.v, s.b0, projected, q.t());
+    }
     unchanged = project_rows(s, o) ? 0 : unchanged + 1;
   }
   const auto& keep = s.keep;
