@@ -143,11 +143,13 @@ void bind_recipe(py::module_& m) {
     return std::make_tuple(nm.n, nm.m);
   }, py::arg("text"), "'2:4' -> (2, 4); ValueError unless 1 <= N < M.");
 
-  py::class_<Pruned>(m, "Pruned", "The result of prune(): weight, keep (True = kept), permutation, refined.")
+  py::class_<Pruned>(m, "Pruned",
+                     "The result of prune(): weight, keep (True = kept), permutation, refined, iterations (ADMM's).")
       .def_readonly("weight", &Pruned::weight)
       .def_readonly("keep", &Pruned::keep)
       .def_readonly("permutation", &Pruned::permutation)
-      .def_readonly("refined", &Pruned::refined);
+      .def_readonly("refined", &Pruned::refined)
+      .def_readonly("iterations", &Pruned::iterations);
 
   m.def("prune",
         [](const at::Tensor& weight, const Recipe& recipe, const std::optional<at::Tensor>& in_norm,

@@ -487,6 +487,21 @@ def test_report_json_round_trip(tmp_path: Any) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["symprune_report.json"]  # no temporary file left
 
 
+def test_report_counts_admm_iterations() -> None:
+    """Each layer's ADMM iterations reach the report; the summary names layers stopped by
+    max_iterations before their support settled."""
+    model = build_tiny_model("llama")
+    report = prune_model(model, _windows(2), method="admm", nm=(2, 4), progress=False)
+    assert all(layer.iterations >= 10 for layer in report.layers)  # patience 10: at least that many
+    assert "ADMM iterations per Linear" in report.summary() and "stopped at" not in report.summary()
+    capped = prune_model(build_tiny_model("llama"), _windows(2), method="admm", nm=(2, 4),
+                         score_options={"max_iterations": 3}, progress=False)
+    assert {layer.iterations for layer in capped.layers} == {3}
+    assert f"{len(capped.layers)} stopped at max_iterations=3" in capped.summary()
+    assert all(layer.iterations == 0 for layer in prune_model(build_tiny_model("llama"), _windows(2), method="wanda",
+                                                              nm=(2, 4), progress=False).layers)
+
+
 def test_core_is_used() -> None:
     """The pipeline's scores are the core's: one Linear pruned by hand matches."""
     model = build_tiny_model("llama")

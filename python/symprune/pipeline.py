@@ -83,8 +83,8 @@ def as_recipe(
 def prune_linear(weight: torch.Tensor, stats: LinearStats, recipe: Recipe, name: str) -> Any:
     """The core's ``symprune.prune`` of one Linear weight (left unchanged) with its statistics:
     ``weight`` (the pruned copy), ``keep`` (True = kept, in the original column order also with
-    ``permute``) and ``refined`` (mask entries the refinement changed). ``name`` (the
-    weight's) is matched against the recipe's refine option ``skip``."""
+    ``permute``), ``refined`` (mask entries the refinement changed) and ``iterations`` (ADMM's).
+    ``name`` (the weight's) is matched against the recipe's refine option ``skip``."""
     inputs, outputs, refined = stats.inputs, stats.outputs, recipe.refines(name)
     result = symprune.prune(
         weight, recipe, name=name,
@@ -308,7 +308,7 @@ def prune_linears(
             name=f"{block_name}.{name}", block=index, shape=tuple(weight.shape),
             numel=weight.numel(), dense_zeros=dense_zeros, zeros=zeros,
             sparsity=zeros / weight.numel(), recon_error=recon_error, changed=result.refined,
-            permuted=name in permutations,
+            permuted=name in permutations, iterations=result.iterations,
         ))
     for name, permutation in permutations.items():
         permute_channels(linears[name], [linears[p] for p in absorbing[name]], permutation)

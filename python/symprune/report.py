@@ -28,6 +28,7 @@ class LayerReport:
     (the quantity Wanda's score ranks single weights by).
     ``changed`` counts mask entries a refinement (DSnoT) flipped, twice per swap.
     ``permuted``: pruned with RIA's channel permutation, stored in permuted input order.
+    ``iterations``: ADMM's iterations on this layer (0 for other methods).
     """
 
     name: str
@@ -40,6 +41,7 @@ class LayerReport:
     recon_error: float | None  # None: pruned without calibration statistics (data-free)
     changed: int = 0
     permuted: bool = False  # its input channels (and its producers' rows) were permuted
+    iterations: int = 0
 
 
 @dataclass
@@ -119,8 +121,22 @@ class PruneReport:
              f"pruning {self.prune_seconds:.1f} s, pruned forwards "
              f"{self.pruned_forward_seconds:.1f} s), peak RSS {self.peak_rss_mb:.0f} MB"),
         ]
+        lines += self._admm_lines()
         lines += [f"perplexity ({k}): {v:.3f}" for k, v in self.perplexity.items()]
         return "\n".join(lines)
+
+    def _admm_lines(self) -> list[str]:
+        """ADMM's iterations per Linear, and the layers whose support was still moving."""
+        counts = sorted(layer.iterations for layer in self.layers if layer.iterations > 0)
+        if not counts:
+            return []
+        line = f"ADMM iterations per Linear: {counts[0]}–{counts[-1]} (median {counts[len(counts) // 2]})"
+        limit = self.recipe.get("admm", {}).get("max_iterations")
+        stopped = sum(count >= limit for count in counts) if limit else 0
+        if stopped:
+            line += (f"; {stopped} stopped at max_iterations={limit} with the support still moving "
+                     "(raise max_iterations)")
+        return [line]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -36,6 +36,7 @@ struct SYMPRUNE_API Pruned {
   // With recipe.permute: keep.index_select(1, *permutation) is N:M.
   std::optional<at::Tensor> permutation;
   int64_t refined = 0;  // mask entries the refinement changed
+  int64_t iterations = 0;  // ADMM's iterations (admm()); 0 for other methods
 };
 
 // Prunes `weight` (out_features, in_features) by `recipe`, which must be valid: the score's

@@ -64,8 +64,9 @@ struct AdmmOptions {
 // penalty (through one eigendecomposition of the scaled Gram), projects V + U onto the pattern
 // by magnitude and updates the dual U; the penalty grows until the support stops changing. The result is, row
 // by row, the better of the refits (above) of the final and of the initial support, so it is
-// never worse than its start: pruned entries +0, the input's dtype and device.
+// never worse than its start: pruned entries +0, the input's dtype and device. `iterations`, if
+// given, receives the number of iterations run (max_iterations: the support was still moving).
 SYMPRUNE_API at::Tensor admm(const at::Tensor& weight, const at::Tensor& gram, const at::Tensor& initial_keep,
-                             const AdmmOptions& options);
+                             const AdmmOptions& options, int64_t* iterations = nullptr);
 
 }  // namespace symprune

@@ -142,7 +142,7 @@ bool project_rows(Iterate& s, const AdmmOptions& o) {
 }  // namespace
 
 at::Tensor admm(const at::Tensor& weight, const at::Tensor& gram, const at::Tensor& initial_keep,
-                const AdmmOptions& o) {
+                const AdmmOptions& o, int64_t* iterations) {
   at::NoGradGuard no_grad;
   check(weight, initial_keep, o);
   const int64_t cols = weight.size(1);
@@ -181,8 +181,8 @@ at::Tensor admm(const at::Tensor& weight, const at::Tensor& gram, const at::Tens
   const bool form_m = cols < 3 * weight.size(0);
   at::Tensor m, scale, projected = form_m ? at::Tensor() : at::empty_like(s.z);
   double rho = -1;
-  int64_t unchanged = 0;
-  for (int64_t it = 0; it < o.max_iterations && unchanged < o.patience; ++it) {
+  int64_t unchanged = 0, it = 0;
+  for (; it < o.max_iterations && unchanged < o.patience; ++it) {
     const double next = o.rho0 * std::pow(o.growth, static_cast<double>(it / 3));
     if (next != rho) {
       rho = next;
@@ -198,6 +198,7 @@ at::Tensor admm(const at::Tensor& weight, const at::Tensor& gram, const at::Tens
     }
     unchanged = project_rows(s, o) ? 0 : unchanged + 1;
   }
+  if (iterations) *iterations = it;
   const auto& keep = s.keep;
   const auto& z = s.z;
   // ADMM is a heuristic: each row keeps the better (by its own objective) of the refits of the

@@ -103,7 +103,7 @@ Pruned prune(const at::Tensor& weight, const LayerStats& stats, const Recipe& re
     options.sparsity = recipe.sparsity;
     options.nm = recipe.nm;
     options.percdamp = recipe.percdamp;
-    result.weight = admm(weight, stats.gram, start, options);
+    result.weight = admm(weight, stats.gram, start, options, &result.iterations);
     result.keep = result.weight != 0;
     return result;
   }
