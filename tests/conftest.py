@@ -128,3 +128,28 @@ def write_sharded_checkpoint(folder: Path, shards: list[dict[str, torch.Tensor]]
 def folder_bytes(folder: Path) -> dict[str, bytes]:
     """Every file of a folder by name, with its contents."""
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def one_weight_checkpoint(folder: Path, seed: int) -> tuple[Path, str, torch.Tensor, dict[str, torch.Tensor]]:
+    """A checkpoint (folder/model) of one bf16 1100 x 1024 down_proj weight, over 1 M elements,
+    with column scales spread over decades (ties in bf16) and a dead column; with the weight's
+    name, the weight, and statistics for it by kind (in_norm, out_norm, in_mean, in_var)."""
+    model = folder / "model"
+    model.mkdir()
+    name = "model.layers.0.mlp.down_proj.weight"
+    generator = torch.Generator().manual_seed(seed)
+    weight = (torch.randn(1100, 1024, generator=generator) * torch.rand(1024, generator=generator) ** 3).to(torch.bfloat16)
+    weight[:, 5] = 0  # a dead column
+    symprune.save_safetensors(str(model / "model.safetensors"), {name: weight}, {"format": "pt"})
+    statistics = {"in_norm": torch.rand(1024, generator=generator) + 0.1, "out_norm": torch.rand(1100, generator=generator),
+                  "in_mean": torch.randn(1024, generator=generator), "in_var": torch.rand(1024, generator=generator)}
+    return model, name, weight, statistics
+
+
+def stream_job(model: Path, out: Path, **options: object) -> dict:
+    """The core's streaming run, step by step, without the Python wrapper's report (its options,
+    row_block_bytes included, as given)."""
+    job = symprune._C.StreamJob(str(model), str(out), **options)
+    report = job.write(job.prepare())
+    job.finish()
+    return report

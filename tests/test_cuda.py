@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import symprune
 import torch
-from conftest import folder_bytes
+from conftest import folder_bytes, one_weight_checkpoint, stream_job
 from symprune.cli import main
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -152,24 +152,16 @@ def test_streaming_on_gpu_uploads_blocks_of_rows(recipe: symprune.Recipe, tmp_pa
     three; 700, the last block shorter), uploaded and downloaded through the pinned buffers of a
     block: the bytes of the CPU's blocks. Scores that sum along rows (ria, R²-DSnoT) may round
     otherwise on the GPU: near-ties only."""
-    model = tmp_path / "model"
-    model.mkdir()
-    name = "model.layers.0.mlp.down_proj.weight"
-    g = torch.Generator().manual_seed(4)
-    weight = (torch.randn(1100, 1024, generator=g) * torch.rand(1024, generator=g) ** 3).to(torch.bfloat16)
-    weight[:, 5] = 0  # a dead column
-    symprune.save_safetensors(str(model / "model.safetensors"), {name: weight}, {"format": "pt"})
+    model, name, weight, statistics = one_weight_checkpoint(tmp_path, seed=4)
     stats = tmp_path / "stats.safetensors"
-    symprune.save_safetensors(str(stats), {
-        f"{name}.in_norm": torch.rand(1024, generator=g) + 0.1, f"{name}.out_norm": torch.rand(1100, generator=g),
-        f"{name}.in_mean": torch.randn(1024, generator=g), f"{name}.in_var": torch.rand(1024, generator=g)},
-        {"format": "symprune-stats"})
+    symprune.save_safetensors(str(stats), {f"{name}.{kind}": value for kind, value in statistics.items()},
+                              {"format": "symprune-stats"})
     options = {"recipe": recipe, "stats": str(stats)}
-    cpu = _stream_job(model, tmp_path / "cpu", row_block_bytes=2048 * 3, **options)
+    cpu = stream_job(model, tmp_path / "cpu", row_block_bytes=2048 * 3, **options)
     exact = recipe.method != "ria" and recipe.refine != "r2dsnot"
     for budget in (1, 2048 * 3, 2048 * 700):  # rows are 2048 bytes
         out = tmp_path / f"gpu-{budget}"
-        report = _stream_job(model, out, device="cuda", row_block_bytes=budget, **options)
+        report = stream_job(model, out, device="cuda", row_block_bytes=budget, **options)
         assert report["tensors_pruned"] == 1 and cpu["pruned_zeros"] > 0, budget
         gpu_weight = symprune.load_safetensors(str(out / "model.safetensors"))[name]
         cpu_weight = symprune.load_safetensors(str(tmp_path / "cpu" / "model.safetensors"))[name]
@@ -178,14 +170,6 @@ def test_streaming_on_gpu_uploads_blocks_of_rows(recipe: symprune.Recipe, tmp_pa
         if exact:
             assert report["pruned_zeros"] == cpu["pruned_zeros"], budget
             assert (out / "model.safetensors").read_bytes() == (tmp_path / "cpu" / "model.safetensors").read_bytes()
-
-
-def _stream_job(model: Path, out: Path, **options: object) -> dict:
-    """The core's streaming run, step by step (its options, such as row_block_bytes, as given)."""
-    job = symprune._C.StreamJob(str(model), str(out), **options)
-    report = job.write(job.prepare())
-    job.finish()
-    return report
 
 
 def test_streaming_on_gpu_with_sums_in_the_score_agrees_but_for_rounding(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from cases import (
     WEIGHT_KINDS,
     make_weight,
 )
-from conftest import build_tiny_model, byte_tokenizer, folder_bytes
+from conftest import build_tiny_model, byte_tokenizer, folder_bytes, one_weight_checkpoint, stream_job
 from oracles import oracle_nm_mask, oracle_row_mask, oracle_score
 from symprune.cli import main
 from symprune.report import PruneReport
@@ -299,10 +299,10 @@ def test_row_blocks_write_the_bytes_of_whole_weights(recipe: symprune.Recipe, ti
     assert main(["calibrate", str(tiny_model_dir), "--out", str(stats), "--calib", str(text_files[0]),
                  "--nsamples", "2", "--seqlen", "32", "--quiet"]) == 0
     options: dict[str, Any] = {} if recipe.data_free else {"stats": str(stats)}
-    _stream(tiny_model_dir, tmp_path / "whole", recipe, row_block_bytes=2**40, **options)
+    stream_job(tiny_model_dir, tmp_path / "whole", recipe=recipe, row_block_bytes=2**40, **options)
     for budget in (1, 700, 3000):  # rows are 256 or 512 bytes
         out = tmp_path / f"blocks-{budget}"
-        _stream(tiny_model_dir, out, recipe, row_block_bytes=budget, **options)
+        stream_job(tiny_model_dir, out, recipe=recipe, row_block_bytes=budget, **options)
         assert (out / "model.safetensors").read_bytes() == (tmp_path / "whole" / "model.safetensors").read_bytes()
 
 
@@ -320,25 +320,17 @@ def test_weights_read_in_passes_are_pruned_as_whole_weights(recipe: symprune.Rec
     """A weight over 1 M elements, read in passes (its column norms summed over several blocks;
     a per-layer threshold found 16 bits per pass, with ties: the weight is bf16) and pruned in
     blocks of rows of every size, is written as the Python API prunes it whole in memory."""
-    model = tmp_path / "model"
-    model.mkdir()
-    name = "model.layers.0.mlp.down_proj.weight"
-    generator = torch.Generator().manual_seed(3)
-    weight = (torch.randn(1100, 1024, generator=generator) * torch.rand(1024, generator=generator) ** 3).to(torch.bfloat16)
-    weight[:, 5] = 0  # a dead column
-    symprune.save_safetensors(str(model / "model.safetensors"), {name: weight}, {"format": "pt"})
-    statistics = {"in_norm": torch.rand(1024, generator=generator) + 0.1, "out_norm": torch.rand(1100, generator=generator),
-                  "in_mean": torch.randn(1024, generator=generator), "in_var": torch.rand(1024, generator=generator)}
+    model, name, weight, statistics = one_weight_checkpoint(tmp_path, seed=3)
     read = {key: value for key, value in statistics.items() if key == "in_norm" and recipe.needs_input_stats
             or key == "out_norm" and recipe.needs_output_stats
             or key in ("in_mean", "in_var") and recipe.needs_refine_stats}
     options: dict[str, Any] = {} if recipe.data_free else {"stats": str(_stats_file(
         tmp_path / "stats.safetensors", {f"{name}.{key}": value for key, value in read.items()}))}
-    _stream(model, tmp_path / "whole", recipe, row_block_bytes=2**40, **options)
+    stream_job(model, tmp_path / "whole", recipe=recipe, row_block_bytes=2**40, **options)
     whole = (tmp_path / "whole" / "model.safetensors").read_bytes()
     for budget in (1, 2048 * 3, 2048 * 700):  # rows are 2048 bytes
         out = tmp_path / f"blocks-{budget}"
-        _stream(model, out, recipe, row_block_bytes=budget, **options)
+        stream_job(model, out, recipe=recipe, row_block_bytes=budget, **options)
         assert (out / "model.safetensors").read_bytes() == whole, budget
     api = symprune.prune(weight, recipe, **read).weight
     assert torch.equal(symprune.load_safetensors(str(tmp_path / "whole" / "model.safetensors"))[name], api)
@@ -413,14 +405,6 @@ def test_no_fsync_writes_the_same_folder(sharded_model_dir: Path, tmp_path: Path
     assert not (tmp_path / "cli" / ".symprune-apply.json").exists()  # a finished run leaves no job file
 
 
-def _stream(model: Path, out: Path, recipe: symprune.Recipe, **options: Any) -> dict[str, Any]:
-    """The core's streaming run, step by step, without the Python wrapper's report."""
-    job = symprune._C.StreamJob(str(model), str(out), recipe=recipe, **options)
-    report = job.write(job.prepare())
-    job.finish()
-    return report
-
-
 def _interrupted_apply(model: Path, out: Path, **options: Any) -> None:
     """An apply stopped (by an exception in its progress callback) after its first shard."""
     def stop(shard: str, tensor: str, done: int, total: int) -> None:
@@ -429,7 +413,7 @@ def _interrupted_apply(model: Path, out: Path, **options: Any) -> None:
 
     first = sorted(p.name for p in model.glob("*.safetensors"))[0]
     with pytest.raises(KeyboardInterrupt):
-        _stream(model, out, symprune.Recipe("magnitude", 0.5), progress=stop, **options)
+        stream_job(model, out, recipe=symprune.Recipe("magnitude", 0.5), progress=stop, **options)
 
 
 def test_apply_report_and_job_file(sharded_model_dir: Path, tmp_path: Path) -> None:
@@ -630,7 +614,7 @@ def test_apply_on_full_disk_loses_nothing(sharded_model_dir: Path, tmp_path: Pat
 
 def test_progress_reports_bytes(sharded_model_dir: Path, tmp_path: Path) -> None:
     seen: list[tuple[int, int]] = []
-    _stream(sharded_model_dir, tmp_path / "o", symprune.Recipe("magnitude", 0.5),
+    stream_job(sharded_model_dir, tmp_path / "o", recipe=symprune.Recipe("magnitude", 0.5),
             progress=lambda shard, tensor, done, total: seen.append((done, total)))
     total = sum(os.path.getsize(p) for p in sharded_model_dir.glob("*.safetensors"))
     assert seen[-1][0] == seen[-1][1] and 0.9 * total < seen[-1][1] <= total
