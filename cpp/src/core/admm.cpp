@@ -176,7 +176,7 @@ at::Tensor admm(const at::Tensor& weight, const at::Tensor& gram, const at::Tens
   // V = argmin (B0 - V) Hs (B0 - V)^T + rho |V - Z + U|^2, row by row: (Hs + rho I) v = Hs b0 + rho (z - u),
   // i.e. V = B0 + (Z - U - B0) M with M = rho (Hs + rho I)^-1 = Q diag(rho / (lambda + rho)) Q^T. rho
   // changes every 3 iterations: forming M then (2 n^3 flops) and one product per iteration
-  // (2 rows n^2) beats two products with Q per iteration unless the layer has under a third as
+  // (2 rows n^2) beats two products with Q per iteration unless the layer has at most a third as
   // many rows as inputs. Every product writes into buffers of the iteration.
   const bool form_m = cols < 3 * weight.size(0);
   at::Tensor m, scale, projected = form_m ? at::Tensor() : at::empty_like(s.z);
