@@ -68,10 +68,11 @@ bool keeps_the_largest(const float* magnitude, const bool* keep, int64_t n, int6
   int64_t pruned = 0;
   for (int64_t j = 0; j < n; ++j) {
     const float m = magnitude[j];
+    if (std::isnan(m)) return false;
     if (keep[j]) {
-      kept_min = m < kept_min ? m : (m == m ? kept_min : m);
+      kept_min = std::min(kept_min, m);
     } else {
-      pruned_max = m > pruned_max ? m : (m == m ? pruned_max : m);
+      pruned_max = std::max(pruned_max, m);
       ++pruned;
     }
   }

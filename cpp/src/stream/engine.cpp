@@ -176,13 +176,7 @@ class ShardStreamer {
   // agree), then each block of rows uploaded on its own.
   bool upload_row_blocks(std::size_t j) {
     const auto& job = shard_.jobs[j];
-    LayerStats whole = job.stats;
-    if (const auto order = o_.recipe.column_norm_order()) {
-      const auto weight = detail::tensor_view(shard_.reader, info(j));
-      whole.column_norms = naming_errors(where(j), [&] {
-        return column_norms(weight, *order, [&](int64_t begin, int64_t end) { release_rows(j, begin, end); });
-      });
-    }
+    const LayerStats whole = with_column_norms(j);
     const int64_t rows = info(j).shape[0];
     for (int64_t begin = 0; begin < rows; begin += job.block_rows) {
       const int64_t end = std::min(rows, begin + job.block_rows);
@@ -205,6 +199,19 @@ class ShardStreamer {
     return loaded_.push(std::move(item));
   }
 
+  // Weight j's statistics, with the whole weight's column norms where the recipe reads them: a
+  // first pass over the mapping, dropping each block's pages once read.
+  LayerStats with_column_norms(std::size_t j) {
+    LayerStats whole = shard_.jobs[j].stats;
+    if (const auto order = o_.recipe.column_norm_order()) {
+      const auto weight = detail::tensor_view(shard_.reader, info(j));
+      whole.column_norms = naming_errors(where(j), [&] {
+        return column_norms(weight, *order, [&](int64_t begin, int64_t end) { release_rows(j, begin, end); });
+      });
+    }
+    return whole;
+  }
+
   // The statistics of rows [begin, end): the per-output ones sliced, the rest whole.
   static LayerStats block_stats(const LayerStats& whole, int64_t begin, int64_t end) {
     LayerStats part = whole;
@@ -221,13 +228,7 @@ class ShardStreamer {
     const auto& job = shard_.jobs[j];
     const auto weight = detail::tensor_view(shard_.reader, info(j));
     const int64_t rows = weight.size(0);
-    LayerStats whole = job.stats;
-    if (const auto order = o_.recipe.column_norm_order()) {
-      // A first pass for the column norms, dropping each block's pages once read.
-      whole.column_norms = naming_errors(where(j), [&] {
-        return column_norms(weight, *order, [&](int64_t begin, int64_t end) { release_rows(j, begin, end); });
-      });
-    }
+    const LayerStats whole = with_column_norms(j);
     std::optional<detail::LayerPasses> layer;  // a per-layer mask: its threshold first
     if (o_.recipe.layer_mask_in_passes()) {
       layer.emplace(o_.recipe, whole, rows, weight.size(1), o_.recipe.refines(info(j).name));
