@@ -7,6 +7,11 @@
 #include "symprune/score.h"
 
 #include "core/mask_by_sort.h"
+#include "core/select.h"
+
+#include <cmath>
+#include <limits>
+#include <vector>
 
 using namespace symprune;
 
@@ -128,4 +133,35 @@ TEST(Mask, RowLocalPruneOutMatchesScoreMaskApplyAndChecksOut) {
   auto in_place = weight.clone();
   EXPECT_THROW(prune_row_local_out(in_place, ScoreMethod::Wanda, options, 0.5, in_place), symprune::ValueError);
   EXPECT_THROW(prune_row_local_out(weight, ScoreMethod::Ria, options, 0.5, out), symprune::ValueError);
+}
+
+// ADMM's selection from the previous support: equal to a stable sort whatever the hint (exact,
+// near, unrelated, or pruning the wrong count), with ties, signed zeros, NaN and infinities.
+TEST(Mask, SelectionFromAPreviousSupportMatchesStableSort) {
+  at::manual_seed(5);
+  const int64_t n = 257;
+  symprune::detail::SelectScratch<uint32_t> scratch;
+  for (int64_t k : {1, 64, 128, 256}) {
+    for (int variant = 0; variant < 4; ++variant) {
+      auto values = at::randint(0, 16, {n}).to(at::kFloat) / 8;  // many ties
+      if (variant == 3) values = at::randn({n});
+      values[3] = -0.0;
+      values[7] = std::numeric_limits<float>::quiet_NaN();
+      values[11] = std::numeric_limits<float>::infinity();
+      const auto expect = sorted_mask(values, k);
+      for (int hint = 0; hint < 4; ++hint) {
+        at::Tensor previous;
+        if (hint == 0) previous = expect.clone();                                          // still right
+        if (hint == 1) previous = sorted_mask(values + 0.2 * at::randn({n}), k);           // nearby
+        if (hint == 2) previous = sorted_mask(at::randn({n}), k);                          // unrelated
+        if (hint == 3) previous = sorted_mask(values, std::max<int64_t>(k - 1, 0));        // wrong count
+        previous = previous.contiguous();
+        std::vector<char> got(n);
+        symprune::detail::keep_all_but_lowest_near(values.const_data_ptr<float>(), n, k, previous.const_data_ptr<bool>(),
+                                         reinterpret_cast<bool*>(got.data()), scratch);
+        const auto got_tensor = at::from_blob(got.data(), {n}, at::kBool).clone();
+        EXPECT_TRUE(at::equal(got_tensor, expect)) << "k=" << k << " variant=" << variant << " hint=" << hint;
+      }
+    }
+  }
 }

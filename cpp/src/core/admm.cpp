@@ -60,25 +60,6 @@ struct Iterate {
   at::Tensor v, u, z, step, keep, b0;
 };
 
-// Whether `keep` already prunes exactly the k lowest of a row's magnitudes: k pruned, each below
-// every kept one. Late iterations rarely move a support, and this one pass is much cheaper than
-// a selection. A tie across the boundary, or a NaN, says no: the selection then decides.
-bool keeps_the_largest(const float* magnitude, const bool* keep, int64_t n, int64_t k) {
-  float pruned_max = -std::numeric_limits<float>::infinity(), kept_min = std::numeric_limits<float>::infinity();
-  int64_t pruned = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    const float m = magnitude[j];
-    if (std::isnan(m)) return false;
-    if (keep[j]) {
-      kept_min = std::min(kept_min, m);
-    } else {
-      pruned_max = std::max(pruned_max, m);
-      ++pruned;
-    }
-  }
-  return pruned == k && pruned_max < kept_min;
-}
-
 // The elementwise half of an iteration, fused row by row on the CPU (no temporaries): X = V + U;
 // the support of the largest |X| (|X| in fp32, the masks' own selection, so ties go as in
 // project_support); Z = X on it and +0 elsewhere; U = X - Z; the step Z - U - B0. Returns whether
@@ -103,10 +84,8 @@ bool project_rows_cpu(Iterate& s, const AdmmOptions& o) {
       if (o.nm) {
         for (int64_t g = 0; g < cols; g += o.nm->m)
           detail::keep_all_but_lowest_in_group(magnitude.data() + g, o.nm->m, o.nm->m - o.nm->n, next.get() + g, scratch);
-      } else if (keeps_the_largest(magnitude.data(), keep + row, cols, k)) {
-        std::copy(keep + row, keep + row + cols, next.get());
       } else {
-        detail::keep_all_but_lowest(magnitude.data(), cols, k, next.get(), scratch);
+        detail::keep_all_but_lowest_near(magnitude.data(), cols, k, keep + row, next.get(), scratch);
       }
       for (int64_t j = 0; j < cols; ++j) {
         const scalar_t x = v[row + j] + u[row + j];

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -45,6 +46,26 @@ struct SelectScratch {
   std::vector<Key> keys, bucket;
   std::vector<int32_t> histogram;  // counts of one row or group: < 2^31
 };
+
+// The end of a selection of the k lowest of keys[0..n): `below` keys lie under every key of
+// scratch.bucket, which holds the k-th lowest. Ranks the bucket for the threshold, then prunes
+// everything below it and as many ties as are still needed, in index order.
+template <typename Key>
+void prune_through_members(const Key* keys, int64_t n, int64_t k, int64_t below, SelectScratch<Key>& scratch,
+                           bool* keep) {
+  auto& members = scratch.bucket;
+  const int64_t rank = k - below;  // 1-based rank of the threshold among the members
+  std::nth_element(members.begin(), members.begin() + (rank - 1), members.end());
+  const Key threshold = members[rank - 1];
+  for (const Key key : members) below += key < threshold;
+  for (int64_t j = 0; j < n; ++j) keep[j] = !(keys[j] < threshold);
+  for (int64_t j = 0, ties = k - below; ties > 0; ++j) {
+    if (keys[j] == threshold) {
+      keep[j] = false;
+      --ties;
+    }
+  }
+}
 
 // Prunes the k lowest of values[0..n) with ties to the lower index: sets keep[j] = false for
 // them and true elsewhere. The threshold is found by bucketing keys on their top bits and
@@ -85,18 +106,45 @@ void keep_all_but_lowest(const scalar_t* values, int64_t n, int64_t k, bool* kee
   members.clear();
   for (int64_t j = 0; j < n; ++j)
     if ((keys[j] >> kShift) == bucket) members.push_back(keys[j]);
-  const int64_t rank = k - below;  // 1-based rank of the threshold inside the bucket
-  std::nth_element(members.begin(), members.begin() + (rank - 1), members.end());
-  const Key threshold = members[rank - 1];
-  for (const Key key : members) below += key < threshold;
-  // Everything below the threshold goes, then as many ties as are still needed, in order.
-  for (int64_t j = 0; j < n; ++j) keep[j] = !(keys[j] < threshold);
-  for (int64_t j = 0, ties = k - below; ties > 0; ++j) {
-    if (keys[j] == threshold) {
-      keep[j] = false;
-      --ties;
+  prune_through_members(keys, n, k, below, scratch, keep);
+}
+
+// The support of the pattern's largest |values| moves little between nearby inputs (ADMM's
+// iterations): given `previous`, a selection of k of the same n entries, the k-th lowest key
+// lies between the lowest key `previous` keeps and the highest it prunes (fewer than k keys lie
+// below the former unless `previous` is already right, and k lie at or below the latter), so
+// only the keys in that range are ranked. The result is keep_all_but_lowest's, bit for bit.
+template <typename scalar_t>
+void keep_all_but_lowest_near(const scalar_t* values, int64_t n, int64_t k, const bool* previous, bool* keep,
+                              SelectScratch<key_t<scalar_t>>& scratch) {
+  using Key = key_t<scalar_t>;
+  scratch.keys.resize(n);
+  Key* keys = scratch.keys.data();
+  Key kept_min = std::numeric_limits<Key>::max(), pruned_max = 0;
+  int64_t pruned = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const Key key = key_of(values[j]);
+    keys[j] = key;
+    if (previous[j]) {
+      kept_min = std::min(kept_min, key);
+    } else {
+      pruned_max = std::max(pruned_max, key);
+      ++pruned;
     }
   }
+  if (pruned != k || k <= 0 || k >= n) return keep_all_but_lowest(values, n, k, keep, scratch);
+  if (pruned_max < kept_min) {  // still the k lowest, ties included
+    std::copy(previous, previous + n, keep);
+    return;
+  }
+  auto& members = scratch.bucket;
+  members.clear();
+  int64_t below = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    below += keys[j] < kept_min;
+    if (keys[j] >= kept_min && keys[j] <= pruned_max) members.push_back(keys[j]);
+  }
+  prune_through_members(keys, n, k, below, scratch, keep);
 }
 
 // Rows are independent; give each parallel task at least ~32k elements of work.
