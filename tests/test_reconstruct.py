@@ -135,18 +135,20 @@ def test_refit_equals_exact_least_squares(make_mask: str, dtype: torch.dtype) ->
 
 
 # 12 x 32 forms rho (Hs + rho I)^-1; 8 x 64 (under a third as many rows as inputs) multiplies by
-# the eigenvectors instead.
-@pytest.mark.parametrize(("rows", "cols"), [(12, 32), (8, 64)])
+# the eigenvectors instead. Stopped after 2 iterations, the start's refit wins on some rows.
+@pytest.mark.parametrize(("rows", "cols", "max_iterations"), [(12, 32, 300), (8, 64, 300), (12, 32, 2)])
 @pytest.mark.parametrize("pattern", [{"sparsity": 0.5}, {"nm": (2, 4)}], ids=str)
-def test_admm_equals_oracle_and_beats_the_refit_of_its_start(pattern: dict, rows: int, cols: int) -> None:
+def test_admm_equals_oracle_and_beats_the_refit_of_its_start(pattern: dict, rows: int, cols: int,
+                                                             max_iterations: int) -> None:
     w, gram = layer(rows=rows, cols=cols, seed=6)
     keep = symprune.mask(symprune.score(w, "wanda", in_norm=torch.diag(gram).sqrt().float()),
                          pattern.get("sparsity"), nm=pattern.get("nm"))
     inputs = (w.clone(), gram.clone(), keep.clone())
-    got = symprune.admm(w, gram, keep, pattern.get("sparsity"), nm=pattern.get("nm"))
+    got = symprune.admm(w, gram, keep, pattern.get("sparsity"), nm=pattern.get("nm"), max_iterations=max_iterations)
     assert all(torch.equal(a, b) for a, b in zip(inputs, (w, gram, keep)))  # the support is tracked in a copy
     expect = oracle_admm(w, gram, keep, lambda m: symprune.mask(m.float(), pattern.get("sparsity"),
-                                                                nm=pattern.get("nm")))
+                                                                nm=pattern.get("nm")),
+                         max_iterations=max_iterations)
     assert torch.equal(got == 0, expect == 0)
     torch.testing.assert_close(got, expect, rtol=1e-6, atol=1e-6)
     assert objective(w, got, gram) <= objective(w, symprune.refit(w, keep, gram), gram)

@@ -184,7 +184,9 @@ at::Tensor admm(const at::Tensor& weight, const at::Tensor& gram, const at::Tens
   // ADMM is a heuristic: each row keeps the better (by its own objective) of the refits of the
   // final support and of the initial one, so the result is never worse than its start. Both
   // refits use H^-1 = D^-1 Q diag(1 / lambda) Q^T D^-1 from the eigendecomposition (no new
-  // factorisation), and the final support's starts from ADMM's own iterate on it.
+  // factorisation), and the final support's starts from ADMM's own iterate on it. The initial
+  // support's refit races the final one's objective: it ends for the rows whose optimum is
+  // proven worse (nearly all, within a few iterations), and the other rows finish and compare.
   const auto h = h64.to(compute);
   const auto d_inv = d64.reciprocal();
   const auto h_inv = (at::matmul(q64 / lambda64.unsqueeze(0), q64.t()) * d_inv.unsqueeze(0) * d_inv.unsqueeze(1)).to(compute);
@@ -192,13 +194,16 @@ at::Tensor admm(const at::Tensor& weight, const at::Tensor& gram, const at::Tens
   const auto found = detail::refit_from(w0, kept, h, h_inv, z / d64.to(compute));
   const auto initial = initial_keep.to(weight.device());
   if (at::equal(keep, initial)) return found.to(weight.scalar_type());
-  const auto start_kept = initial.to(compute);
-  const auto start = detail::refit_from(w0, start_kept, h, h_inv, w0 * start_kept);
   const auto row_error = [&](const at::Tensor& v) {
     const auto d = w0 - v;
     return (at::matmul(d, h) * d).sum(1, /*keepdim=*/true);
   };
-  return at::where(row_error(found) <= row_error(start), found, start).to(weight.scalar_type());
+  const auto found_error = row_error(found);
+  const auto start_kept = initial.to(compute);
+  at::Tensor beaten;
+  const auto start = detail::refit_from(w0, start_kept, h, h_inv, w0 * start_kept, found_error, &beaten);
+  const auto keep_found = beaten.logical_or(found_error <= row_error(start));
+  return at::where(keep_found, found, start).to(weight.scalar_type());
 }
 
 }  // namespace symprune

@@ -38,26 +38,41 @@ at::Tensor safe_ratio(const at::Tensor& num, const at::Tensor& den) {
 }  // namespace
 
 at::Tensor detail::refit_from(const at::Tensor& w, const at::Tensor& k, const at::Tensor& h, const at::Tensor& h_inv,
-                              at::Tensor v) {
+                              at::Tensor v, const at::Tensor& rival, at::Tensor* beaten) {
   const double tolerance = w.scalar_type() == at::kDouble ? kTolerance64 : kTolerance32;
   // Minimise f(v) = (w - v)^T H (w - v) over v with v = 0 off the support, for every row:
   // the residual is the projected gradient b - A v with A v = (v H) * k and b = (w H) * k.
-  auto r = (at::matmul(w - v, h)) * k;
+  const auto gradient = at::matmul(w - v, h);
+  auto r = gradient * k;
   auto z = at::matmul(r, h_inv) * k;
   auto p = z.clone();
   auto rz = row_dot(r, z);
   const auto rz0 = rz.clone();
+  // For a race: f itself, which each step lowers by alpha r^T z, and a lower bound of the
+  // optimum, f - r^T z. The gap f(v) - f* = r^T A^-1 r is at most r^T z because the
+  // preconditioner (H^-1)_SS is at least (H_SS)^-1 (the inverse of a Schur complement of H
+  // against that of H_SS). The margin covers the rounding of the tracked f.
+  const bool racing = rival.defined();
+  auto f = racing ? row_dot(gradient, w - v) : at::Tensor();
+  constexpr double kMargin = 1e-3;
+  const auto lost = [&] { return (f - rz) * (1 - kMargin) > rival; };
+  const auto done = [&] {
+    auto converged = rz <= rz0 * tolerance;
+    return racing ? converged.logical_or_(lost()) : converged;
+  };
   for (int64_t it = 1; it <= kMaxIterations; ++it) {
     const auto ap = at::matmul(p, h) * k;
     const auto alpha = safe_ratio(rz, row_dot(p, ap));
     v.add_(alpha * p);
     r.sub_(alpha * ap);
+    if (racing) f.sub_(alpha * rz);
     z = at::matmul(r, h_inv) * k;
     const auto rz_next = row_dot(r, z);
     p = z + safe_ratio(rz_next, rz) * p;
     rz = rz_next;
-    if (it % kCheckEvery == 0 && !(rz > rz0 * tolerance).any().item<bool>()) break;
+    if (it % kCheckEvery == 0 && done().all().item<bool>()) break;
   }
+  if (beaten) *beaten = racing ? lost() : at::zeros_like(rz, at::kBool);
   // Pruned entries are +0 (v * k is -0 where v < 0: masked_fill writes +0).
   return v.masked_fill_(k == 0, 0);
 }
