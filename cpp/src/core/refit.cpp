@@ -23,8 +23,9 @@ namespace symprune {
 namespace {
 
 constexpr int64_t kMaxIterations = 500;
-// Stop once every row's preconditioned residual r^T z has fallen by this factor (fp64), or
-// its fp32 counterpart: about the square of the relative error of the solution.
+// A row has converged once its preconditioned residual r^T z is this factor (fp64; fp32) of
+// its start's, about the square of the solution's relative error, or of its objective: r^T z
+// bounds the objective's distance to the optimum (below), so a good start stops early.
 constexpr double kTolerance64 = 1e-24, kTolerance32 = 1e-12;
 constexpr int64_t kCheckEvery = 5;  // iterations between convergence checks (a device sync)
 
@@ -48,16 +49,16 @@ at::Tensor detail::refit_from(const at::Tensor& w, const at::Tensor& k, const at
   auto p = z.clone();
   auto rz = row_dot(r, z);
   const auto rz0 = rz.clone();
-  // For a race: f itself, which each step lowers by alpha r^T z, and a lower bound of the
-  // optimum, f - r^T z. The gap f(v) - f* = r^T A^-1 r is at most r^T z because the
-  // preconditioner (H^-1)_SS is at least (H_SS)^-1 (the inverse of a Schur complement of H
-  // against that of H_SS). The margin covers the rounding of the tracked f.
+  // The objective f, which each step lowers by alpha r^T z, and a lower bound of the optimum,
+  // f - r^T z: the gap f(v) - f* = r^T A^-1 r is at most r^T z because the preconditioner
+  // (H^-1)_SS is at least (H_SS)^-1 (the inverse of a Schur complement of H against that of
+  // H_SS). In a race, the margin covers the rounding of the tracked f.
   const bool racing = rival.defined();
-  auto f = racing ? row_dot(gradient, w - v) : at::Tensor();
+  auto f = row_dot(gradient, w - v);
   constexpr double kMargin = 1e-3;
   const auto lost = [&] { return (f - rz) * (1 - kMargin) > rival; };
   const auto done = [&] {
-    auto converged = rz <= rz0 * tolerance;
+    auto converged = (rz <= rz0 * tolerance).logical_or_(rz <= f * tolerance);
     return racing ? converged.logical_or_(lost()) : converged;
   };
   for (int64_t it = 1; it <= kMaxIterations; ++it) {
@@ -65,7 +66,7 @@ at::Tensor detail::refit_from(const at::Tensor& w, const at::Tensor& k, const at
     const auto alpha = safe_ratio(rz, row_dot(p, ap));
     v.add_(alpha * p);
     r.sub_(alpha * ap);
-    if (racing) f.sub_(alpha * rz);
+    f.sub_(alpha * rz);
     z = at::matmul(r, h_inv) * k;
     const auto rz_next = row_dot(r, z);
     p = z + safe_ratio(rz_next, rz) * p;
