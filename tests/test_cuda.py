@@ -10,6 +10,7 @@ import symprune
 import torch
 from conftest import folder_bytes, one_weight_checkpoint, stream_job
 from symprune.cli import main
+from test_distributed import prune_under_torchrun
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -228,6 +229,15 @@ def test_pruning_a_model_on_gpu_agrees_with_the_cpu(tiny_model_dir: Path, text_f
             differ += int(((w == 0) != (cpu[name] == 0)).sum())
             total += w.numel()
     assert total > 0 and differ <= 0.01 * total, (differ, total)
+
+
+def test_prune_under_torchrun_on_gpus_equals_one_process(tiny_model_dir: Path, text_files: tuple[Path, Path],
+                                                          tmp_path: Path) -> None:
+    """`prune --device cuda` under torchrun, one rank per GPU (a single GPU makes a group of one):
+    the process group has NCCL for CUDA tensors, and the result equals one process on the GPU."""
+    ranks = min(torch.cuda.device_count(), 2)
+    prune_under_torchrun(ranks, ["--method", "sparsegpt", "--sparsity", "0.5"], tiny_model_dir, text_files, tmp_path,
+                         "--device", "cuda")
 
 
 def test_calibrating_on_gpu_agrees_with_the_cpu(tiny_model_dir: Path, text_files: tuple[Path, Path],

@@ -188,19 +188,27 @@ def _assert_same_up_to_rounding(one_folder: Path, two_folder: Path) -> None:
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("recipe", [["--method", "wanda", "--nm", "2:4"], ["--method", "sparsegpt", "--sparsity", "0.5"]])
-def test_prune_on_two_ranks_equals_one_process(recipe: list[str], tiny_model_dir: Path, text_files: tuple[Path, Path],
-                                               tmp_path: Path) -> None:
+def prune_under_torchrun(ranks: int, recipe: list[str], model: Path, text_files: tuple[Path, Path], tmp_path: Path,
+                         *extra: str) -> None:
+    """`prune` on `ranks` ranks equals one process up to rounding, with the same report."""
     calib, evaluation = text_files
     args = ["prune", *recipe, "--calib", str(calib), "--nsamples", "8", "--seqlen", "32",
-            "--eval", str(evaluation), "--nwindows", "4", "--eval-seqlen", "32", "--quiet"]
-    assert main([args[0], str(tiny_model_dir), str(tmp_path / "one"), *args[1:]]) == 0
-    run = _torchrun(2, args[0], tiny_model_dir, tmp_path / "two", *args[1:])
+            "--eval", str(evaluation), "--nwindows", "4", "--eval-seqlen", "32", "--quiet", *extra]
+    assert main([args[0], str(model), str(tmp_path / "one"), *args[1:]]) == 0
+    run = _torchrun(ranks, args[0], model, tmp_path / "ranks", *args[1:])
     assert run.returncode == 0, run.stderr
-    _assert_same_up_to_rounding(tmp_path / "one", tmp_path / "two")
-    reports = [symprune.PruneReport.from_json(tmp_path / d / REPORT) for d in ("one", "two")]
-    assert reports[1].extra["ranks"] == 2 and reports[1].nsamples == reports[0].nsamples == 8
+    _assert_same_up_to_rounding(tmp_path / "one", tmp_path / "ranks")
+    reports = [symprune.PruneReport.from_json(tmp_path / d / REPORT) for d in ("one", "ranks")]
+    assert reports[1].extra["ranks"] == ranks and reports[1].nsamples == reports[0].nsamples == 8
     assert reports[1].perplexity["pruned"] == pytest.approx(reports[0].perplexity["pruned"], rel=1e-4)
+
+
+@pytest.mark.parametrize(("ranks", "recipe"), [(2, ["--method", "wanda", "--nm", "2:4"]),
+                                               (2, ["--method", "sparsegpt", "--sparsity", "0.5"]),
+                                               (1, ["--method", "wanda", "--nm", "2:4"])])  # a group of one
+def test_prune_under_torchrun_equals_one_process(ranks: int, recipe: list[str], tiny_model_dir: Path,
+                                                 text_files: tuple[Path, Path], tmp_path: Path) -> None:
+    prune_under_torchrun(ranks, recipe, tiny_model_dir, text_files, tmp_path)
 
 
 def test_low_memory_prune_on_two_ranks_equals_one_process(tiny_model_dir: Path, text_files: tuple[Path, Path],
@@ -235,5 +243,6 @@ def test_calibrate_on_three_ranks_equals_one_process(tiny_model_dir: Path, text_
 def test_commands_that_run_in_one_process_refuse_torchrun(monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
     assert main(["eval", "some-model"]) == 2
     assert "launch it without torchrun" in capsys.readouterr().err

@@ -24,7 +24,10 @@ _stopped_together = False  # a step failed and every rank knows it
 
 
 def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """torchrun (or any launcher of env:// rendezvous) sets RANK and WORLD_SIZE for every rank,
+    also for a single one, which then joins a group of one: its collectives are the identity,
+    but they run (NCCL on one GPU, for instance)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
 def init_from_environment(timeout_minutes: float = 30) -> None:
