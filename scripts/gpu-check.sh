@@ -3,7 +3,9 @@
 # (the project's lent H200 has both, and no network):
 #   1. builds symprune against that torch (build/gpu),
 #   2. runs the CUDA tests (tests/test_cuda.py) and the CPU suites they lean on,
-#   3. runs bench/bench_stream.py --device cuda on a 4-block (~1.8 GB) checkpoint.
+#   3. runs bench/bench_stream.py --device cuda on a 4-block (~1.8 GB) checkpoint,
+#   4. times sparsegpt, refit and admm on a 4096 x 11008 layer on the GPU against the CPU
+#      (bench/bench_reconstruct_device.py, 2:4; ADMM on the GPU only, its CPU side is long).
 # Logs go to $OUT when set (the device tool brings that folder back), else to gpu-check/.
 #
 # The machine lacks nlohmann-json; copy it from this one first (into the ignored .devdeps/,
@@ -50,4 +52,8 @@ tail -3 "$LOG/pytest-cpu.log"
 
 echo "==> streaming benchmark on the GPU"
 "$PY" bench/bench_stream.py --layers 4 --device cuda 2>&1 | tee "$LOG/bench_stream.log" || status=1
+
+echo "==> reconstruction on the GPU against the CPU"
+timeout 240 "$PY" bench/bench_reconstruct_device.py --cases 2:4 --cpu-methods sparsegpt,refit 2>&1 |
+  tee "$LOG/bench_reconstruct_device.log" || status=1
 exit $status
