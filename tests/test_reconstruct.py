@@ -70,8 +70,9 @@ def test_sparsegpt_breaks_nm_ties_by_the_lower_index(nm: tuple[int, int], backen
 
 @pytest.mark.parametrize("pattern", [{"sparsity": 0.5}, {"nm": (2, 4)}], ids=str)
 def test_sparsegpt_equals_oracle_fp64_on_a_wide_layer(pattern: dict) -> None:
-    """Over 256 inputs the Cholesky factor is inverted by blocks (601 inputs: halves of 300 and
-    301, then quarters of about 150): still the oracle's result to fp64 rounding."""
+    """Five blocks of columns, the last one short (601 = 4 x 128 + 89): the updates each block
+    owes the earlier ones, through the factor R instead of U, still give the oracle's result to
+    fp64 rounding."""
     w, gram = layer(rows=8, cols=604 if "nm" in pattern else 601, seed=5)
     expect = oracle_sparsegpt(w, gram, **pattern)
     got = symprune.sparsegpt(w, gram, **pattern)

@@ -40,12 +40,12 @@ void prune_group(const scalar_t* w, const scalar_t* d, int64_t m, int64_t pruned
 }
 
 // One block on the CPU, each row on its own: w1 (rows, count) holds the block's weights as
-// updated so far and receives Q1 (the pruned, updated block); err (rows, count) receives the
-// scaled errors; u1 (count, count) is the block of U; prune (rows, count) is the block's
-// unstructured mask, or null for N:M (chosen per group as the walk reaches it).
+// updated so far and receives Q1 (the pruned, updated block); u1 (count, count) is the block of
+// U; prune (rows, count) is the block's unstructured mask, or null for N:M (chosen per group as
+// the walk reaches it).
 template <typename scalar_t>
-void block_rows(scalar_t* w1, scalar_t* err, const scalar_t* u1, const bool* prune, int64_t rows, int64_t count,
-                int64_t m, int64_t pruned_per_group) {
+void block_rows(scalar_t* w1, const scalar_t* u1, const bool* prune, int64_t rows, int64_t count, int64_t m,
+                int64_t pruned_per_group) {
   std::vector<scalar_t> diag(count);
   for (int64_t i = 0; i < count; ++i) diag[i] = u1[i * count + i];
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
@@ -53,7 +53,6 @@ void block_rows(scalar_t* w1, scalar_t* err, const scalar_t* u1, const bool* pru
     detail::SelectScratch<detail::key_t<scalar_t>> scratch;
     for (int64_t r = begin; r < end; ++r) {
       scalar_t* w = w1 + r * count;
-      scalar_t* e = err + r * count;
       for (int64_t i = 0; i < count; ++i) {
         bool pruned;
         if (prune) {
@@ -64,7 +63,6 @@ void block_rows(scalar_t* w1, scalar_t* err, const scalar_t* u1, const bool* pru
         }
         const scalar_t q = pruned ? scalar_t(0) : w[i];
         const scalar_t scaled = (w[i] - q) / diag[i];
-        e[i] = scaled;
         if (scaled != scalar_t(0)) {
           const scalar_t* u = u1 + i * count;
           for (int64_t j = i + 1; j < count; ++j) w[j] -= scaled * u[j];
@@ -76,8 +74,7 @@ void block_rows(scalar_t* w1, scalar_t* err, const scalar_t* u1, const bool* pru
 }
 
 // The same block with the reference's column-at-a-time tensor ops (any device).
-void block_columns(at::Tensor& w1, at::Tensor& err, const at::Tensor& u1, at::Tensor prune, int64_t m,
-                   int64_t pruned_per_group) {
+void block_columns(at::Tensor& w1, const at::Tensor& u1, at::Tensor prune, int64_t m, int64_t pruned_per_group) {
   const int64_t count = w1.size(1);
   const auto diag = u1.diagonal();
   const bool nm = !prune.defined();
@@ -91,30 +88,9 @@ void block_columns(at::Tensor& w1, at::Tensor& err, const at::Tensor& u1, at::Te
     auto w = w1.select(1, i);
     const auto q = w.masked_fill(prune.select(1, i), 0);
     const auto scaled = (w - q) / diag[i];
-    err.select(1, i).copy_(scaled);
     w1.narrow(1, i, count - i).sub_(scaled.unsqueeze(1) * u1[i].narrow(0, i, count - i).unsqueeze(0));
     w.copy_(q);
   }
-}
-
-// Inverts the lower-triangular `l` in place (zero above the diagonal on return), by blocks:
-// [[A, 0], [B, C]]^-1 = [[A^-1, 0], [-C^-1 B A^-1, C^-1]], the corner from A, B and C by two
-// triangular solves (n^3 / 4 flops at the top level), then A and C by recursion: n^3 / 3 flops in
-// all, as LAPACK's trtri, where a solve against the identity takes n^3 (and another n x n matrix).
-void invert_lower_in_place(const at::Tensor& l) {
-  const int64_t n = l.size(0);
-  if (n <= 256) {
-    l.copy_(at::linalg_solve_triangular(l, at::eye(n, l.options()), /*upper=*/false));
-    return;
-  }
-  const int64_t h = n / 2;
-  const auto a = l.narrow(0, 0, h).narrow(1, 0, h), b = l.narrow(0, h, n - h).narrow(1, 0, h),
-             c = l.narrow(0, h, n - h).narrow(1, h, n - h);
-  b.copy_(at::linalg_solve_triangular(c, at::linalg_solve_triangular(a, b, /*upper=*/false, /*left=*/false),
-                                      /*upper=*/false))
-      .neg_();
-  invert_lower_in_place(a);
-  invert_lower_in_place(c);
 }
 
 void check(const at::Tensor& weight, const SparseGptOptions& o) {
@@ -136,23 +112,23 @@ at::Tensor sparsegpt(const at::Tensor& weight, const at::Tensor& gram, const Spa
   at::NoGradGuard no_grad;
   check(weight, o);
   const int64_t rows = weight.size(0), cols = weight.size(1);
-  // U: the upper Cholesky factor of the damped Gram's inverse, in fp64, without forming the
-  // inverse: with J the reversal of rows and columns and J H J = M M^T, H^-1 = (J M^-1 J)^T (J M^-1 J),
-  // so U = J M^-1 J, one factorisation and one triangular inverse (both fp64: inverting M in fp32
-  // instead halved the inverse's time but moved SmolLM2's 2:4 perplexity from 130.4 to 132.4).
-  // The Gram is reversed before its fp64 copy (the smaller copy), the inverse overwrites the
-  // factor, and each n x n matrix is dropped once used: at n = 11008, fresh memory's page
-  // faults cost seconds.
+  // The walk needs U, the upper Cholesky factor of H^-1 (H^-1 = U^T U), and never forms it: U =
+  // R^-1 for the upper factor R of H = R R^T, which is J M J for the Cholesky factor M of the
+  // reversed Gram J H J = M M^T (one fp64 factorisation, n^3 / 3 flops, and no inverse). Block
+  // b's diagonal part of U is the small inverse (R_bb)^-1, and the updates that the finished
+  // columns owe it, -E_<b U_<b,b (E: the scaled errors), equal D_<b R_<b,b (R_bb)^-1, with D = W - Q
+  // what the walk changed in them: E U = D and U R = I give U_<b,b = -U_<b,<b R_<b,b (R_bb)^-1.
   const auto compute = weight.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto reversed = detail::damped_gram(gram.to(weight.device()).flip({0, 1}), cols, o.percdamp, /*dead_to_one=*/true);
   const auto dead = reversed.dead.flip({0});
-  auto inverse = detail::cholesky_or_throw(reversed.h, o.percdamp, "gram");
+  auto factor = detail::cholesky_or_throw(reversed.h, o.percdamp, "gram");
   reversed.h.reset();
-  invert_lower_in_place(inverse);
-  const auto u = inverse.to(compute).flip({0, 1});
-  inverse.reset();
+  const auto r64 = factor.flip({0, 1});
+  factor.reset();
+  const auto r = r64.to(compute);
   auto w = weight.to(compute, /*non_blocking=*/false, /*copy=*/true).contiguous();
   w.masked_fill_(dead.unsqueeze(0), 0);
+  auto change = at::empty_like(w);  // D = W - Q of the finished columns
 
   const bool rows_backend = o.backend == SparseGptBackend::Rows ||
                             (o.backend == SparseGptBackend::Auto && weight.device().is_cpu());
@@ -160,9 +136,12 @@ at::Tensor sparsegpt(const at::Tensor& weight, const at::Tensor& gram, const Spa
   const int64_t m = o.nm ? o.nm->m : 0, pruned_per_group = o.nm ? o.nm->m - o.nm->n : 0;
   for (int64_t i1 = 0; i1 < cols; i1 += o.blocksize) {
     const int64_t i2 = std::min(cols, i1 + o.blocksize), count = i2 - i1;
+    const auto r_bb = r64.narrow(0, i1, count).narrow(1, i1, count);
+    const auto u1 =
+        at::linalg_solve_triangular(r_bb, at::eye(count, r64.options()), /*upper=*/true).to(compute).contiguous();
     auto w1 = w.narrow(1, i1, count).contiguous();
-    auto err = at::zeros_like(w1);
-    const auto u1 = u.narrow(0, i1, count).narrow(1, i1, count).contiguous();
+    const auto start = w1.clone();
+    if (i1 > 0) w1.addmm_(at::mm(change.narrow(1, 0, i1), r.narrow(0, 0, i1).narrow(1, i1, count)), u1);
     at::Tensor prune;
     if (o.sparsity) {
       const auto key = (w1.square() / u1.diagonal().square().unsqueeze(0)).flatten();
@@ -173,19 +152,15 @@ at::Tensor sparsegpt(const at::Tensor& weight, const at::Tensor& gram, const Spa
     }
     if (rows_backend) {
       AT_DISPATCH_FLOATING_TYPES(w1.scalar_type(), "sparsegpt_block", [&] {
-        block_rows<scalar_t>(w1.data_ptr<scalar_t>(), err.data_ptr<scalar_t>(), u1.const_data_ptr<scalar_t>(),
+        block_rows<scalar_t>(w1.data_ptr<scalar_t>(), u1.const_data_ptr<scalar_t>(),
                              prune.defined() ? prune.const_data_ptr<bool>() : nullptr, rows, count, m,
                              pruned_per_group);
       });
     } else {
-      block_columns(w1, err, u1, prune, m, pruned_per_group);
+      block_columns(w1, u1, prune, m, pruned_per_group);
     }
     w.narrow(1, i1, count).copy_(w1);
-    // The lazy update: the block's errors reach the later columns in one product.
-    if (i2 < cols) {
-      auto rest = w.narrow(1, i2, cols - i2);
-      rest.addmm_(err, u.narrow(0, i1, count).narrow(1, i2, cols - i2), /*beta=*/1, /*alpha=*/-1);
-    }
+    change.narrow(1, i1, count).copy_(start - w1);
   }
   // Pruned entries are +0 (masked_fill and the zeros written above); convert back.
   return w.to(weight.scalar_type());
