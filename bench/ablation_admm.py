@@ -1,13 +1,16 @@
-"""Chooses ADMM's coordinates and penalty schedule on calibration data only (docs/semantics.md#admm).
+"""Chooses ADMM's coordinates, penalty schedule, patience and starting mask on calibration data
+only (docs/semantics.md#admm).
 
 Gathers the Grams of four Linears (q, o, up, down) of a few blocks of the dense SmolLM2-135M
 over windows of the first 80 % of the calibration file (the evaluation text is never read),
-prunes each Linear from Wanda's mask with every variant, and prints each variant's layer
+prunes each Linear with every variant (from Wanda's mask unless the variant names another
+start: RIA's, SparseGPT's or the magnitude mask), and prints each variant's layer
 output error ||X (W - V)^T||^2 / ||X W^T||^2 relative to the refit of Wanda's mask, measured
 in the same run (lower is better), with its time.
 
     .venv/bin/python bench/ablation_admm.py
     .venv/bin/python bench/ablation_admm.py --blocks 3,15 --patterns 2:4 --nsamples 16
+    .venv/bin/python bench/ablation_admm.py --patterns 2:4 --only default   # the default and its variants
 
 "unscaled" is the ADMM symprune shipped before (the projection ranks |w|, rho relative to
 mean(diag H)), written here in plain PyTorch as the baseline of the change.
@@ -52,9 +55,21 @@ def unscaled_admm(w: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, spars
     return torch.where(row_error(found) <= row_error(start), found, start)
 
 
+def ria_mask(w: torch.Tensor, g: torch.Tensor, sp: float | None, nm: str | None) -> torch.Tensor:
+    in_norm = g.diagonal().clamp(min=0).sqrt()
+    return symprune.mask(symprune.score(w, "ria", in_norm=in_norm), sp, nm=nm)
+
+
+def sparsegpt_mask(w: torch.Tensor, g: torch.Tensor, sp: float | None, nm: str | None) -> torch.Tensor:
+    return symprune.sparsegpt(w, g, sp, nm=nm) != 0  # SmolLM2's weights have no exact zeros
+
+
 def variants() -> dict[str, Callable[..., torch.Tensor]]:
-    def admm(**options: Any) -> Callable[..., torch.Tensor]:
-        return lambda w, g, keep, sp, nm: symprune.admm(w, g, keep, sp, nm=nm, **options)
+    def admm(start: Callable[..., torch.Tensor] | None = None, **options: Any) -> Callable[..., torch.Tensor]:
+        """ADMM from Wanda's mask (the default start) or from ``start(w, g, sp, nm)``."""
+        def run(w: torch.Tensor, g: torch.Tensor, keep: torch.Tensor, sp: float | None, nm: str | None) -> torch.Tensor:
+            return symprune.admm(w, g, keep if start is None else start(w, g, sp, nm), sp, nm=nm, **options)
+        return run
 
     return {
         "sparsegpt": lambda w, g, keep, sp, nm: symprune.sparsegpt(w, g, sp, nm=nm),
@@ -64,6 +79,10 @@ def variants() -> dict[str, Callable[..., torch.Tensor]]:
         "scaled, rho0 0.1, growth 1.15 (default)": admm(),
         "scaled, rho0 0.1, growth 1.1": admm(growth=1.1),
         "scaled, rho0 0.1, growth 1.05": admm(growth=1.05, max_iterations=600),
+        "default, patience 5": admm(patience=5),
+        "default, from RIA's mask": admm(ria_mask),
+        "default, from SparseGPT's mask": admm(sparsegpt_mask),
+        "default, from the magnitude mask": admm(lambda w, g, sp, nm: symprune.magnitude_mask(w, sp, nm=nm)),
     }
 
 
@@ -100,10 +119,13 @@ def main() -> None:
     parser.add_argument("--blocks", default="3,9,15,25")
     parser.add_argument("--patterns", default="2:4,0.5,0.6")
     parser.add_argument("--nsamples", type=int, default=16, help="calibration windows of 512 tokens")
+    parser.add_argument("--only", default="", help="run the variants whose name contains one of these "
+                        "comma-separated strings (default: all)")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     model, grams = gather_grams([int(b) for b in args.blocks.split(",")], args.nsamples)
-    chosen = variants()
+    wanted = [part for part in args.only.split(",") if part]
+    chosen = {name: run for name, run in variants().items() if not wanted or any(part in name for part in wanted)}
     print(f"output error relative to the refit of Wanda's mask, mean over {len(grams)} Linears "
           f"(blocks {args.blocks}; q, o, up, down), {args.nsamples} x 512 calibration windows\n")
     print("| variant | pattern | error / refit's | seconds |\n|---|---|---|---|")
