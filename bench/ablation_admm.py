@@ -60,15 +60,20 @@ def ria_mask(w: torch.Tensor, g: torch.Tensor, sp: float | None, nm: str | None)
     return symprune.mask(symprune.score(w, "ria", in_norm=in_norm), sp, nm=nm)
 
 
-def sparsegpt_mask(w: torch.Tensor, g: torch.Tensor, sp: float | None, nm: str | None) -> torch.Tensor:
-    return symprune.sparsegpt(w, g, sp, nm=nm) != 0  # SmolLM2's weights have no exact zeros
+def sparsegpt_mask(w: torch.Tensor, g: torch.Tensor, sp: float | None, nm: str | None) -> torch.Tensor | None:
+    """SparseGPT's N:M mask (SmolLM2's weights have no exact zeros). Its unstructured mask is
+    chosen per column block over all rows, so its rows keep different counts: not in ADMM's
+    per-row pattern, and not a start (None)."""
+    return symprune.sparsegpt(w, g, sp, nm=nm) != 0 if nm else None
 
 
 def variants() -> dict[str, Callable[..., torch.Tensor]]:
     def admm(start: Callable[..., torch.Tensor] | None = None, **options: Any) -> Callable[..., torch.Tensor]:
         """ADMM from Wanda's mask (the default start) or from ``start(w, g, sp, nm)``."""
-        def run(w: torch.Tensor, g: torch.Tensor, keep: torch.Tensor, sp: float | None, nm: str | None) -> torch.Tensor:
-            return symprune.admm(w, g, keep if start is None else start(w, g, sp, nm), sp, nm=nm, **options)
+        def run(w: torch.Tensor, g: torch.Tensor, keep: torch.Tensor, sp: float | None,
+                nm: str | None) -> torch.Tensor | None:
+            first = keep if start is None else start(w, g, sp, nm)
+            return None if first is None else symprune.admm(w, g, first, sp, nm=nm, **options)
         return run
 
     return {
@@ -142,9 +147,13 @@ def main() -> None:
                 start = time.perf_counter()
                 pruned = prune(w, gram, keep, sparsity, nm)
                 seconds[variant] += time.perf_counter() - start
-                ratios[variant].append(output_error(w, pruned, gram64) / baseline)
+                if pruned is not None:  # None: the variant does not apply to this pattern
+                    ratios[variant].append(output_error(w, pruned, gram64) / baseline)
         label = pattern if nm else f"{sparsity:.0%}"
         for variant, values in ratios.items():
+            if not values:
+                print(f"| {variant} | {label} | does not apply | |", flush=True)
+                continue
             print(f"| {variant} | {label} | {sum(values) / len(values):.4f} | {seconds[variant]:.1f} |", flush=True)
 
 

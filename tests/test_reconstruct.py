@@ -200,6 +200,11 @@ def test_refit_lowers_sparsegpt_reconstruction_error() -> None:
     assert objective(w, refitted, gram) < objective(w, pruned, gram)
 
 
+def half(w: torch.Tensor) -> torch.Tensor:
+    """A 50 % per-row (and 2:4) mask of ``w``: in the pattern of admm(..., 0.5) and of 2:4."""
+    return symprune.magnitude_mask(w, nm=(2, 4))
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [
@@ -214,9 +219,12 @@ def test_refit_lowers_sparsegpt_reconstruction_error() -> None:
         # A rank-one Gram without damping cannot be factorised: an error, never a silent no-op.
         (lambda w, g: symprune.sparsegpt(w, torch.ones_like(g), 0.5, percdamp=0.0), "positive definite"),
         (lambda w, g: symprune.refit(w, w != 0, torch.ones_like(g), percdamp=0.0), "positive definite"),
-        (lambda w, g: symprune.admm(w, torch.ones_like(g), w != 0, 0.5, percdamp=0.0), "positive definite"),
-        (lambda w, g: symprune.admm(w, g, w != 0, 0.5, percdamp=0.0), "positive definite"),  # a dead input
-        (lambda w, g: symprune.admm(w, g, w != 0, 0.5, growth=0.9), "growth must be >= 1"),
+        (lambda w, g: symprune.admm(w, torch.ones_like(g), half(w), 0.5, percdamp=0.0), "positive definite"),
+        (lambda w, g: symprune.admm(w, g, half(w), 0.5, percdamp=0.0), "positive definite"),  # a dead input
+        (lambda w, g: symprune.admm(w, g, half(w), 0.5, growth=0.9), "growth must be >= 1"),
+        # ADMM's start must be in its pattern: each row may keep the start's refit.
+        (lambda w, g: symprune.admm(w, g, w != 0, 0.5), "keep 32 of the 64 weights of each row"),
+        (lambda w, g: symprune.admm(w, g, half(w), nm=(1, 4)), "keep 1 of every 4 weights"),
     ],
 )
 def test_bad_input_is_a_value_error(call, message: str) -> None:
