@@ -58,8 +58,8 @@ struct AdmmOptions {
 };
 
 // A joint search of mask and weights: ADMM on min_V (W - V) H (W - V)^T with V in the pattern
-// (each row keeps floor(in * (1 - sparsity)) weights, or n of every m), from the support of
-// `initial_keep`, as in ALPS (Meng et al., 2024). It works on W D, D = sqrt(diag H) (so the
+// (each row keeps in - floor(in * sparsity) weights, or n of every m), from the support of
+// `initial_keep`, which must be in that pattern, as in ALPS (Meng et al., 2024). It works on W D, D = sqrt(diag H) (so the
 // projection ranks |w_ij| * ||x_j||, Wanda's measure): each iteration solves V for the current
 // penalty (through one eigendecomposition of the scaled Gram), projects V + U onto the pattern
 // by magnitude and updates the dual U; the penalty grows until the support stops changing. The result is, row
