@@ -57,15 +57,16 @@ struct AdmmOptions {
   int64_t patience = 10;  // stop once the support has not changed for this many iterations
 };
 
-// A joint search of mask and weights: ADMM on min_V (W - V) H (W - V)^T with V in the pattern
-// (each row keeps in - floor(in * sparsity) weights, or n of every m), from the support of
-// `initial_keep`, which must be in that pattern, as in ALPS (Meng et al., 2024). It works on W D, D = sqrt(diag H) (so the
-// projection ranks |w_ij| * ||x_j||, Wanda's measure): each iteration solves V for the current
-// penalty (through one eigendecomposition of the scaled Gram), projects V + U onto the pattern
-// by magnitude and updates the dual U; the penalty grows until the support stops changing. The result is, row
-// by row, the better of the refits (above) of the final and of the initial support, so it is
-// never worse than its start: pruned entries +0, the input's dtype and device. `iterations`, if
-// given, receives the number of iterations run (max_iterations: the support was still moving).
+// A joint search of mask and weights: ADMM on min_V (W - V) H (W - V)^T with V in the pattern (each
+// row keeps in - floor(in * sparsity) weights, or n of every m), from the support of
+// `initial_keep`, which must be in that pattern, as in ALPS (Meng et al., 2024). It works on W D,
+// D = sqrt(diag H) (so the projection ranks |w_ij| * ||x_j||, Wanda's measure): each iteration solves
+// V for the current penalty (through one eigendecomposition of the scaled Gram), projects V + U
+// onto the pattern by magnitude and updates the dual U; the penalty grows until the support stops
+// changing. The result is, row by row, the better of the refits (above) of the final and of the
+// initial support, so it is never worse than its start: pruned entries +0, the input's dtype and
+// device. `iterations`, if given, receives the number of iterations run (max_iterations: the
+// support was still moving).
 SYMPRUNE_API at::Tensor admm(const at::Tensor& weight, const at::Tensor& gram, const at::Tensor& initial_keep,
                              const AdmmOptions& options, int64_t* iterations = nullptr);
 

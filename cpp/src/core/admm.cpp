@@ -33,6 +33,12 @@
 namespace symprune {
 namespace {
 
+// The weights a row prunes at an unstructured sparsity, floor(in * sparsity) as unstructured_mask
+// counts them; 0 for N:M.
+int64_t pruned_in_row(const AdmmOptions& o, int64_t in) {
+  return o.sparsity ? static_cast<int64_t>(static_cast<double>(in) * *o.sparsity) : 0;
+}
+
 void check(const at::Tensor& weight, const at::Tensor& keep, const AdmmOptions& o) {
   detail::check_matrix(weight, "weight");
   detail::check_mask(keep, weight, "initial_keep");
@@ -49,7 +55,7 @@ void check(const at::Tensor& weight, const at::Tensor& keep, const AdmmOptions& 
     SYMPRUNE_CHECK(at::all(per_group == o.nm->n).item<bool>(), "initial_keep must be in the pattern: keep ",
                    o.nm->n, " of every ", o.nm->m, " weights of each row");
   } else {
-    const int64_t kept = in - static_cast<int64_t>(static_cast<double>(in) * *o.sparsity);
+    const int64_t kept = in - pruned_in_row(o, in);
     SYMPRUNE_CHECK(at::all(keep.sum(1) == kept).item<bool>(), "initial_keep must be in the pattern: keep ", kept,
                    " of the ", in, " weights of each row (sparsity ", *o.sparsity, ")");
   }
@@ -79,7 +85,7 @@ struct Iterate {
 template <typename scalar_t>
 bool project_rows_cpu(Iterate& s, const AdmmOptions& o) {
   const int64_t rows = s.v.size(0), cols = s.v.size(1);
-  const int64_t k = o.sparsity ? static_cast<int64_t>(static_cast<double>(cols) * *o.sparsity) : 0;  // as unstructured_mask
+  const int64_t k = pruned_in_row(o, cols);
   const scalar_t *v = s.v.const_data_ptr<scalar_t>(), *b0 = s.b0.const_data_ptr<scalar_t>();
   scalar_t *u = s.u.mutable_data_ptr<scalar_t>(), *z = s.z.mutable_data_ptr<scalar_t>(),
            *step = s.step.mutable_data_ptr<scalar_t>();
