@@ -90,6 +90,17 @@ TEST(Mask, PermutationMapsBackToNM) {
   EXPECT_TRUE(at::equal(mask.index_select(1, perm).reshape({-1, 4}).sum(1), at::full({24}, 2, at::kLong)));
 }
 
+TEST(Mask, PrunedCountRoundsAsPythonInt) {
+  // int(100 * 0.29) == 28 in Python: the double product is 28.999..., floored, not rounded.
+  EXPECT_EQ(pruned_count(100, 0.29), 28);
+  EXPECT_EQ(pruned_count(10, 0.3), 3);  // 3.0000000000000004
+  EXPECT_EQ(pruned_count(7, 0.5), 3);
+  EXPECT_EQ(pruned_count(0, 0.5), 0);
+  // Every unstructured mask prunes exactly that many per row.
+  auto score = ties(3, 100, at::kFloat);
+  EXPECT_TRUE(at::equal((~unstructured_mask(score, 0.29, MaskGroup::Row)).sum(1), at::full({3}, 28, at::kLong)));
+}
+
 TEST(Mask, ClearErrors) {
   auto score = ties(4, 8, at::kFloat);
   EXPECT_THROW(unstructured_mask(score, 1.0, MaskGroup::Row), symprune::ValueError);

@@ -20,8 +20,12 @@ struct SYMPRUNE_API NM {
   int64_t m;  // group size (consecutive input columns)
 };
 
+// How many of `count` entries a sparsity prunes: floor(count * sparsity), computed as Python's
+// int(count * sparsity) is (the product rounded to double first). Every method counts this way.
+SYMPRUNE_API int64_t pruned_count(int64_t count, double sparsity);
+
 // Unstructured: each row (Row) or the whole matrix (Layer) loses exactly
-// floor(count * sparsity) entries.
+// pruned_count(count, sparsity) entries.
 SYMPRUNE_API at::Tensor unstructured_mask(const at::Tensor& score, double sparsity, MaskGroup group);
 
 // N:M: in each run of m consecutive columns of a row, the n highest scores are kept.

@@ -1,5 +1,6 @@
 // ADMM pruning: mask and weights searched together, then the exact refit of the support.
 #include "symprune/reconstruct.h"
+#include "symprune/mask.h"
 
 #include "core/checks.h"
 #include "core/gram.h"
@@ -33,10 +34,9 @@
 namespace symprune {
 namespace {
 
-// The weights a row prunes at an unstructured sparsity, floor(in * sparsity) as unstructured_mask
-// counts them; 0 for N:M.
+// The weights a row prunes at an unstructured sparsity; 0 for N:M.
 int64_t pruned_in_row(const AdmmOptions& o, int64_t in) {
-  return o.sparsity ? static_cast<int64_t>(static_cast<double>(in) * *o.sparsity) : 0;
+  return o.sparsity ? pruned_count(in, *o.sparsity) : 0;
 }
 
 void check(const at::Tensor& weight, const at::Tensor& keep, const AdmmOptions& o) {

@@ -30,8 +30,7 @@ LayerPasses::LayerPasses(const Recipe& recipe, LayerStats whole, int64_t rows, i
   if (refined_)
     SYMPRUNE_CHECK(whole_.in_norm.defined() && whole_.in_mean.defined() && whole_.in_var.defined(), "recipe '",
                    recipe_.describe(), "' needs in_norm, in_mean and in_var (activation statistics from calibration)");
-  // floor(numel * sparsity), as unstructured_mask computes k.
-  rank_ = static_cast<int64_t>(static_cast<double>(rows * cols) * recipe.sparsity.value());
+  rank_ = pruned_count(rows * cols, recipe.sparsity.value());
   if (rank_ == 0) shift_ = -1;  // threshold key 0: below every score's key, nothing is pruned
 }
 

@@ -137,7 +137,7 @@ void select_rows(const at::Tensor& weight, int64_t k, Write&& write) {
 int64_t pruned_per_row(const at::Tensor& weight, double sparsity) {
   detail::check_matrix(weight, "weight", /*check_values=*/false);
   check_sparsity(sparsity);
-  return static_cast<int64_t>(static_cast<double>(weight.size(1)) * sparsity);
+  return pruned_count(weight.size(1), sparsity);
 }
 
 }  // namespace

@@ -126,12 +126,15 @@ void check_nm(NM nm, int64_t in_features) {
                     nm.m, ", got ", in_features);
 }
 
+int64_t pruned_count(int64_t count, double sparsity) {
+  return static_cast<int64_t>(static_cast<double>(count) * sparsity);
+}
+
 at::Tensor unstructured_mask(const at::Tensor& score_in, double sparsity, MaskGroup group) {
   check_score(score_in);
   check_sparsity(sparsity);
   const auto count = group == MaskGroup::Row ? score_in.size(1) : score_in.numel();
-  // floor(count * s) exactly as Python's int(count * s) computes it.
-  const auto k = static_cast<int64_t>(static_cast<double>(count) * sparsity);
+  const auto k = pruned_count(count, sparsity);
   if (!score_in.device().is_cpu())
     return group == MaskGroup::Row ? detail::row_mask_by_sort(score_in, k) : detail::layer_mask_by_sort(score_in, k);
   const auto score = score_in.contiguous();

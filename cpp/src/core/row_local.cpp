@@ -1,6 +1,7 @@
 // Row-local pruning: each row's fp32 scores, its mask and its pruned copy, one row at a time.
 
 #include "symprune/prune.h"
+#include "symprune/mask.h"
 
 #include "core/checks.h"
 #include "core/score_inputs.h"
@@ -128,7 +129,7 @@ at::Tensor& prune_row_local_out(const at::Tensor& weight_in, ScoreMethod method,
   const auto [weight, factors] = prepare(weight_in, method, options, out, in_norm, out_norm);
   check_sparsity(sparsity);
   const int64_t cols = weight.size(1);
-  const auto k = static_cast<int64_t>(static_cast<double>(cols) * sparsity);  // as unstructured_mask
+  const auto k = pruned_count(cols, sparsity);
   prune_rows(weight, factors, out, [&](const float* s, bool* keep, detail::SelectScratch<uint32_t>& scratch) {
     detail::keep_all_but_lowest(s, cols, k, keep, scratch);
   });

@@ -1,5 +1,6 @@
 // SparseGPT: mask selection and optimal-brain-surgeon updates, a block of columns at a time.
 #include "symprune/reconstruct.h"
+#include "symprune/mask.h"
 
 #include "core/checks.h"
 #include "core/gram.h"
@@ -146,7 +147,7 @@ at::Tensor sparsegpt(const at::Tensor& weight, const at::Tensor& gram, const Spa
     if (o.sparsity) {
       const auto key = (w1.square() / u1.diagonal().square().unsqueeze(0)).flatten();
       // The reference prunes every entry at or below sorted(key)[k], k = int(numel * sparsity).
-      const auto k = static_cast<int64_t>(static_cast<double>(key.numel()) * *o.sparsity);
+      const auto k = pruned_count(key.numel(), *o.sparsity);
       const auto threshold = std::get<0>(at::kthvalue(key, k + 1));
       prune = (key <= threshold).view({rows, count}).contiguous();
     }
