@@ -279,10 +279,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # stays resumable.
     main_thread = threading.current_thread() is threading.main_thread()
     previous = {sig: signal.signal(sig, _terminate) for sig in _TERMINATING} if main_thread else {}
+    finished = False
     try:
         if distributed.launched_by_torchrun():
             distributed.refuse_disagreement(_facts_every_rank_shares(args))
         args.func(args)
+        finished = True
     except OptionError as err:
         _error_line(f"symprune {where}: error: {err}")
         return 2
@@ -304,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        distributed.shutdown()
+        distributed.shutdown(finished=finished)
     return 0
 
 

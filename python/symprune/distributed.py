@@ -42,9 +42,17 @@ def init_from_environment(timeout_minutes: float = 30) -> None:
     dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes))
 
 
-def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(*, finished: bool) -> None:
+    """Leave the process group. After a command that finished on this rank, first wait for every
+    rank to finish too, so that no rank tears down its gloo connections while a peer may still
+    be using them (the suspected cause of a rare abort, "terminate called without an active
+    exception", in a rank of a successful run). After a failure there is no wait: the ranks that
+    failed together have already met in ``wait_for_every_rank_after_a_failure``."""
+    if not dist.is_initialized():
+        return
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def rank_and_world() -> tuple[int, int]:
