@@ -1,5 +1,5 @@
 """Prototype (not a library feature yet): the Gram methods with the dense model's outputs as
-their target, on the evaluation protocol (docs/benchmarks.md, "Dense-model targets").
+their target, on the evaluation protocol (results and discussion: docs/dense-targets.md).
 
 The library's Gram methods (sparsegpt, refit, admm) solve, per Linear, min ||X~ (W - W^)^T||^2,
 where X~ are the layer's inputs in the model pruned so far: each layer copies its own dense
@@ -8,6 +8,9 @@ inputs X to the same layer, the objective min ||X~ W^T - X W^T||^2 + lam ||W^ - 
 layer to undo that error. On any support its minimiser equals the library's for the target
 weights T = W (G + lam I)^T (H + lam I)^-1, with H = X~^T X~, G = X~^T X and
 lam = percdamp * mean(diag H), so the core's methods run unchanged on T (their Gram is H).
+--target residual (Llama-like blocks) also asks o_proj and down_proj, whose outputs join the
+residual stream, to undo that stream's error R = h_dense - h_pruned at the addition: T gains
+E^T (H + lam I)^-1 with E = X~^T R. --target standard is the library's objective.
 
 Two streams of hidden states go through the blocks: the pruned model's and the dense model's.
 Inside a block the Linears that share an input (q/k/v, o, gate/up, down) are stages, pruned in
@@ -15,8 +18,9 @@ order, and each stage's X~ comes from a forward with the earlier stages already 
 from one dense forward instead, o, gate/up and down would each correct again an error that q/k/v
 had already corrected (SmolLM2 2:4, wanda + refit: perplexity 13674 that way).
 
-    cd bench && ../.venv/bin/python prototype_dense_targets.py --method wanda --nm 2:4 --update refit
+    cd bench && ../.venv/bin/python prototype_dense_targets.py --method wanda --nm 2:4 --update refit --target residual
     cd bench && ../.venv/bin/python prototype_dense_targets.py --method admm --nm 2:4 --target standard
+    cd bench && ../.venv/bin/python prototype_dense_targets.py ... --eval-on calibration   # held-out calibration text
 
 Prints one JSON line: the configuration, seconds spent pruning and the perplexity.
 """
