@@ -108,14 +108,13 @@ def prune_block(block: torch.nn.Module, calls: list[Any], pruned_h: list[torch.T
                     error = (dense_h_in.reshape(-1, width) - hidden.reshape(-1, width) if residual_site == "input"
                              else dense["h_mid"] - seen["h_mid"].reshape(-1, width).float())
                     residual = (0 if residual is None else residual) + (x.T @ error).double()
+            in_norm = gram.diagonal().clamp_min(0).sqrt().float() if recipe.needs_input_stats else None
+            gram32 = gram.float() if recipe.needs_gram else None
             for name in [n for n in linears if owner[n] == stage]:
                 layer = linears[name]
                 weight = layer.weight.detach().float()
                 goal = weight if target == "standard" else dense_target(weight, gram, cross, residual)
-                in_norm = gram.diagonal().clamp_min(0).sqrt().float()
-                result = symprune.prune(goal.contiguous(), recipe, name=name,
-                                        in_norm=in_norm if recipe.needs_input_stats else None,
-                                        gram=gram.float() if recipe.needs_gram else None)
+                result = symprune.prune(goal.contiguous(), recipe, name=name, in_norm=in_norm, gram=gram32)
                 layer.weight.copy_(result.weight.to(layer.weight.dtype))
     finally:
         for hook in hooks:

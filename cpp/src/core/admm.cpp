@@ -49,11 +49,10 @@ void check(const at::Tensor& weight, const at::Tensor& keep, const AdmmOptions& 
   SYMPRUNE_CHECK(std::isfinite(o.growth) && o.growth >= 1, "growth must be >= 1, got ", o.growth);
   SYMPRUNE_CHECK(o.max_iterations >= 0 && o.patience >= 1, "max_iterations must be >= 0 and patience >= 1");
   // The start must be in the pattern: each row keeps whichever refit wins, the start's included.
-  const int64_t rows = weight.size(0), in = weight.size(1);
+  const int64_t in = weight.size(1);
   if (o.nm) {
-    const auto per_group = keep.reshape({rows, in / o.nm->m, o.nm->m}).sum(-1);
-    SYMPRUNE_CHECK(at::all(per_group == o.nm->n).item<bool>(), "initial_keep must be in the pattern: keep ",
-                   o.nm->n, " of every ", o.nm->m, " weights of each row");
+    SYMPRUNE_CHECK(detail::keeps_n_of_every_m(keep, *o.nm), "initial_keep must be in the pattern: keep ", o.nm->n,
+                   " of every ", o.nm->m, " weights of each row");
   } else {
     const int64_t kept = in - pruned_in_row(o, in);
     SYMPRUNE_CHECK(at::all(keep.sum(1) == kept).item<bool>(), "initial_keep must be in the pattern: keep ", kept,

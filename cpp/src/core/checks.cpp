@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/ops/all.h>
 #include <ATen/ops/isfinite.h>
+#include <ATen/ops/sum.h>
 
 #include <atomic>
 #include <cstdint>
@@ -77,6 +78,10 @@ void check_vector(const at::Tensor& t, int64_t size, const char* name) {
   SYMPRUNE_CHECK(is_supported_float(t.scalar_type()), name,
                     " must be a floating-point tensor (fp16, bf16, fp32 or fp64), got ", t.scalar_type());
   check_finite(t, name);
+}
+
+bool keeps_n_of_every_m(const at::Tensor& mask, NM nm) {
+  return (mask.reshape({mask.size(0), mask.size(1) / nm.m, nm.m}).sum(-1) == nm.n).all().item<bool>();
 }
 
 void check_mask(const at::Tensor& mask, const at::Tensor& like, const char* name) {

@@ -27,6 +27,9 @@ void check_matrix(const at::Tensor& t, const char* name, bool check_values = tru
 void check_vector(const at::Tensor& t, int64_t size, const char* name);
 // Same shape as `like`, dtype bool (on any device: callers move it where they compute).
 void check_mask(const at::Tensor& mask, const at::Tensor& like, const char* name);
+// Whether a mask of shape (rows, in), in divisible by m, keeps exactly n of every m consecutive
+// entries of each row (the caller words the error: what the pattern is needed for differs).
+bool keeps_n_of_every_m(const at::Tensor& mask, NM nm);
 void check_finite(const at::Tensor& t, const char* name);
 // fp16, bf16, fp32 or fp64: the dtypes the kernels handle (fp8 is floating-point but is not).
 bool is_supported_float(at::ScalarType type);

@@ -40,8 +40,7 @@ void validate(const DsnotInputs& in, const DsnotOptions& opt) {
   if (opt.nm) {
     check_nm(*opt.nm, cols);
     // The N:M branch swaps within groups: a mask that is not N:M would stay not N:M.
-    const auto kept = in.keep_mask.reshape({in.weight.size(0), cols / opt.nm->m, opt.nm->m}).sum(-1);
-    SYMPRUNE_CHECK((kept == opt.nm->n).all().item<bool>(), "keep_mask is not ", opt.nm->n, ":", opt.nm->m,
+    SYMPRUNE_CHECK(detail::keeps_n_of_every_m(in.keep_mask, *opt.nm), "keep_mask is not ", opt.nm->n, ":", opt.nm->m,
                    ": every group of ", opt.nm->m, " consecutive inputs must keep exactly ", opt.nm->n);
   }
   detail::check_dsnot_options(opt);
