@@ -119,7 +119,8 @@ def run_one(config: dict[str, Any]) -> dict[str, Any]:
             model, calib, method=config["method"], sparsity=config.get("sparsity"), nm=config.get("nm"),
             group=config.get("group", "row"), permute=config.get("permute", False), refine=config.get("refine"),
             refine_options=config.get("refine_options"), score_options=config.get("score_options"),
-            update=config.get("update"), owl=config.get("owl", False), progress=False,
+            update=config.get("update"), owl=config.get("owl", False), target=config.get("target", "layer"),
+            progress=False,
         )
         row["prune_seconds"] = time.perf_counter() - start
         row["sparsity"] = report.overall_sparsity

@@ -41,7 +41,7 @@ inline void refuse_unread(const std::string& user,
 
 // Registers the recipe and the composed pruning entry point (recipe.cpp).
 void bind_recipe(pybind11::module_& m);
-// Registers GramStats, sparsegpt and refit (recipe.cpp).
+// Registers GramStats, CrossStats, residual_target, sparsegpt, admm and refit (recipe.cpp).
 void bind_reconstruct(pybind11::module_& m);
 void bind_owl(pybind11::module_& m);
 // Registers the safetensors and streaming functions (io.cpp).

@@ -42,7 +42,7 @@ Recipe make(const std::string& method, std::optional<double> sparsity, const std
             const std::string& group, bool permute, const std::optional<std::string>& refine,
             const std::optional<py::dict>& refine_options, const std::optional<py::dict>& score_options,
             const std::optional<std::string>& update, const std::optional<py::dict>& update_options, bool owl,
-            const std::optional<py::dict>& owl_options) {
+            const std::optional<py::dict>& owl_options, const std::string& target) {
   RecipeArgs args;
   args.method = method;
   args.sparsity = sparsity;
@@ -56,6 +56,7 @@ Recipe make(const std::string& method, std::optional<double> sparsity, const std
   args.update_options = options(update_options);
   args.owl = owl;
   args.owl_options = options(owl_options);
+  args.target = target;
   return make_recipe(args);
 }
 
@@ -71,7 +72,8 @@ void bind_recipe(py::module_& m) {
            py::arg("nm") = py::none(), py::arg("group") = "row", py::arg("permute") = false,
            py::arg("refine") = py::none(), py::arg("refine_options") = py::none(),
            py::arg("score_options") = py::none(), py::arg("update") = py::none(),
-           py::arg("update_options") = py::none(), py::arg("owl") = false, py::arg("owl_options") = py::none())
+           py::arg("update_options") = py::none(), py::arg("owl") = false, py::arg("owl_options") = py::none(),
+           py::arg("target") = "layer")
       .def_property_readonly("method",
                              [](const Recipe& r) {
                                if (r.solver == Solver::SparseGpt) return std::string("sparsegpt");
@@ -84,6 +86,9 @@ void bind_recipe(py::module_& m) {
                                return "refit";
                              })
       .def_readonly("percdamp", &Recipe::percdamp)
+      .def_property_readonly("target",
+                             [](const Recipe& r) { return r.target == Target::Residual ? "residual" : "layer"; })
+      .def_property_readonly("needs_cross", &Recipe::needs_cross)
       .def_property_readonly("owl", [](const Recipe& r) { return r.owl.has_value(); })
       .def_property_readonly("owl_options",
                              [](const Recipe& r) {
@@ -135,6 +140,7 @@ void bind_recipe(py::module_& m) {
   m.def("score_methods", &score_method_names, "The score methods, by name.");
   m.def("methods", &method_names, "Every method a Recipe accepts: the score methods, then sparsegpt.");
   m.def("updates", &update_names, "The weight updates a Recipe accepts.");
+  m.def("targets", &target_names, "The targets a Recipe accepts (layer, residual).");
   m.def("refinements", &refinement_names, "The refinements, by name.");
   m.def("refine_option_keys", &refine_option_keys, "The options a refinement accepts.");
   m.def("r2dsnot_defaults", &r2dsnot_defaults, "The options R2-DSnoT adds to DSnoT.");
@@ -155,20 +161,26 @@ void bind_recipe(py::module_& m) {
         [](const at::Tensor& weight, const Recipe& recipe, const std::optional<at::Tensor>& in_norm,
            const std::optional<at::Tensor>& in_mean, const std::optional<at::Tensor>& in_var,
            const std::optional<at::Tensor>& out_norm, const std::optional<at::Tensor>& gram,
+           const std::optional<at::Tensor>& cross, const std::optional<at::Tensor>& residual_cross,
            const std::string& name) {
           refuse_unread("recipe '" + recipe.describe() + "'",
                         {{"in_norm", in_norm.has_value(), recipe.needs_input_stats()},
                          {"in_mean", in_mean.has_value(), recipe.needs_refine_stats()},
                          {"in_var", in_var.has_value(), recipe.needs_refine_stats()},
                          {"out_norm", out_norm.has_value(), recipe.needs_output_stats()},
-                         {"gram", gram.has_value(), recipe.needs_gram()}});
-          const LayerStats stats{or_undefined(in_norm), or_undefined(in_mean), or_undefined(in_var),
-                                 or_undefined(out_norm), or_undefined(gram)};
+                         {"gram", gram.has_value(), recipe.needs_gram()},
+                         {"cross", cross.has_value(), recipe.needs_cross()},
+                         {"residual_cross", residual_cross.has_value(), recipe.needs_cross()}});
+          LayerStats stats{or_undefined(in_norm), or_undefined(in_mean), or_undefined(in_var),
+                           or_undefined(out_norm), or_undefined(gram)};
+          stats.cross = or_undefined(cross);
+          stats.residual_cross = or_undefined(residual_cross);
           return prune(weight, stats, recipe, name);
         },
         py::arg("weight"), py::arg("recipe"), py::kw_only(), py::arg("in_norm") = py::none(),
         py::arg("in_mean") = py::none(), py::arg("in_var") = py::none(), py::arg("out_norm") = py::none(),
-        py::arg("gram") = py::none(), py::arg("name") = "", py::call_guard<py::gil_scoped_release>(),
+        py::arg("gram") = py::none(), py::arg("cross") = py::none(), py::arg("residual_cross") = py::none(),
+        py::arg("name") = "", py::call_guard<py::gil_scoped_release>(),
         "Prunes one weight by a Recipe (score -> mask -> refinement); the weight itself is not changed. "
         "`name` is matched against the recipe's refine option 'skip'.");
 }
@@ -202,6 +214,26 @@ void bind_reconstruct(py::module_& m) {
       .def_property_readonly("gram", &GramStats::gram)
       .def("state", &GramStats::state, "The Gram and token count as one fp64 vector (see ActivationStats.state).")
       .def("load_state", &GramStats::load_state, py::arg("state"));
+  py::class_<CrossStats>(m, "CrossStats",
+                         "Accumulates the cross-product A^T B of two activation streams with the same tokens (fp64).")
+      .def(py::init<int64_t, int64_t>(), py::arg("left_features"), py::arg("right_features"))
+      .def("update", &CrossStats::update, py::arg("a"), py::arg("b"), py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("left_features", &CrossStats::left_features)
+      .def_property_readonly("right_features", &CrossStats::right_features)
+      .def_property_readonly("tokens", &CrossStats::tokens)
+      .def_property_readonly("sum", &CrossStats::sum)
+      .def("state", &CrossStats::state, "The sum and token count as one fp64 vector (see ActivationStats.state).")
+      .def("load_state", &CrossStats::load_state, py::arg("state"));
+  m.def("residual_target",
+        [](const at::Tensor& weight, const at::Tensor& gram, const at::Tensor& cross,
+           const std::optional<at::Tensor>& residual_cross, double percdamp) {
+          return residual_target(weight, gram, cross, or_undefined(residual_cross), percdamp);
+        },
+        py::arg("weight"), py::arg("gram"), py::arg("cross"), py::arg("residual_cross") = py::none(), py::kw_only(),
+        py::arg("percdamp") = 0.01,
+        py::call_guard<py::gil_scoped_release>(),
+        "The target weights T of the residual objective: the Gram methods run on T with the Gram H "
+        "reproduce the dense model's outputs (see symprune/reconstruct.h).");
   m.def("sparsegpt",
         [](const at::Tensor& weight, const at::Tensor& gram, std::optional<double> sparsity,
            const std::optional<PyNM>& nm, int64_t blocksize, double percdamp, const std::string& backend) {

@@ -333,6 +333,7 @@ def test_model_may_be_a_hub_id_in_the_local_cache(
 @pytest.mark.parametrize("recipe", [["--method", "sparsegpt", "--sparsity", "0.5"],
                                     ["--method", "wanda", "--nm", "2:4", "--update", "refit"],
                                     ["--method", "admm", "--nm", "2:4"],
+                                    ["--method", "wanda", "--nm", "2:4", "--update", "refit", "--target", "residual"],
                                     ["--method", "ria", "--sparsity", "0.5", "--refine", "dsnot"]],
                          ids=lambda r: " ".join(r))
 def test_low_memory_prune_writes_the_weights_of_prune(recipe: list[str], tiny_model_dir: Path,

@@ -211,11 +211,13 @@ def test_prune_under_torchrun_equals_one_process(ranks: int, recipe: list[str], 
     prune_under_torchrun(ranks, recipe, tiny_model_dir, text_files, tmp_path)
 
 
-def test_low_memory_prune_on_two_ranks_equals_one_process(tiny_model_dir: Path, text_files: tuple[Path, Path],
-                                                           tmp_path: Path) -> None:
-    """`prune --low-memory` with a Gram method: the ranks share the windows, rank 0 writes."""
-    args = ["prune", "--method", "sparsegpt", "--nm", "2:4", "--low-memory", "--calib", str(text_files[0]),
-            "--nsamples", "8", "--seqlen", "32", "--quiet"]
+@pytest.mark.parametrize("target", ["layer", "residual"])
+def test_low_memory_prune_on_two_ranks_equals_one_process(target: str, tiny_model_dir: Path,
+                                                           text_files: tuple[Path, Path], tmp_path: Path) -> None:
+    """`prune --low-memory` with a Gram method: the ranks share the windows (the residual target's
+    two streams and cross-products too), rank 0 writes."""
+    args = ["prune", "--method", "sparsegpt", "--nm", "2:4", "--target", target, "--low-memory",
+            "--calib", str(text_files[0]), "--nsamples", "8", "--seqlen", "32", "--quiet"]
     assert main([args[0], str(tiny_model_dir), str(tmp_path / "one"), *args[1:]]) == 0
     run = _torchrun(2, args[0], tiny_model_dir, tmp_path / "two", *args[1:])
     assert run.returncode == 0, run.stderr

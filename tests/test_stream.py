@@ -640,6 +640,11 @@ def test_calibrate_cli_refuses_bad_requests(
     cases = [  # (arguments, message, exit status: 2 for an invalid recipe)
         ([*base, "--out", str(out)], "exists; pass --overwrite", 1),
         ([*base, "--out", str(tmp_path / "s2"), "--sparsity", "0.5"], "need --method", 2),
+        ([*base, "--out", str(tmp_path / "s2"), "--target", "residual"], "need --method", 2),
+        ([*base, "--out", str(tmp_path / "s2"), "--method", "wanda", "--nm", "2:4", "--target", "residual"],
+         "needs a method that solves the weights", 2),
+        ([*base, "--out", str(tmp_path / "s2"), "--method", "sparsegpt", "--nm", "2:4", "--target", "residual"],
+         "statistics file does not hold", 1),
         ([*base, "--out", str(tmp_path / "s3"), "--method", "wanda"], "needs --sparsity or --nm", 2),
         ([*base, "--out", str(tmp_path / "missing" / "s.safetensors")], "folder of --out does not exist", 1),
         ([*base, "--out", str(tmp_path / "s4"), "--method", "wanda", "--nm", "2:3"], "needs in_features divisible by 3", 1),

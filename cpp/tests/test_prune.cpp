@@ -105,3 +105,39 @@ TEST(Prune, PermutedMaskIsNMInPermutedOrder) {
   const auto grouped = result.keep.index_select(1, *result.permutation).reshape({6, 4, 4});
   EXPECT_TRUE(at::equal(grouped.sum(-1), at::full({6, 4}, 2, at::kLong)));
 }
+
+// The residual target through the C++ API: the recipe runs on residual_target()'s T, the result
+// comes back in the weight's dtype, and the cross-products are required and checked.
+TEST(Prune, ResidualTargetRunsTheRecipeOnTheTargetWeights) {
+  at::manual_seed(5);
+  const auto pruned_inputs = at::randn({200, 32}, at::kDouble);
+  const auto dense_inputs = pruned_inputs + 0.2 * at::randn({200, 32}, at::kDouble);
+  const auto weight = at::randn({8, 32}).to(at::kBFloat16);
+  LayerStats stats;
+  stats.gram = pruned_inputs.t().matmul(pruned_inputs);
+  stats.cross = pruned_inputs.t().matmul(dense_inputs);
+  stats.residual_cross = pruned_inputs.t().matmul(at::randn({200, 8}, at::kDouble));
+  RecipeArgs args;
+  args.method = "sparsegpt";
+  args.nm = NM{2, 4};
+  const auto layer = make_recipe(args);
+  args.target = "residual";
+  const auto residual = make_recipe(args);
+  EXPECT_TRUE(residual.needs_cross());
+  EXPECT_NE(residual.to_json(), layer.to_json());
+
+  const auto result = prune(weight, stats, residual);
+  const auto target = residual_target(weight, stats.gram, stats.cross, stats.residual_cross, residual.percdamp);
+  EXPECT_EQ(target.scalar_type(), at::kFloat);
+  EXPECT_EQ(result.weight.scalar_type(), at::kBFloat16);
+  EXPECT_TRUE(at::equal(result.weight, prune(target, stats, layer).weight.to(at::kBFloat16)));
+
+  LayerStats no_cross = stats;
+  no_cross.cross = at::Tensor();
+  EXPECT_THROW(prune(weight, no_cross, residual), ValueError);
+  LayerStats wrong = stats;
+  wrong.residual_cross = at::zeros({32, 7});
+  EXPECT_THROW(prune(weight, wrong, residual), ValueError);
+  args.method = "wanda";  // a mask alone solves no weights
+  EXPECT_THROW(make_recipe(args), ValueError);
+}

@@ -12,6 +12,7 @@ import torch  # noqa: F401  -- loads libtorch before the extension that links it
 from ._C import (
     version,
     ActivationStats,
+    CrossStats,
     GramStats,
     Pruned,
     Recipe,
@@ -34,11 +35,13 @@ from ._C import (
     refinements,
     refit,
     relative_importance,
+    residual_target,
     safetensors_header,
     save_safetensors,
     score,
     score_methods,
     sparsegpt,
+    targets,
     updates,
 )
 
@@ -56,6 +59,7 @@ __version__ = version()
 
 __all__ = [
     "ActivationStats",
+    "CrossStats",
     "GramStats",
     "OutputStats",
     "PruneReport",
@@ -87,11 +91,13 @@ __all__ = [
     "refinements",
     "refit",
     "relative_importance",
+    "residual_target",
     "safetensors_header",
     "save_safetensors",
     "score",
     "score_methods",
     "sparsegpt",
+    "targets",
     "tokenize_file",
     "updates",
 ]

@@ -3,7 +3,7 @@ its Linears, accumulating the core's ActivationStats / OutputStats / GramStats."
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,11 +18,15 @@ from symprune.blocks import BlockCall, block_linears
 @dataclass
 class LinearStats:
     """Calibration statistics of one Linear: inputs always, outputs when a score needs them,
-    the Gram of the inputs when the recipe reconstructs weights."""
+    the Gram of the inputs when the recipe reconstructs weights, and for the residual target the
+    cross-products of the inputs with the dense model's inputs and with the residual stream's
+    error (where the Linear's output joins that stream)."""
 
     inputs: Any  # symprune.ActivationStats
     outputs: Any | None  # symprune.OutputStats
     gram: Any | None = None  # symprune.GramStats, shared by the Linears that read the same input
+    cross: Any | None = None  # symprune.CrossStats, shared like the Gram
+    residual_cross: Any | None = None  # symprune.CrossStats
 
 
 class SharedGrams:
@@ -64,6 +68,10 @@ def _sequences(x: torch.Tensor) -> Iterator[torch.Tensor]:
         yield from x.reshape(-1, x.shape[-2], x.shape[-1])
 
 
+class _StageDone(Exception):
+    """Raised after the last hooked Linear of a partial forward: the rest of the block need not run."""
+
+
 def collect_block_stats(
     block: nn.Module,
     hidden: Sequence[torch.Tensor],
@@ -71,20 +79,27 @@ def collect_block_stats(
     *,
     need_outputs: bool,
     need_gram: bool = False,
+    names: Sequence[str] | None = None,
+    on_input: Callable[[int, str, torch.Tensor], None] | None = None,
 ) -> tuple[dict[str, LinearStats], list[torch.Tensor]]:
     """Dense forward of every window through ``block`` with hooks on its Linears.
 
-    Returns the statistics per Linear name and the dense block outputs.
+    Returns the statistics per Linear name and the dense block outputs. With ``names`` (in the
+    order the block calls them) only those Linears are hooked and each forward stops after the
+    last of them, so no outputs are returned; ``on_input(window, name, x)`` sees each hooked
+    Linear's input.
     """
     grams = SharedGrams() if need_gram else None
     linears = block_linears(block)
+    hooked = list(linears) if names is None else list(names)
     stats = {
         name: LinearStats(
-            symprune.ActivationStats(m.in_features),
-            symprune.OutputStats(m.out_features) if need_outputs else None,
+            symprune.ActivationStats(linears[name].in_features),
+            symprune.OutputStats(linears[name].out_features) if need_outputs else None,
         )
-        for name, m in linears.items()
+        for name in hooked
     }
+    window = [0]
 
     def hook(name: str) -> Any:
         entry = stats[name]
@@ -98,22 +113,30 @@ def collect_block_stats(
                     entry.outputs.update(seq)
             if grams is not None:
                 entry.gram = grams.update(name, x.detach())
+            if on_input is not None:
+                on_input(window[0], name, x.detach())
+            if names is not None and name == hooked[-1]:
+                raise _StageDone
 
         return fn
 
-    def run(h: torch.Tensor, call: BlockCall) -> torch.Tensor:
+    def run(index: int, h: torch.Tensor, call: BlockCall) -> torch.Tensor | None:
+        window[0] = index
         if grams is not None:
             grams.new_window()
-        return call.run(block, h)
+        try:
+            return call.run(block, h)
+        except _StageDone:
+            return None
 
-    handles = [m.register_forward_hook(hook(name), with_kwargs=True) for name, m in linears.items()]
+    handles = [linears[name].register_forward_hook(hook(name), with_kwargs=True) for name in hooked]
     try:
-        outputs = [run(h, call) for h, call in zip(hidden, calls)]
+        outputs = [run(i, h, call) for i, (h, call) in enumerate(zip(hidden, calls))]
     finally:
         for handle in handles:
             handle.remove()
     _sum_over_ranks(stats)
-    return stats, outputs
+    return stats, [out for out in outputs if out is not None]
 
 
 def _sum_over_ranks(stats: dict[str, LinearStats]) -> None:

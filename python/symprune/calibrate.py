@@ -31,10 +31,11 @@ from .blocks import capture_block_inputs, find_decoder_blocks
 from .block_stats import LinearStats, collect_block_stats
 from .checkpoint import CheckpointFolder
 from .report import PruneReport, software_versions
+from .staged import DenseStream
 from .pipeline import (
     as_windows,
     blocks_prefix,
-    check_nm_fits,
+    check_fits,
     new_report,
     peak_rss_mb,
     prune_block,
@@ -145,7 +146,7 @@ def calibrate(
     blocks = find_decoder_blocks(model)
     prefix = blocks_prefix(model, blocks)
     if prune is not None:
-        check_nm_fits(blocks, prune.nm)
+        check_fits(blocks, prune)
     _load_outside_blocks(model, prefix, folder)
     _move_loaded(model, torch.device(device))
     result = Calibration()
@@ -153,6 +154,7 @@ def calibrate(
     with torch.no_grad():
         captured = capture_block_inputs(model, windows, progress=progress)
         hidden = captured.hidden
+        dense = DenseStream.start(hidden) if prune is not None and prune.needs_cross else None
         bar = tqdm(list(enumerate(blocks)), desc="calibrating", unit="block", disable=not progress)
         for index, block in bar:
             block_name = f"{prefix}.{index}"
@@ -171,7 +173,7 @@ def calibrate(
             block.to(device)
             if prune is not None:
                 hidden = prune_block(index, block, hidden, captured.calls[index], prune, True,
-                                     block_name, report, on_stats=record)
+                                     block_name, report, on_stats=record, dense=dense)
                 if on_block_pruned is not None:
                     on_block_pruned(index, block_name, block)
             else:

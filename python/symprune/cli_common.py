@@ -24,7 +24,9 @@ from symprune.data import (
     with_bos,
 )
 from symprune.report import REPORT_FILE, PruneReport
-from symprune._C import APPLY_JOB_FILE, Recipe, check_output_location, methods, refine_option_keys, refinements, updates
+from symprune._C import (
+    APPLY_JOB_FILE, Recipe, check_output_location, methods, refine_option_keys, refinements, targets, updates,
+)
 
 
 class CliError(Exception):
@@ -268,6 +270,11 @@ def add_pruning_options(p: argparse.ArgumentParser, *, required: bool = True) ->
                    help="last, re-solve the kept weights: refit = exact least squares on the final mask")
     p.add_argument("--update-option", action="append", metavar="KEY=VALUE",
                    help="option for --update (percdamp, default 0.01); repeatable")
+    p.add_argument("--target", choices=targets(),
+                   help="what --update refit, sparsegpt and admm make each Linear reproduce: its own dense "
+                   "outputs (layer, default) or the dense model's, correcting the residual stream's error "
+                   "at the attention and MLP outputs too (residual; Llama-like models; one more stream of "
+                   "hidden states and a forward per stage)")
     p.add_argument("--owl", action="store_true",
                    help="OWL layer sparsity (unstructured --sparsity only): blocks with more outliers keep "
                    "more weights, the model-wide sparsity stays --sparsity")
@@ -282,10 +289,11 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe | None:
     None for a command run without --method (calibrate's dense statistics)."""
     if getattr(args, "method", None) is None:
         given = ("sparsity", "nm", "refine", "refine_option", "score_option", "update", "update_option",
-                 "owl_m", "owl_lambda")
+                 "owl_m", "owl_lambda", "target")
         if any(getattr(args, name, None) is not None for name in given) or getattr(args, "group", "row") != "row" \
                 or getattr(args, "owl", False):
-            raise ValueError("--sparsity, --nm, --group, --refine, --update, --owl and their options need --method")
+            raise ValueError("--sparsity, --nm, --group, --refine, --update, --target, --owl and their options "
+                             "need --method")
         return None
     sparsity, nm = getattr(args, "sparsity", None), getattr(args, "nm", None)
     if sparsity is None and nm is None:
@@ -298,6 +306,7 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe | None:
         update=getattr(args, "update", None),
         update_options=parse_options(getattr(args, "update_option", None), "--update-option"),
         owl=getattr(args, "owl", False), owl_options=_owl_options(args),
+        target=getattr(args, "target", None) or "layer",
     )
 
 

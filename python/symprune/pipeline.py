@@ -41,6 +41,7 @@ from symprune.blocks import (
 from symprune._C import Recipe
 from symprune.owl import owl_plan
 from symprune.permute import absorbing_producers, permute_channels
+from symprune.staged import DenseStream, check_residual_sites, prune_in_stages
 from symprune.report import BlockReport, LayerReport, PruneReport, software_versions
 
 
@@ -59,13 +60,14 @@ def as_recipe(
     update_options: Mapping[str, Any] | None = None,
     owl: bool = False,
     owl_options: Mapping[str, Any] | None = None,
+    target: str = "layer",
 ) -> Recipe:
     """``recipe`` itself, or the core's :class:`symprune.Recipe` built (and validated) from the
     keyword arguments; ValueError for an invalid one or for both at once."""
     if recipe is not None:
         given = (method, sparsity, nm, refine, refine_options, score_options, update, update_options,
                  owl_options)
-        if any(v is not None for v in given) or permute or owl or group != "row":
+        if any(v is not None for v in given) or permute or owl or group != "row" or target != "layer":
             raise ValueError("give either a recipe or its fields (method, sparsity, ...), not both")
         return recipe
     if method is None:
@@ -74,7 +76,7 @@ def as_recipe(
                   refine_options=None if refine_options is None else dict(refine_options),
                   score_options=None if score_options is None else dict(score_options),
                   update=update, update_options=None if update_options is None else dict(update_options),
-                  owl=owl, owl_options=None if owl_options is None else dict(owl_options))
+                  owl=owl, owl_options=None if owl_options is None else dict(owl_options), target=target)
 
 
 # --------------------------------------------------------------------------- pruning
@@ -93,6 +95,8 @@ def prune_linear(weight: torch.Tensor, stats: LinearStats, recipe: Recipe, name:
         in_var=inputs.in_var if refined else None,
         out_norm=outputs.out_norm if recipe.needs_output_stats and outputs is not None else None,
         gram=stats.gram.gram if recipe.needs_gram else None,
+        cross=stats.cross.sum if recipe.needs_cross else None,
+        residual_cross=stats.residual_cross.sum if stats.residual_cross is not None else None,
     )
     return result
 
@@ -130,7 +134,13 @@ def as_windows(calibration: torch.Tensor | Sequence[torch.Tensor]) -> list[torch
     return rows
 
 
-def check_nm_fits(blocks: nn.ModuleList, nm: tuple[int, int] | None) -> None:
+def check_fits(blocks: nn.ModuleList, recipe: Recipe) -> None:
+    """ValueError, before anything runs, for blocks that ``recipe`` cannot prune: an N:M pattern
+    that does not divide some Linear's inputs, the residual target on blocks it does not know."""
+    if recipe.needs_cross:
+        for i, block in enumerate(blocks):
+            check_residual_sites(block, i)
+    nm = recipe.nm
     if nm is None:
         return
     for i, block in enumerate(blocks):
@@ -202,6 +212,7 @@ def prune_model(
     update_options: Mapping[str, Any] | None = None,
     owl: bool = False,
     owl_options: Mapping[str, Any] | None = None,
+    target: str = "layer",
     progress: bool = True,
 ) -> PruneReport:
     """Prune every Linear inside the decoder blocks of ``model``, in place.
@@ -229,15 +240,21 @@ def prune_model(
         owl: OWL layer sparsity: ``sparsity`` is the model-wide target and each block gets its
             own, from the outlier ratios of the dense model (one extra dense pass).
         owl_options: ``{"m": 5.0, "lambda": 0.08}``: the outlier multiple and the spread.
+        target: what the weight solvers (sparsegpt, admm, refit) make each Linear reproduce:
+            ``"layer"``, its own dense outputs on the inputs it sees; ``"residual"``, the dense
+            model's outputs and, at the attention and MLP output projections, the residual
+            stream's error too (Llama-like blocks; the dense model's hidden states flow next to
+            the pruned ones, and each block is pruned in stages, docs/semantics.md).
         progress: show tqdm bars.
 
     Embeddings, norms, biases and ``lm_head`` are never touched.
     """
     recipe = as_recipe(recipe, method=method, sparsity=sparsity, nm=nm, group=group, permute=permute,
                        refine=refine, refine_options=refine_options, score_options=score_options,
-                       update=update, update_options=update_options, owl=owl, owl_options=owl_options)
+                       update=update, update_options=update_options, owl=owl, owl_options=owl_options,
+                       target=target)
     blocks = find_decoder_blocks(model)
-    check_nm_fits(blocks, recipe.nm)
+    check_fits(blocks, recipe)
     prefix = blocks_prefix(model, blocks)
     if calibration is None:
         return _prune_data_free(blocks, prefix, recipe, progress)
@@ -254,6 +271,7 @@ def prune_model(
             captured = capture_block_inputs(model, windows, progress=progress)
             report.capture_seconds = time.perf_counter() - t
             hidden = captured.hidden
+            dense = DenseStream.start(hidden) if recipe.needs_cross else None
             block_recipes = [recipe] * len(blocks)
             if recipe.owl:
                 t = time.perf_counter()
@@ -265,7 +283,7 @@ def prune_model(
                        unit="block", disable=not progress)
             for index, block in bar:
                 hidden = prune_block(index, block, hidden, captured.calls[index], block_recipes[index],
-                                      need_outputs, f"{prefix}.{index}", report)
+                                      need_outputs, f"{prefix}.{index}", report, dense=dense)
     finally:
         model.train(was_training)
     report.wall_seconds = time.perf_counter() - start
@@ -278,10 +296,13 @@ def prune_linears(
     index: int, block: nn.Module, recipe: Recipe, block_name: str, report: PruneReport,
     stats: dict[str, LinearStats] | None = None,
 ) -> None:
-    """Prune every Linear of one block in place by ``recipe``, with its statistics (None: a
-    data-free recipe without calibration, whose report has no ``recon_error``)."""
+    """Prune the Linears of one block in place by ``recipe``, with their statistics: those that
+    ``stats`` has (None: every Linear, by a data-free recipe without calibration, whose report
+    has no ``recon_error``)."""
     t = time.perf_counter()
     linears = block_linears(block)
+    if stats is not None:
+        linears = {name: layer for name, layer in linears.items() if name in stats}
     # With permute, only Linears whose producers absorb the permutation use it (permute.py).
     absorbing = absorbing_producers(block) if recipe.permute else {}
     unpermuted = recipe.without_permute() if recipe.permute else recipe
@@ -341,26 +362,38 @@ def prune_block(
     block_name: str,
     report: PruneReport,
     on_stats: Callable[[dict[str, LinearStats]], None] | None = None,
+    dense: DenseStream | None = None,
 ) -> list[torch.Tensor]:
     """Prune one block; return its pruned outputs (the next block's inputs).
 
-    ``on_stats`` receives the block's statistics (by Linear name) before pruning.
+    ``on_stats`` receives the block's statistics (by Linear name) before pruning. A recipe with
+    the residual target needs ``dense``, the dense model's hidden states, which move on a block.
     """
     block_start = time.perf_counter()
-    stats, dense_out = collect_block_stats(block, hidden, calls, need_outputs=need_outputs,
-                                           need_gram=recipe.needs_gram)
-    report.dense_forward_seconds += time.perf_counter() - block_start
-    if on_stats is not None:
-        on_stats(stats)
 
-    prune_linears(index, block, recipe, block_name, report, stats)
-    del stats
-    return_freed_memory()  # the block's statistics and Grams
-    distributed.same_on_every_rank(list(block.parameters()))
+    def prune_stage(stats: dict[str, LinearStats]) -> None:
+        if on_stats is not None:
+            on_stats(stats)
+        prune_linears(index, block, recipe, block_name, report, stats)
+        distributed.same_on_every_rank([p for n, p in block.named_parameters() if n.rsplit(".", 1)[0] in stats])
 
-    t = time.perf_counter()
-    pruned_out = [call.run(block, h) for h, call in zip(hidden, calls)]
-    report.pruned_forward_seconds += time.perf_counter() - t
+    if recipe.needs_cross:
+        if dense is None:
+            raise ValueError(f"recipe '{recipe.describe()}' needs the dense model's hidden states next to the "
+                             "pruned ones (DenseStream)")
+        pruned_out, dense_out = prune_in_stages(block, hidden, dense.hidden, calls, need_outputs, prune_stage, report,
+                                                index)
+        dense.hidden = dense_out
+    else:
+        stats, dense_out = collect_block_stats(block, hidden, calls, need_outputs=need_outputs,
+                                               need_gram=recipe.needs_gram)
+        report.dense_forward_seconds += time.perf_counter() - block_start
+        prune_stage(stats)
+        del stats
+        return_freed_memory()  # the block's statistics and Grams
+        t = time.perf_counter()
+        pruned_out = [call.run(block, h) for h, call in zip(hidden, calls)]
+        report.pruned_forward_seconds += time.perf_counter() - t
     report.blocks.append(BlockReport(index, _output_error(pruned_out, dense_out),
                                      time.perf_counter() - block_start))
     return pruned_out

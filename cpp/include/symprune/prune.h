@@ -25,6 +25,11 @@ struct SYMPRUNE_API LayerStats {
   at::Tensor in_var;    // (in_features), refinement only
   at::Tensor out_norm;  // (out_features)
   at::Tensor gram;      // (in_features, in_features): X^T X of the inputs, sparsegpt and refit only
+  // Target::Residual only (reconstruct.h residual_target): X~^T X of the inputs against the dense
+  // model's, (in_features, in_features), and X~^T R against the residual stream's error where the
+  // weight's output joins that stream, (in_features, out_features), undefined elsewhere.
+  at::Tensor cross;
+  at::Tensor residual_cross;
   // Not a statistic: the whole weight's column norms (column_norms()) where a block of its rows
   // is pruned by a score that reads them (ria, symmetric); taken from the weight when absent.
   at::Tensor column_norms;  // (in_features) fp64
@@ -42,7 +47,9 @@ struct SYMPRUNE_API Pruned {
 // Prunes `weight` (out_features, in_features) by `recipe`, which must be valid: the score's
 // mask (or SparseGPT's mask and weights), the refinement, then the update. `name` is the
 // weight's name, matched against the recipe's refine_skip. The N:M refinement prunes by the
-// score that built the mask. With sparsegpt, `keep` is where the result is non-zero. Throws ValueError for bad input (shapes, NaN/Inf, missing
+// score that built the mask. With sparsegpt, `keep` is where the result is non-zero. With the
+// residual target all of it runs on residual_target()'s T instead of `weight` (the result in the
+// weight's dtype). Throws ValueError for bad input (shapes, NaN/Inf, missing
 // statistics); torch's own errors (e.g. out of GPU memory) pass through.
 SYMPRUNE_API Pruned prune(const at::Tensor& weight, const LayerStats& stats, const Recipe& recipe,
                           std::string_view name = {});

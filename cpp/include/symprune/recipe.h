@@ -49,6 +49,12 @@ enum class Solver { Mask, SparseGpt, Admm };
 // mask (reconstruct.h).
 enum class Update { None, Refit };
 
+// What the Gram methods make each Linear reproduce: its own dense outputs on the inputs it sees in
+// the model pruned so far (Layer), or the dense model's outputs, plus, where the output joins the
+// residual stream, that stream's error (Residual; reconstruct.h residual_target). Residual needs
+// the dense model's activations next to the pruned ones (a front end's second stream).
+enum class Target { Layer, Residual };
+
 // An option value from Python or the command line.
 using OptionValue = std::variant<std::monostate, bool, int64_t, double, std::string>;
 using Options = std::map<std::string, OptionValue>;
@@ -72,6 +78,7 @@ struct SYMPRUNE_API Recipe {
   int64_t blocksize = 128;  // sparsegpt's column blocks
   double percdamp = 0.01;   // damping of the Gram (sparsegpt, admm, refit): percdamp * mean(diag H)
   AdmmOptions admm;         // admm's schedule (its pattern and percdamp are the recipe's)
+  Target target = Target::Layer;  // Residual: LayerStats::cross (and residual_cross) come with each weight
   // OWL: the sparsity is the model-wide target and each block gets its own (owl.h); a front end
   // prunes block b with at_sparsity(its OWL sparsity). Unstructured patterns only.
   std::optional<OwlOptions> owl;
@@ -85,6 +92,7 @@ struct SYMPRUNE_API Recipe {
   bool needs_refine_stats() const;      // in_mean and in_var (refinement)
   bool needs_output_stats() const;      // out_norm
   bool needs_gram() const;              // the Gram of the inputs (sparsegpt, refit)
+  bool needs_cross() const { return target == Target::Residual; }  // LayerStats::cross
   bool data_free() const { return !needs_input_stats() && !needs_output_stats() && !needs_gram() && !owl; }
   // Whether the weight called `name` is refined (refinement on and no skip fragment matches).
   bool refines(std::string_view name) const;
@@ -132,6 +140,7 @@ struct SYMPRUNE_API RecipeArgs {
   Options update_options;             // percdamp
   bool owl = false;                   // OWL block sparsities
   Options owl_options;                // m (outlier multiple, 5), lambda (spread, 0.08)
+  std::string target = "layer";       // layer or residual (Target)
 };
 
 // The validated recipe; r2dsnot is dsnot with r2dsnot_defaults() under the given options.
@@ -141,6 +150,7 @@ SYMPRUNE_API Recipe make_recipe(const RecipeArgs& args);
 // refine option keys, and for update.
 SYMPRUNE_API std::vector<std::string> method_names();
 SYMPRUNE_API std::vector<std::string> update_names();
+SYMPRUNE_API std::vector<std::string> target_names();
 SYMPRUNE_API std::vector<std::string> refinement_names();
 SYMPRUNE_API std::vector<std::string> refine_option_keys();
 

@@ -46,6 +46,20 @@ SYMPRUNE_API at::Tensor sparsegpt(const at::Tensor& weight, const at::Tensor& gr
 SYMPRUNE_API at::Tensor refit(const at::Tensor& weight, const at::Tensor& keep, const at::Tensor& gram,
                               double percdamp = 0.01);
 
+// The target weights of the residual objective (Recipe::target, docs/semantics.md#residual-target):
+// with X~ the layer's inputs in the model pruned so far, X the dense model's inputs to the same
+// layer and R an error the layer's output should also undo (the residual stream's, where the
+// output joins it), min over V of ||X~ V^T - (X W^T + R)||^2 + lambda ||V - W||^2 (lambda =
+// percdamp * mean(diag H)) equals, on any support, the Gram methods' min (T - V)(H + lambda I)(T - V)^T
+// up to a constant, for
+//   T = (W (G + lambda I)^T + E^T) (H + lambda I)^-1,  H = X~^T X~ (`gram`), G = X~^T X (`cross`),
+//   E = X~^T R (`residual_cross`, (in_features, out_features); undefined: R = 0).
+// So sparsegpt, refit and admm run unchanged on T. Returns T in fp32 (fp64 for an fp64 weight) on the
+// weight's device. ValueError for a bad weight, Gram or cross-product, and where H + lambda I is not
+// positive definite.
+SYMPRUNE_API at::Tensor residual_target(const at::Tensor& weight, const at::Tensor& gram, const at::Tensor& cross,
+                                        const at::Tensor& residual_cross, double percdamp = 0.01);
+
 struct AdmmOptions {
   std::optional<double> sparsity;  // per row; exactly one of sparsity and nm
   std::optional<NM> nm;

@@ -50,28 +50,52 @@ class SYMPRUNE_API ActivationStats {
   at::Tensor weighted_var_;  // fp64 (features): sum over updates of tokens * variance
 };
 
+// Accumulates the cross-product A^T B of two streams of activations with the same tokens (rows
+// of a and b), e.g. a layer's inputs in the pruned model against the dense model's, for the
+// residual target (reconstruct.h residual_target): each update's product in fp32, summed in fp64.
+class SYMPRUNE_API CrossStats {
+ public:
+  CrossStats(int64_t left_features, int64_t right_features);
+
+  // ValueError unless a is (..., left_features) and b (..., right_features) with as many tokens.
+  void update(const at::Tensor& a, const at::Tensor& b);
+
+  int64_t left_features() const { return left_; }
+  int64_t right_features() const { return right_; }
+  int64_t tokens() const { return tokens_; }
+  at::Tensor sum() const;  // (left, right) fp64, summed over tokens
+
+  // [the sum, flattened; tokens] in fp64 (a copy), summable over processes like GramStats::state.
+  at::Tensor state() const;
+  void load_state(const at::Tensor& state);
+
+ private:
+  int64_t left_;
+  int64_t right_;
+  int64_t tokens_ = 0;
+  at::Tensor sum_;  // fp64 (left, right)
+};
+
 // Accumulates the Gram X^T X of a stream of activations (rows of x are tokens), the input of
-// the weight-reconstruction methods (reconstruct.h): each update's product in fp32, summed in
-// fp64. Linears that read the same input share one.
+// the weight-reconstruction methods (reconstruct.h): the cross-product of x with itself.
+// Linears that read the same input share one.
 class SYMPRUNE_API GramStats {
  public:
   explicit GramStats(int64_t features);
 
   void update(const at::Tensor& x);
 
-  int64_t features() const { return features_; }
-  int64_t tokens() const { return tokens_; }
+  int64_t features() const { return products_.left_features(); }
+  int64_t tokens() const { return products_.tokens(); }
   at::Tensor gram() const;  // (features, features) fp64, summed over tokens
 
   // [the Gram, flattened; tokens] in fp64 (a copy), summable over processes like
   // ActivationStats::state.
-  at::Tensor state() const;
+  at::Tensor state() const { return products_.state(); }
   void load_state(const at::Tensor& state);
 
  private:
-  int64_t features_;
-  int64_t tokens_ = 0;
-  at::Tensor sum_;  // fp64 (features, features)
+  CrossStats products_;
 };
 
 }  // namespace symprune

@@ -45,6 +45,7 @@ void check_stats(const LayerStats& stats, const Recipe& recipe, bool refined) {
   if (recipe.needs_input_stats(refined)) require(stats.in_norm, "in_norm", recipe);
   if (recipe.needs_output_stats()) require(stats.out_norm, "out_norm", recipe);
   if (recipe.needs_gram()) require(stats.gram, "gram", recipe);
+  if (recipe.needs_cross()) require(stats.cross, "cross", recipe);
   if (refined) {
     require(stats.in_mean, "in_mean", recipe);
     require(stats.in_var, "in_var", recipe);
@@ -76,11 +77,10 @@ void check_layer_recipe(const Recipe& recipe) {
 
 }  // namespace
 
-Pruned prune(const at::Tensor& weight, const LayerStats& stats, const Recipe& recipe, std::string_view name) {
-  at::NoGradGuard no_grad;  // pruned weights are data, not part of a graph
-  check_layer_recipe(recipe);
-  const bool refined = recipe.refines(name);
-  check_stats(stats, recipe, refined);
+namespace {
+
+// prune() of a weight for the layer target (the weight itself is the one to reproduce).
+Pruned prune_towards(const at::Tensor& weight, const LayerStats& stats, const Recipe& recipe, bool refined) {
   Pruned result;
   if (recipe.solver == Solver::SparseGpt) {
     SparseGptOptions options;
@@ -126,6 +126,21 @@ Pruned prune(const at::Tensor& weight, const LayerStats& stats, const Recipe& re
   }
   result.weight = recipe.update == Update::Refit ? refit(weight, result.keep, stats.gram, recipe.percdamp)
                                                  : apply_mask(weight, result.keep);
+  return result;
+}
+
+}  // namespace
+
+Pruned prune(const at::Tensor& weight, const LayerStats& stats, const Recipe& recipe, std::string_view name) {
+  at::NoGradGuard no_grad;  // pruned weights are data, not part of a graph
+  check_layer_recipe(recipe);
+  const bool refined = recipe.refines(name);
+  check_stats(stats, recipe, refined);
+  if (recipe.target == Target::Layer) return prune_towards(weight, stats, recipe, refined);
+  // The methods run on the target weights (fp32 or fp64); the result goes back to the weight's dtype.
+  auto result = prune_towards(residual_target(weight, stats.gram, stats.cross, stats.residual_cross, recipe.percdamp),
+                              stats, recipe, refined);
+  result.weight = result.weight.to(weight.scalar_type());
   return result;
 }
 

@@ -197,6 +197,7 @@ std::vector<std::string> method_names() {
 }
 
 std::vector<std::string> update_names() { return {"refit"}; }
+std::vector<std::string> target_names() { return {"layer", "residual"}; }
 
 std::vector<std::string> refinement_names() {
   std::vector<std::string> names;
@@ -244,6 +245,8 @@ Recipe make_recipe(const RecipeArgs& args) {
     if (key != "percdamp") throw ValueError("unknown update option '" + key + "' (known: percdamp)");
     r.percdamp = number(value, "update option 'percdamp'");
   }
+  if (args.target == "residual") r.target = Target::Residual;
+  else if (args.target != "layer") throw ValueError("unknown target '" + args.target + "'; choose layer or residual");
   if (args.owl) {
     r.owl = OwlOptions{};
     for (const auto& [key, value] : args.owl_options) {
@@ -291,6 +294,12 @@ void Recipe::validate() const {
     if (permute) throw ValueError(name + " does not support permute");
     if (!nm && group != MaskGroup::Row)
       throw ValueError(name + " chooses its own mask for each row or block: group does not apply");
+  }
+  if (target == Target::Residual) {
+    if (!needs_gram())
+      throw ValueError("target residual moves the kept weights towards the dense model's outputs: it needs a "
+                       "method that solves the weights (sparsegpt, admm) or update refit");
+    if (permute) throw ValueError("target residual does not support permute");
   }
   if (solver == Solver::Admm) {
     if (update != Update::None) throw ValueError("admm already finishes with the refit: drop update");
@@ -419,6 +428,7 @@ std::string Recipe::to_json() const {
     j["admm"] = {{"rho0", admm.rho0}, {"growth", admm.growth}, {"max_iterations", admm.max_iterations},
                  {"patience", admm.patience}};
   if (update == Update::Refit) j["update"] = "refit";
+  if (target == Target::Residual) j["target"] = "residual";  // absent for layer: older texts stay equal
   if (owl) j["owl"] = {{"m", owl->outlier_multiple}, {"lambda", owl->lambda}};
   if (refine != Refinement::None) {
     const auto& r = refine_options;
@@ -444,6 +454,7 @@ std::string Recipe::describe() const {
   if (owl) out << " + owl (M " << owl->outlier_multiple << ", lambda " << owl->lambda << ")";
   if (refine != Refinement::None) out << " + " << refinement_name(refine);
   if (update == Update::Refit) out << " + refit";
+  if (target == Target::Residual) out << ", residual target";
   return out.str();
 }
 

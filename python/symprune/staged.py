@@ -1,0 +1,192 @@
+"""Pruning one block towards the dense model (the recipe's residual target, docs/semantics.md).
+
+The weight solvers then need, for each Linear, the cross-product of its inputs in the pruned
+model X~ with the dense model's inputs X to the same Linear (G = X~^T X) and, where its output
+is added to the residual stream, with that stream's error R = h_dense - h_pruned at the addition
+(E = X~^T R); the core turns them into the target weights (``symprune.residual_target``).
+
+So the dense model's hidden states flow next to the pruned ones (``DenseStream``), through an
+unpruned copy of each block, and a block is pruned in stages: the Linears that read one input
+(q/k/v, o, gate/up, down) form a stage, and each stage's statistics come from a forward through
+the block with the earlier stages already pruned. Gathered from one forward instead, each stage
+would correct again an error that an earlier one has already corrected (docs/dense-targets.md).
+
+The residual additions are known for Llama-like blocks (Llama, Mistral, Qwen2/3, SmolLM):
+``h + self_attn.o_proj(...)`` on the block's input, then ``h + mlp.down_proj(...)`` on the input
+of ``post_attention_layernorm``. Other blocks are refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+import symprune
+from symprune import distributed
+from symprune.block_stats import LinearStats, collect_block_stats
+from symprune.blocks import BlockCall, block_linears
+from symprune.report import PruneReport
+
+# The Linears whose outputs are added to the residual stream, and the module whose input is that
+# stream at the addition (None: the block's own input).
+_RESIDUAL_SITES: dict[str, str | None] = {"self_attn.o_proj": None, "mlp.down_proj": "post_attention_layernorm"}
+# Norms on a branch's output (Gemma's) would sit between the Linear and the addition.
+_BRANCH_OUTPUT_NORMS = ("pre_feedforward_layernorm", "post_feedforward_layernorm")
+
+
+@dataclass
+class DenseStream:
+    """The dense model's hidden states entering the next block, one tensor per window."""
+
+    hidden: list[torch.Tensor]
+
+    @classmethod
+    def start(cls, hidden: Sequence[torch.Tensor]) -> DenseStream:
+        return cls([h.clone() for h in hidden])
+
+
+class _Reached(Exception):
+    """Raised by the pre-hook of the Linear whose input a partial forward was run for."""
+
+
+def check_residual_sites(block: nn.Module, index: int) -> None:
+    """ValueError unless ``block`` adds its attention and MLP outputs to the stream as Llama does."""
+    modules = dict(block.named_modules())
+    missing = [name for name in [*_RESIDUAL_SITES, *filter(None, _RESIDUAL_SITES.values())] if name not in modules]
+    extra = [name for name in _BRANCH_OUTPUT_NORMS if name in modules]
+    if missing or extra:
+        raise ValueError(
+            f"target 'residual' knows the residual additions of Llama-like blocks (self_attn.o_proj and "
+            f"mlp.down_proj added to the stream, post_attention_layernorm between them); block {index} "
+            f"({type(block).__name__}) " + (f"has no {', '.join(missing)}" if missing else
+                                            f"normalises a branch's output ({', '.join(extra)})")
+        )
+
+
+def linear_stages(block: nn.Module, hidden: torch.Tensor, call: BlockCall) -> list[list[str]]:
+    """The block's Linears grouped by the input they read, in the order the block calls them
+    (found by one forward of ``hidden``; each input is kept alive until the end, so that a freed
+    one's memory cannot be reused by a later input and taken for it)."""
+    linears = block_linears(block)
+    seen: dict[tuple[int, tuple[int, ...], tuple[int, ...]], list[str]] = {}
+    alive: list[torch.Tensor] = []
+
+    def record(name: str, x: torch.Tensor) -> None:
+        alive.append(x)
+        seen.setdefault((x.data_ptr(), tuple(x.shape), tuple(x.stride())), []).append(name)
+
+    handles = [m.register_forward_pre_hook(lambda _m, args, n=n: record(n, args[0])) for n, m in linears.items()]
+    try:
+        call.run(block, hidden)
+    finally:
+        for handle in handles:
+            handle.remove()
+    stages = list(seen.values())
+    called = {name for stage in stages for name in stage}
+    if called != set(linears):
+        raise ValueError(f"the block did not call {sorted(set(linears) - called)} on a calibration window")
+    return stages
+
+
+class _DenseInputs:
+    """Partial forwards of the dense block: the input of one Linear for one window, and the stream
+    entering ``post_attention_layernorm`` on the way."""
+
+    def __init__(self, reference: nn.Module, target: str) -> None:
+        self.reference, self.target = reference, target
+        self.seen: dict[str, torch.Tensor] = {}
+
+    def __call__(self, hidden: torch.Tensor, call: BlockCall) -> dict[str, torch.Tensor]:
+        self.seen = {}
+        modules = dict(self.reference.named_modules())
+
+        def stop(_module: nn.Module, args: tuple[Any, ...]) -> None:
+            self.seen[self.target] = args[0].detach()
+            raise _Reached
+
+        handles = [modules[self.target].register_forward_pre_hook(stop),
+                   modules["post_attention_layernorm"].register_forward_pre_hook(
+                       lambda _m, args: self.seen.__setitem__("post_attention_layernorm", args[0].detach()))]
+        try:
+            call.run(self.reference, hidden)
+        except _Reached:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        return self.seen
+
+
+def _stage_stats(
+    block: nn.Module, reference: nn.Module, hidden: Sequence[torch.Tensor], dense_hidden: Sequence[torch.Tensor],
+    calls: Sequence[BlockCall], stage: list[str], need_outputs: bool,
+) -> dict[str, LinearStats]:
+    """Statistics of one stage's Linears (the block's earlier stages pruned): the usual ones, the
+    cross-product with the dense inputs and, at a residual site, with the stream's error."""
+    first = stage[0]
+    width = block_linears(block)[first].in_features
+    cross = symprune.CrossStats(width, width)
+    residual_sites = [name for name in stage if name in _RESIDUAL_SITES]
+    residual = {name: symprune.CrossStats(width, block_linears(block)[name].out_features) for name in residual_sites}
+    dense_inputs = _DenseInputs(reference, first)
+    stream: dict[str, torch.Tensor] = {}  # the pruned block's stream entering post_attention_layernorm
+    norm = dict(block.named_modules())["post_attention_layernorm"]
+    handle = norm.register_forward_pre_hook(lambda _m, args: stream.__setitem__("mid", args[0].detach()))
+
+    def on_input(window: int, name: str, x: torch.Tensor) -> None:
+        if name != first:
+            return
+        dense = dense_inputs(dense_hidden[window], calls[window])
+        cross.update(x, dense[first])
+        for site, accumulator in residual.items():
+            if _RESIDUAL_SITES[site] is None:  # the stream entering the block
+                error = dense_hidden[window] - hidden[window]
+            else:
+                error = dense["post_attention_layernorm"] - stream["mid"]
+            accumulator.update(x, error)
+
+    try:
+        stats, _ = collect_block_stats(block, hidden, calls, need_outputs=need_outputs, need_gram=True,
+                                       names=stage, on_input=on_input)
+    finally:
+        handle.remove()
+    distributed.sum_states([cross, *residual.values()])
+    for name in stage:
+        stats[name].cross = cross
+        stats[name].residual_cross = residual.get(name)
+    return stats
+
+
+def prune_in_stages(
+    block: nn.Module,
+    hidden: Sequence[torch.Tensor],
+    dense_hidden: Sequence[torch.Tensor],
+    calls: Sequence[BlockCall],
+    need_outputs: bool,
+    prune_stage: Callable[[dict[str, LinearStats]], None],
+    report: PruneReport,
+    index: int,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Prune ``block`` (number ``index``) in place stage by stage, each stage by
+    ``prune_stage(its statistics)``; return the pruned block's outputs on ``hidden`` and the dense
+    block's on ``dense_hidden`` (the next block's two streams)."""
+    check_residual_sites(block, index)  # prune_model checks every block first; a direct caller may not
+    reference = copy.deepcopy(block)  # the dense block, for the dense stream
+    stages = linear_stages(block, hidden[0], calls[0])
+    for stage in stages:
+        t = time.perf_counter()
+        stats = _stage_stats(block, reference, hidden, dense_hidden, calls, stage, need_outputs)
+        report.dense_forward_seconds += time.perf_counter() - t
+        prune_stage(stats)
+        del stats
+    t = time.perf_counter()
+    pruned_out = [call.run(block, h) for h, call in zip(hidden, calls)]
+    dense_out = [call.run(reference, h) for h, call in zip(dense_hidden, calls)]
+    report.pruned_forward_seconds += time.perf_counter() - t
+    return pruned_out, dense_out
