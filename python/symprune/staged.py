@@ -48,7 +48,9 @@ class DenseStream:
 
     @classmethod
     def start(cls, hidden: Sequence[torch.Tensor]) -> DenseStream:
-        return cls([h.clone() for h in hidden])
+        """Both streams enter the first block equal; each block's forwards make new tensors, so
+        they can share these."""
+        return cls(list(hidden))
 
 
 class _Reached(Exception):
@@ -100,11 +102,12 @@ class _DenseInputs:
 
     def __init__(self, reference: nn.Module, target: str) -> None:
         self.reference, self.target = reference, target
+        self.modules = dict(reference.named_modules())
         self.seen: dict[str, torch.Tensor] = {}
 
     def __call__(self, hidden: torch.Tensor, call: BlockCall) -> dict[str, torch.Tensor]:
         self.seen = {}
-        modules = dict(self.reference.named_modules())
+        modules = self.modules
 
         def stop(_module: nn.Module, args: tuple[Any, ...]) -> None:
             self.seen[self.target] = args[0].detach()
@@ -130,10 +133,11 @@ def _stage_stats(
     """Statistics of one stage's Linears (the block's earlier stages pruned): the usual ones, the
     cross-product with the dense inputs and, at a residual site, with the stream's error."""
     first = stage[0]
-    width = block_linears(block)[first].in_features
+    linears = block_linears(block)
+    width = linears[first].in_features
     cross = symprune.CrossStats(width, width)
-    residual_sites = [name for name in stage if name in _RESIDUAL_SITES]
-    residual = {name: symprune.CrossStats(width, block_linears(block)[name].out_features) for name in residual_sites}
+    residual = {name: symprune.CrossStats(width, linears[name].out_features)
+                for name in stage if name in _RESIDUAL_SITES}
     dense_inputs = _DenseInputs(reference, first)
     stream: dict[str, torch.Tensor] = {}  # the pruned block's stream entering post_attention_layernorm
     norm = dict(block.named_modules())["post_attention_layernorm"]
