@@ -31,6 +31,8 @@ SKIP_LABELS = {None: " (all layers)", "mlp": " (attention only)"}
 # Weight reconstruction: (method, refine, update).
 RECONSTRUCTED = [("sparsegpt", None, None), ("wanda", None, "refit"), ("ria", None, "refit"),
                  ("ria", "r2dsnot", "refit"), ("sparsegpt", None, "refit"), ("admm", None, None)]
+# The residual target (Llama-like blocks only, so not on Gemma-3): (method, update).
+RESIDUAL_TARGET = [("wanda", "refit"), ("admm", None)]
 # RIA's channel permutation, deployable (N:M patterns only): methods.
 PERMUTED = ["ria"]
 # OWL block sparsities (unstructured patterns only): methods.
@@ -40,7 +42,8 @@ PATTERN_ORDER = ["50%", "60%", "2:4"]  # as pattern_of() writes them
 
 
 def config_for(method: str, refine: str | None, pattern: str, update: str | None = None,
-               owl: bool = False, skip: str | None = "default", permute: bool = False) -> dict[str, Any]:
+               owl: bool = False, skip: str | None = "default", permute: bool = False,
+               target: str = "layer") -> dict[str, Any]:
     config: dict[str, Any] = {"method": method}
     config.update({"nm": pattern} if ":" in pattern else {"sparsity": float(pattern)})
     if refine:
@@ -53,13 +56,16 @@ def config_for(method: str, refine: str | None, pattern: str, update: str | None
         config["owl"] = True
     if permute:
         config["permute"] = True
+    if target != "layer":
+        config["target"] = target
     return config
 
 
 def label(config: dict[str, Any]) -> str:
     layers = SKIP_LABELS[config["refine_options"]["skip"]] if "skip" in config.get("refine_options", {}) else ""
     return (config["method"] + (f"+{config['refine']}" if "refine" in config else "") + layers
-            + (f"+{config['update']}" if "update" in config else "") + ("+owl" if config.get("owl") else "") + ("+permute" if config.get("permute") else ""))
+            + (f"+{config['update']}" if "update" in config else "") + ("+owl" if config.get("owl") else "") + ("+permute" if config.get("permute") else "")
+            + (f" ({config['target']} target)" if "target" in config else ""))
 
 
 def pattern_of(config: dict[str, Any]) -> str:
@@ -81,6 +87,8 @@ EXPECTATIONS = [
     ("SparseGPT ≤ Wanda", "sparsegpt", "wanda"),
     ("the refit improves Wanda's mask", "wanda+refit", "wanda"),
     ("ADMM ≤ SparseGPT", "admm", "sparsegpt"),
+    ("the residual target improves the refit of Wanda's mask", "wanda+refit (residual target)", "wanda+refit"),
+    ("the residual target improves ADMM", "admm (residual target)", "admm"),
     ("OWL improves Wanda", "wanda+owl", "wanda"),
     ("RIA's permutation improves RIA", "ria+permute", "ria"),
 ]
@@ -117,6 +125,8 @@ def grid(patterns: list[str], model: str) -> list[dict[str, Any]]:
         configs += [config_for(m, r, pattern) for m, r in REFINED]
         configs += [config_for(m, r, pattern, skip=skip) for m, r, skip in REFINED_OTHER_LAYERS]
         configs += [config_for(m, r, pattern, u) for m, r, u in RECONSTRUCTED]
+        if model == "smollm2":
+            configs += [config_for(m, None, pattern, u, target="residual") for m, u in RESIDUAL_TARGET]
         if ":" not in pattern:
             configs += [config_for(m, None, pattern, owl=True) for m in OWL]
         else:
@@ -137,7 +147,9 @@ def write_report(rows: list[dict[str, Any]], grid_size: int, model: str, out_md:
         "2-core CPU). `prune s` is the whole sequential pipeline; `× dense fwd` divides it by the time "
         "of one dense forward of the calibration set through all blocks."),
         "",
-        (f"{len(rows)} of the grid's {grid_size} configurations (dense; 7 scorers, 8 refined variants (DSnoT and R²-DSnoT on attention only and on every layer), 6 with weight reconstruction, OWL and RIA's deployable permutation "
+        (f"{len(rows)} of the grid's {grid_size} configurations (dense; 7 scorers, 8 refined variants (DSnoT and R²-DSnoT on attention only and on every layer), 6 with weight reconstruction"
+        + (" and 2 more with the residual target" if model == "smollm2" else "")
+        + ", OWL and RIA's deployable permutation "
         "at 50 %, 60 % and 2:4) are measured"
         + ("; rerunning the command resumes the rest" if len(rows) < grid_size else "")
         + ". Times depend on what else ran on the machine: runs shared it with test suites, builds"

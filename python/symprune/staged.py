@@ -100,21 +100,20 @@ class _DenseInputs:
     """Partial forwards of the dense block: the input of one Linear for one window, and the stream
     entering ``post_attention_layernorm`` on the way."""
 
-    def __init__(self, reference: nn.Module, target: str) -> None:
-        self.reference, self.target = reference, target
+    def __init__(self, reference: nn.Module, linear: str) -> None:
+        self.reference, self.linear = reference, linear
         self.modules = dict(reference.named_modules())
         self.seen: dict[str, torch.Tensor] = {}
 
     def __call__(self, hidden: torch.Tensor, call: BlockCall) -> dict[str, torch.Tensor]:
         self.seen = {}
-        modules = self.modules
 
         def stop(_module: nn.Module, args: tuple[Any, ...]) -> None:
-            self.seen[self.target] = args[0].detach()
+            self.seen[self.linear] = args[0].detach()
             raise _Reached
 
-        handles = [modules[self.target].register_forward_pre_hook(stop),
-                   modules["post_attention_layernorm"].register_forward_pre_hook(
+        handles = [self.modules[self.linear].register_forward_pre_hook(stop),
+                   self.modules["post_attention_layernorm"].register_forward_pre_hook(
                        lambda _m, args: self.seen.__setitem__("post_attention_layernorm", args[0].detach()))]
         try:
             call.run(self.reference, hidden)
