@@ -157,7 +157,10 @@ def write_report(rows: list[dict[str, Any]], grid_size: int, model: str, out_md:
            "(ria 2:4, stochria 50 %, maybe others of that session; ria+refit 50 % for about 100 minutes while "
            "ADMM ran, so its seconds and its ratio mean nothing)" if model == "smollm2" else " and benchmarks")
         + ", so their seconds are inflated; the ratio to a dense forward is measured in the same "
-        "process and suffers less. Perplexities do not depend on it."),
+        "process and suffers less. Perplexities do not depend on it."
+        + (" With the residual target the statistics pass that the ratio divides by also runs each block's "
+           "stages on two streams (the pruned and the dense model's), so its ratio is not comparable "
+           "with the others: compare its seconds with the same method's." if model == "smollm2" else "")),
         "",
         "| method | pattern | sparsity | perplexity | prune s | × dense fwd | peak RSS MB |",
         "|---|---|---|---|---|---|---|",
