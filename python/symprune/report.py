@@ -48,7 +48,8 @@ class LayerReport:
 class BlockReport:
     """One decoder block. ``output_error`` is the exact relative error of the block's
     output on the calibration windows, ``‖f̃(X) − f(X)‖_F / ‖f(X)‖_F``, with the same
-    (already sparse-model) inputs X fed to the dense and the pruned block."""
+    (already sparse-model) inputs X fed to the dense and the pruned block; with the residual
+    target, against the dense model's own block outputs (its inputs the dense stream's)."""
 
     index: int
     output_error: float

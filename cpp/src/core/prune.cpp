@@ -79,7 +79,7 @@ void check_layer_recipe(const Recipe& recipe) {
 
 namespace {
 
-// prune() of a weight for the layer target (the weight itself is the one to reproduce).
+// The recipe's steps on `weight`, the weights to reproduce: the layer's own, or the residual target's T.
 Pruned prune_towards(const at::Tensor& weight, const LayerStats& stats, const Recipe& recipe, bool refined) {
   Pruned result;
   if (recipe.solver == Solver::SparseGpt) {
