@@ -278,3 +278,19 @@ def test_reconstruction_matches_cpu(pattern: dict) -> None:
     a_cpu = symprune.admm(w, gram, start, sparsity, nm=nm, max_iterations=30)
     a_gpu = symprune.admm(w.cuda(), gram.cuda(), start.cuda(), sparsity, nm=nm, max_iterations=30)
     assert ((a_gpu.cpu() == 0) != (a_cpu == 0)).float().mean() < 0.02
+
+
+def test_residual_target_and_cross_stats_match_cpu() -> None:
+    """The residual target's statistics and target weights on CUDA tensors agree with the CPU."""
+    w, gram = _reconstruction_layer()
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(300, w.shape[1], generator=g), torch.randn(300, w.shape[1], generator=g)
+    stats = {device: symprune.CrossStats(w.shape[1], w.shape[1]) for device in ("cpu", "cuda")}
+    for device, accumulator in stats.items():
+        accumulator.update(a.to(device), b.to(device))
+    assert stats["cuda"].sum.is_cuda
+    torch.testing.assert_close(stats["cuda"].sum.cpu(), stats["cpu"].sum, rtol=1e-5, atol=1e-3)
+    cross = stats["cpu"].sum
+    target = symprune.residual_target(w.cuda(), gram.cuda(), cross.cuda())
+    assert target.is_cuda
+    torch.testing.assert_close(target.cpu(), symprune.residual_target(w, gram, cross), rtol=1e-4, atol=1e-4)
