@@ -29,6 +29,12 @@ class LinearStats:
     residual_cross: Any | None = None  # symprune.CrossStats
 
 
+def input_key(x: torch.Tensor) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """What identifies one input tensor during a forward: Linears called with equal keys read the
+    same input (while each input is kept alive, its memory cannot be reused by a later one)."""
+    return x.data_ptr(), tuple(x.shape), tuple(x.stride())
+
+
 class SharedGrams:
     """One Gram per distinct input: Linears that read the same tensor (q/k/v, gate/up) share
     one accumulator, updated once per window.
@@ -48,7 +54,7 @@ class SharedGrams:
         self._updated.clear()
 
     def update(self, name: str, x: torch.Tensor) -> Any:
-        key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()))
+        key = input_key(x)
         gram = self.of_linear.get(name)
         if gram is None:  # the first window decides who shares
             gram = self._inputs[key][1] if key in self._inputs else symprune.GramStats(x.shape[-1])

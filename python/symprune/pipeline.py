@@ -381,8 +381,7 @@ def prune_block(
         if dense is None:
             raise ValueError(f"recipe '{recipe.describe()}' needs the dense model's hidden states next to the "
                              "pruned ones (DenseStream)")
-        pruned_out, dense_out = prune_in_stages(block, hidden, dense.hidden, calls, need_outputs, prune_stage, report,
-                                                index)
+        pruned_out, dense_out = prune_in_stages(block, hidden, dense.hidden, calls, need_outputs, prune_stage, report)
         dense.hidden = dense_out
     else:
         stats, dense_out = collect_block_stats(block, hidden, calls, need_outputs=need_outputs,

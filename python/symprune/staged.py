@@ -29,7 +29,7 @@ from torch import nn
 
 import symprune
 from symprune import distributed
-from symprune.block_stats import LinearStats, collect_block_stats
+from symprune.block_stats import LinearStats, collect_block_stats, input_key
 from symprune.blocks import BlockCall, block_linears
 from symprune.report import PruneReport
 
@@ -81,7 +81,7 @@ def linear_stages(block: nn.Module, hidden: torch.Tensor, call: BlockCall) -> li
 
     def record(name: str, x: torch.Tensor) -> None:
         alive.append(x)
-        seen.setdefault((x.data_ptr(), tuple(x.shape), tuple(x.stride())), []).append(name)
+        seen.setdefault(input_key(x), []).append(name)
 
     handles = [m.register_forward_pre_hook(lambda _m, args, n=n: record(n, args[0])) for n, m in linears.items()]
     try:
@@ -174,12 +174,11 @@ def prune_in_stages(
     need_outputs: bool,
     prune_stage: Callable[[dict[str, LinearStats]], None],
     report: PruneReport,
-    index: int,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Prune ``block`` (number ``index``) in place stage by stage, each stage by
-    ``prune_stage(its statistics)``; return the pruned block's outputs on ``hidden`` and the dense
-    block's on ``dense_hidden`` (the next block's two streams)."""
-    check_residual_sites(block, index)  # prune_model checks every block first; a direct caller may not
+    """Prune ``block`` in place stage by stage, each stage by ``prune_stage(its statistics)``;
+    return the pruned block's outputs on ``hidden`` and the dense block's on ``dense_hidden`` (the
+    next block's two streams). The block must pass ``check_residual_sites`` (the pipeline checks
+    every block before it starts)."""
     reference = copy.deepcopy(block)  # the dense block, for the dense stream
     stages = linear_stages(block, hidden[0], calls[0])
     for stage in stages:

@@ -28,7 +28,8 @@ DampedGram damped_gram(const at::Tensor& gram, int64_t in_features, double percd
   SYMPRUNE_CHECK(!at::any(diag < 0).item<bool>(), "gram has a negative diagonal entry (not a Gram matrix)");
   out.dead = diag == 0;
   if (dead_to_one) diag.masked_fill_(out.dead, 1.0);
-  diag.add_(percdamp * at::mean(diag).item<double>());
+  out.damping = percdamp * at::mean(diag).item<double>();
+  diag.add_(out.damping);
   return out;
 }
 

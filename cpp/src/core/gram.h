@@ -11,6 +11,7 @@ namespace symprune::detail {
 struct DampedGram {
   at::Tensor h;     // (in, in) fp64 on the gram's device, damped
   at::Tensor dead;  // (in) bool: inputs whose Gram diagonal was 0
+  double damping = 0;  // what was added to the diagonal: percdamp * mean(diag H)
 };
 
 // H + percdamp * mean(diag H) * I in fp64, where H is `gram` with, if dead_to_one, the zero

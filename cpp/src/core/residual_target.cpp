@@ -9,9 +9,7 @@
 #include <ATen/TensorOperators.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/cholesky_solve.h>
-#include <ATen/ops/diagonal.h>
 #include <ATen/ops/matmul.h>
-#include <ATen/ops/mean.h>
 
 namespace symprune {
 namespace {
@@ -21,9 +19,7 @@ at::Tensor checked_fp64(const at::Tensor& t, int64_t rows, int64_t cols, const c
   SYMPRUNE_CHECK(t.defined(), name, " is missing");
   SYMPRUNE_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols, name, " must have shape (", rows, ", ",
                  cols, "), got ", t.sizes());
-  SYMPRUNE_CHECK(detail::is_supported_float(t.scalar_type()), name, " must be fp16, bf16, fp32 or fp64, got ",
-                 t.scalar_type());
-  detail::check_finite(t, name);
+  detail::check_matrix(t, name);  // its dtype and values
   return t.to(device, at::kDouble);
 }
 
@@ -35,13 +31,12 @@ at::Tensor residual_target(const at::Tensor& weight, const at::Tensor& gram, con
   detail::check_matrix(weight, "weight");
   const int64_t rows = weight.size(0), cols = weight.size(1);
   const auto device = weight.device();
-  const auto h = detail::damped_gram(gram.to(device), cols, percdamp, /*dead_to_one=*/false).h;
-  // The damping that the Gram methods add (damped_gram): percdamp * mean(diag H) of the raw Gram.
-  const double lambda = percdamp * at::mean(gram.to(device, at::kDouble).diagonal()).item<double>();
+  // The damping lambda is the one the Gram methods add (damped_gram).
+  const auto damped = detail::damped_gram(gram.to(device), cols, percdamp, /*dead_to_one=*/false);
   const auto w = weight.to(at::kDouble);
-  auto rhs = at::matmul(checked_fp64(cross, cols, cols, "cross", device), w.t()) + lambda * w.t();
+  auto rhs = at::matmul(checked_fp64(cross, cols, cols, "cross", device), w.t()) + damped.damping * w.t();
   if (residual_cross.defined()) rhs = rhs + checked_fp64(residual_cross, cols, rows, "residual_cross", device);
-  const auto lower = detail::cholesky_or_throw(h, percdamp, "gram");
+  const auto lower = detail::cholesky_or_throw(damped.h, percdamp, "gram");
   const auto compute = weight.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   return at::cholesky_solve(rhs, lower).t().to(compute).contiguous();
 }
