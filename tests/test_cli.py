@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -150,6 +151,7 @@ def test_prune_cleans_up_after_sigterm_and_killed_runs(
 
 def test_data_free_prune_needs_no_calibration_text(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """magnitude reads no text and runs no forward; wanda without --calib reads the default text,
     here an empty $SYMPRUNE_DATA, and says so in one line."""
@@ -160,6 +162,9 @@ def test_data_free_prune_needs_no_calibration_text(
     report = PruneReport.from_json(out / "symprune_report.json")
     assert report.nsamples == 0 and report.blocks == [] and report.dense_forward_seconds == 0
     assert report.overall_sparsity == 0.5 and all(layer.recon_error is None for layer in report.layers)
+    with caplog.at_level(logging.WARNING, logger="symprune"):  # a text it will not read is named
+        assert main([*args, "--method", "magnitude", "--overwrite", "--calib", str(tmp_path / "unread.txt")]) == 0
+    assert "--calib is not read: recipe 'magnitude 0.5 per row' is data-free" in caplog.text
     capsys.readouterr()
     assert main([*args, "--method", "wanda", "--overwrite"]) == 1
     _one_line_error(capsys, "calibration text (pass --calib or fix $SYMPRUNE_DATA) not found")
@@ -230,6 +235,42 @@ def test_prune_errors_are_one_line(
     out = tmp_path / "out"
     assert main(_prune_args(tiny_model_dir, out, text_files[0], *extra)) == status
     _one_line_error(capsys, fragment)
+    assert not out.exists()
+
+
+def test_a_model_too_large_for_memory_is_told_of_low_memory(
+    tiny_model_dir: Path, text_files: tuple[Path, Path], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When the whole model is most of the estimate, fewer windows cannot help: --low-memory can."""
+    import symprune.cli_common
+    from symprune.checkpoint import CheckpointFolder
+
+    model_bytes = 4 * CheckpointFolder(tiny_model_dir).float_elements
+    monkeypatch.setattr(symprune.cli_common, "_available_bytes", lambda _device: model_bytes // 2)
+    out = tmp_path / "out"
+    assert main(_prune_args(tiny_model_dir, out, text_files[0], "--sparsity", "0.5", "--nsamples", "1",
+                            "--seqlen", "8")) == 2
+    _one_line_error(capsys, "available; add --low-memory")
+    assert not out.exists()
+
+
+def test_prune_refuses_the_residual_target_on_an_unknown_block_before_loading(
+    text_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Gemma-3's blocks normalise each branch's output: refused from the config alone, naming the way out."""
+    from conftest import build_tiny_model
+
+    import symprune.cli
+
+    build_tiny_model("gemma3").save_pretrained(tmp_path / "gemma")
+    monkeypatch.setattr(symprune.cli, "load_model", lambda *_a, **_k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(symprune.cli, "load_tokenizer", lambda *_a, **_k: pytest.fail("the tokenizer was loaded"))
+    out = tmp_path / "out"
+    assert main(_prune_args(tmp_path / "gemma", out, text_files[0], "--sparsity", "0.5", "--update", "refit",
+                            "--target", "residual")) == 1
+    _one_line_error(capsys, "use target 'layer' (--target layer)")
     assert not out.exists()
 
 

@@ -591,6 +591,23 @@ def test_apply_cli_errors_are_one_line(
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize("command", ["apply", "calibrate"])
+@pytest.mark.parametrize(("recipe", "fragment"), [
+    (["--method", "sparsegpt", "--nm", "2:4"], "use `symprune prune --low-memory`"),
+    (["--method", "wanda", "--sparsity", "0.5", "--update", "refit"], "use `symprune prune --low-memory`"),
+    (["--method", "wanda", "--sparsity", "0.5", "--owl"], "uses OWL"),
+])
+def test_streaming_commands_refuse_what_they_cannot_stream_up_front(
+    command: str, recipe: list[str], fragment: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused before the model folder is even looked at (it does not exist here), with the command that can."""
+    where = ["--out", str(tmp_path / "s.safetensors")] if command == "calibrate" else [str(tmp_path / "out")]
+    assert main([command, str(tmp_path / "no-model"), *where, *recipe, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and "\n" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_apply_on_full_disk_loses_nothing(sharded_model_dir: Path, tmp_path: Path) -> None:
     """A write limit (RLIMIT_FSIZE, as a full disk) fails cleanly: clear error, no partial files."""
     import subprocess
@@ -644,7 +661,7 @@ def test_calibrate_cli_refuses_bad_requests(
         ([*base, "--out", str(tmp_path / "s2"), "--method", "wanda", "--nm", "2:4", "--target", "residual"],
          "needs a method that solves the weights", 2),
         ([*base, "--out", str(tmp_path / "s2"), "--method", "sparsegpt", "--nm", "2:4", "--target", "residual"],
-         "statistics file does not hold", 1),
+         "use `symprune prune --low-memory`", 2),
         ([*base, "--out", str(tmp_path / "s3"), "--method", "wanda"], "needs --sparsity or --nm", 2),
         ([*base, "--out", str(tmp_path / "missing" / "s.safetensors")], "folder of --out does not exist", 1),
         ([*base, "--out", str(tmp_path / "s4"), "--method", "wanda", "--nm", "2:3"], "needs in_features divisible by 3", 1),

@@ -105,6 +105,24 @@ def _move_loaded(model: nn.Module, device: torch.device) -> None:
                 module._buffers[name] = b.to(device)
 
 
+def refuse_unstreamable(recipe: Recipe | None, *, writes_weights: bool = False) -> None:
+    """ValueError, naming the command that can, for a recipe that cannot be pruned one block (calibrate)
+    or one tensor (apply) at a time. ``writes_weights``: the caller writes each pruned block itself
+    (``prune --low-memory``), so recipes that solve weights from the Gram are fine."""
+    if recipe is None:
+        return
+    if recipe.permute:
+        raise ValueError(f"recipe '{recipe.describe()}' permutes channels across two Linears, which apply (one "
+                         "weight at a time) cannot reproduce: use `symprune prune`")
+    if recipe.owl:
+        raise ValueError(f"recipe '{recipe.describe()}' uses OWL, whose block sparsities come from a dense pass "
+                         "over every block first, which calibrate does not make: use `symprune prune`")
+    if recipe.needs_gram and not writes_weights:
+        raise ValueError(f"recipe '{recipe.describe()}' needs the Gram of each layer's inputs, which the "
+                         "statistics file does not hold (apply could not reproduce it): use `symprune prune "
+                         "--low-memory` (one block in memory at a time, each written once pruned)")
+
+
 def calibrate(
     model_dir: str | os.PathLike[str],
     calibration: torch.Tensor | Sequence[torch.Tensor],
@@ -127,15 +145,7 @@ def calibrate(
             recipes that need the Gram (sparsegpt, admm, refit) are accepted: their weights come
             from here, not from the statistics.
     """
-    if prune is not None and prune.permute:
-        raise ValueError(f"recipe '{prune.describe()}' permutes channels across two Linears, which apply (one "
-                         "weight at a time) cannot reproduce: use `symprune prune`")
-    if prune is not None and prune.owl:
-        raise ValueError(f"recipe '{prune.describe()}' uses OWL, whose block sparsities come from a dense pass "
-                         "over every block first, which calibrate does not make: use `symprune prune`")
-    if prune is not None and prune.needs_gram and on_block_pruned is None:
-        raise ValueError(f"recipe '{prune.describe()}' needs the Gram of each layer's inputs, which the "
-                         "statistics file does not hold (apply could not reproduce it): use `symprune prune`")
+    refuse_unstreamable(prune, writes_weights=on_block_pruned is not None)
     start = time.perf_counter()
     windows = as_windows(calibration)
     nsamples, seqlen = len(windows), max(row.numel() for row in windows)

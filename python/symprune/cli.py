@@ -36,13 +36,15 @@ from symprune.cli_common import (
 )
 from symprune import distributed
 from symprune.atomic_folder import atomic_folder
+from symprune.blocks import find_decoder_blocks
+from symprune.calibrate import build_skeleton
 from symprune.checkpoint import CheckpointFolder
 from symprune.cli_stream import add_stream_commands
 from symprune.data import CALIBRATION_FILE, EVALUATION_FILE
 from symprune.evaluate import perplexity
 from symprune.models import ensure_smollm2, load_model, load_tokenizer, resolve_model_dir
 from symprune._C import refinements, score_methods
-from symprune.pipeline import prune_model
+from symprune.pipeline import check_fits, prune_model
 from symprune.report import REPORT_FILE
 
 log = logging.getLogger("symprune")
@@ -71,15 +73,21 @@ def cmd_prune(args: argparse.Namespace) -> None:
         return
     # Data-free recipes (magnitude, symmetric) read no calibration text and run no forwards.
     calib = None if args.recipe.data_free else calibration_file(args)
+    if calib is None and args.calib:
+        log.warning("--calib is not read: recipe '%s' is data-free", args.recipe.describe())
     eval_text = existing_file(args.eval, "evaluation text") if args.eval else None
 
     if calib is not None:
         check_context(model_dir, "--seqlen", args.seqlen, args.bos)
     if eval_text is not None:
         check_context(model_dir, "--eval-seqlen", args.eval_seqlen, args.bos)
+    # The block structure (N:M divisibility, the residual target's sites) from the config alone,
+    # before the model loads.
+    check_fits(find_decoder_blocks(build_skeleton(model_dir)), args.recipe)
     check_memory(model_dir, args.device, whole_model=True,
                  calibration=None if calib is None else (args.nsamples, args.seqlen + args.bos),
-                 evaluation_seqlen=None if eval_text is None else args.eval_seqlen + args.bos)
+                 evaluation_seqlen=None if eval_text is None else args.eval_seqlen + args.bos,
+                 lighter="add --low-memory (one block of the model in memory at a time)")
     tokenizer = load_tokenizer(model_dir)
     out_dtype = CheckpointFolder(model_dir).dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     model = load_model(model_dir, device=args.device)  # fp32: statistics and solves in full precision
@@ -201,8 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
     p.add_argument("--low-memory", action="store_true",
                    help="hold one decoder block at a time (read from the safetensors, written once pruned): "
-                   "for models larger than memory, with any recipe but --owl and --permute (sparsegpt, admm "
-                   "and refit included); no --eval (run `symprune eval OUT_DIR` afterwards)")
+                   "for models larger than memory, with any recipe but --owl, --permute and data-free methods "
+                   "(`symprune apply` prunes those a tensor at a time; sparsegpt, admm and refit included); "
+                   "no --eval (run `symprune eval OUT_DIR` afterwards)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                    help="dtype of the saved model: auto (default) keeps the checkpoint's; pruning itself "
                    "runs in float32")
@@ -221,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--nwindows", type=positive, default=32, help="windows (32)")
     e.add_argument("--seqlen", type=positive, default=512, help="tokens per window (512)")
     add_bos(e)
-    add_device(e)
+    add_device(e, "the model runs")
     add_common(e)
     e.set_defaults(func=cmd_eval)
 

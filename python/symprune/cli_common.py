@@ -128,7 +128,7 @@ def check_context(model_dir: Path, flag: str, seqlen: int, bos: bool) -> None:
 
 
 def check_memory(model_dir: Path, device: str | torch.device, *, whole_model: bool, calibration: tuple[int, int] | None = None,
-                 evaluation_seqlen: int | None = None) -> None:
+                 evaluation_seqlen: int | None = None, lighter: str | None = None) -> None:
     """Refuse, before loading anything, a run whose estimated peak memory exceeds what the
     device has available (the OOM killer would end it without a word, perhaps hours in).
 
@@ -136,7 +136,8 @@ def check_memory(model_dir: Path, device: str | torch.device, *, whole_model: bo
     it all; calibrate one block at a time), the calibration windows ``(n, seqlen)`` three times
     over (block inputs, dense and pruned outputs, kept for every window), and for evaluation
     one window's logits three times over and its causal mask. Ranks of a torchrun launch on
-    one machine share its memory. ``SYMPRUNE_NO_MEMORY_CHECK=1`` skips the check."""
+    one machine share its memory. ``lighter``: the command's own way to need less, suggested
+    when the model is the largest part. ``SYMPRUNE_NO_MEMORY_CHECK=1`` skips the check."""
     if os.environ.get("SYMPRUNE_NO_MEMORY_CHECK") == "1":
         return
     device = str(device)
@@ -157,10 +158,12 @@ def check_memory(model_dir: Path, device: str | torch.device, *, whole_model: bo
     need = local * sum(parts.values())
     if need > available:
         detail = " + ".join(f"{what} {size / 2**30:.1f} GiB" for what, size in parts.items() if size)
+        largest = max(parts, key=lambda what: parts[what])
+        remedy = lighter if lighter and largest == "model" else "use fewer or shorter windows"
         raise OptionError(
             f"this run needs about {need / 2**30:.1f} GiB on {device} ({detail}"
             + (f", times {local} ranks" if local > 1 else "") + f"), more than the {available / 2**30:.1f} GiB "
-            "available; use fewer or shorter windows (or SYMPRUNE_NO_MEMORY_CHECK=1 to try anyway)")
+            f"available; {remedy} (or SYMPRUNE_NO_MEMORY_CHECK=1 to try anyway)")
 
 
 def _available_bytes(device: str) -> int | None:

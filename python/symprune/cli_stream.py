@@ -13,6 +13,7 @@ from symprune._C import check_output_location
 from symprune.models import resolve_model_dir
 from symprune.cli_common import (
     CliError,
+    OptionError,
     add_bos,
     add_calibration_options,
     add_common,
@@ -28,10 +29,21 @@ from symprune.cli_common import (
 log = logging.getLogger("symprune")
 
 
+def _refuse_unstreamable(args: argparse.Namespace) -> None:
+    """The recipe checks of calibrate and the engine, made before anything is read (exit 2)."""
+    from symprune.calibrate import refuse_unstreamable
+
+    try:
+        refuse_unstreamable(args.recipe)
+    except ValueError as err:
+        raise OptionError(str(err)) from None
+
+
 def cmd_calibrate(args: argparse.Namespace) -> None:
     from symprune.calibrate import calibrate
     from symprune.models import load_tokenizer
 
+    _refuse_unstreamable(args)
     model_dir, out = resolve_model_dir(args.model_dir), Path(args.out)
     calib = calibration_file(args)
     check_output_location(str(model_dir), str(out))
@@ -60,6 +72,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 def cmd_apply(args: argparse.Namespace) -> None:
     from symprune.stream import prune_checkpoint
 
+    _refuse_unstreamable(args)
     stats = existing_file(args.stats, "statistics file") if args.stats else None
     model_dir = resolve_model_dir(args.model_dir, require_config=False)
     if not (model_dir / "config.json").is_file() and distributed.is_main():

@@ -222,7 +222,7 @@ def prune_model(
         calibration: token windows, shape ``(windows, seqlen)`` (see ``data.calibration_windows``);
             None for a data-free recipe (magnitude, symmetric): no forward runs at all.
         recipe: a :class:`symprune.Recipe`; or give its fields as the keyword arguments below.
-        method: a score (``symprune.score_methods()``) or ``"sparsegpt"``.
+        method: a score (``symprune.score_methods()``), ``"sparsegpt"`` or ``"admm"``.
         sparsity: fraction pruned per row (``group="row"``) or per matrix (``"layer"``).
         nm: N:M pattern instead of ``sparsity``, e.g. ``(2, 4)`` or ``"2:4"`` keeps 2 of 4.
         permute: RIA's channel permutation for N:M, made deployable: the MLP's down projection
@@ -234,7 +234,8 @@ def prune_model(
         refine_options: options of the refinement (``symprune.refine_option_keys()``), e.g.
             ``{"skip": "mlp"}`` to refine attention projections only.
         score_options: options that the method reads (ria: ``a``, ``p``; stochria: ``a``,
-            ``beta``, ``seed``; sparsegpt: ``blocksize``, ``percdamp``).
+            ``beta``, ``seed``; sparsegpt: ``blocksize``, ``percdamp``; admm: ``rho0``,
+            ``growth``, ``max_iterations``, ``patience``, ``percdamp``).
         update: ``"refit"``: the exact least-squares refit of the kept weights, last.
         update_options: ``{"percdamp": ...}`` (0.01).
         owl: OWL layer sparsity: ``sparsity`` is the model-wide target and each block gets its

@@ -68,6 +68,7 @@ def check_residual_sites(block: nn.Module, index: int) -> None:
             f"mlp.down_proj added to the stream, post_attention_layernorm between them); block {index} "
             f"({type(block).__name__}) " + (f"has no {', '.join(missing)}" if missing else
                                             f"normalises a branch's output ({', '.join(extra)})")
+            + "; use target 'layer' (--target layer) for it"
         )
 
 
@@ -92,7 +93,9 @@ def linear_stages(block: nn.Module, hidden: torch.Tensor, call: BlockCall) -> li
     stages = list(seen.values())
     called = {name for stage in stages for name in stage}
     if called != set(linears):
-        raise ValueError(f"the block did not call {sorted(set(linears) - called)} on a calibration window")
+        raise ValueError(f"the block did not call {sorted(set(linears) - called)} on a calibration window, and the "
+                         "residual target prunes a block in stages of Linears that all run on every window: use "
+                         "target 'layer' (--target layer)")
     return stages
 
 

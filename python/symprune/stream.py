@@ -43,8 +43,9 @@ def prune_checkpoint(
 ) -> dict[str, Any]:
     """Write a pruned copy of the checkpoint in ``model_dir`` to ``out_dir``.
 
-    The recipe is a :class:`symprune.Recipe` or its fields as keyword arguments, as in
-    :func:`symprune.prune_model` (``permute`` excepted).
+    The recipe is a :class:`symprune.Recipe` or the fields it can stream as keyword arguments,
+    as in :func:`symprune.prune_model`: no ``permute``, ``owl``, ``update`` or ``target``, and no
+    method that solves weights from the Gram (``symprune prune --low-memory`` runs those).
 
     Every 2-D weight with statistics in ``stats`` (from ``symprune calibrate``) that matches
     ``include`` (if given) is pruned; without statistics (data-free methods only) every 2-D weight

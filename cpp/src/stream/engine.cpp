@@ -366,7 +366,8 @@ StreamingPruner::StreamingPruner(StreamOptions options) : options_(std::move(opt
   o.recipe.validate();
   if (o.recipe.needs_gram())
     throw ValueError("recipe '" + o.recipe.describe() + "' needs the Gram of each layer's inputs, which a "
-                     "statistics file does not hold: prune the model with `symprune prune` instead");
+                     "statistics file does not hold: prune the model with `symprune prune --low-memory` (one "
+                     "block in memory at a time) instead");
   if (o.recipe.owl)
     throw ValueError("OWL is not supported when streaming: its block sparsities come from a dense pass over "
                      "every block; prune the model with `symprune prune` instead");
