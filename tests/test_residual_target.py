@@ -11,6 +11,7 @@ import symprune
 import torch
 from conftest import TINY_VOCAB, build_tiny_model
 from symprune.blocks import block_linears, capture_block_inputs, find_decoder_blocks
+from symprune.staged import residual_sites
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -148,43 +149,52 @@ def test_bad_recipes_and_inputs_are_refused() -> None:
 
 # --------------------------------------------------------------------------- the staged pipeline
 
-STAGES = [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
-          ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
+# Per architecture: the stages, the Linear added to the block's input, the one added to the stream
+# after it, and the module whose input is that stream.
+LAYOUTS = {
+    "llama": ([["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
+               ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]],
+              "self_attn.o_proj", "mlp.down_proj", "post_attention_layernorm"),
+    "opt": ([["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.out_proj"], ["fc1"],
+             ["fc2"]], "self_attn.out_proj", "fc2", "final_layer_norm"),
+}
 
 
-def _inputs(block: torch.nn.Module, hidden: torch.Tensor, call, name: str) -> dict[str, torch.Tensor]:
-    """One full forward of ``block``: the input of Linear ``name`` and the stream entering
-    post_attention_layernorm, flattened to (tokens, features)."""
+def _inputs(block: torch.nn.Module, hidden: torch.Tensor, call, name: str, mid: str) -> dict[str, torch.Tensor]:
+    """One full forward of ``block``: the input of Linear ``name`` and the stream entering module
+    ``mid``, flattened to (tokens, features)."""
     seen: dict[str, torch.Tensor] = {}
-    handles = [block_linears(block)[name].register_forward_pre_hook(lambda _m, a: seen.setdefault("x", a[0])),
-               block.post_attention_layernorm.register_forward_pre_hook(lambda _m, a: seen.setdefault("mid", a[0]))]
+    modules = dict(block.named_modules())
+    handles = [modules[name].register_forward_pre_hook(lambda _m, a: seen.setdefault("x", a[0])),
+               modules[mid].register_forward_pre_hook(lambda _m, a: seen.setdefault("mid", a[0]))]
     call.run(block, hidden)
     for h in handles:
         h.remove()
     return {k: v.reshape(-1, v.shape[-1]) for k, v in seen.items()}
 
 
-def oracle_staged_prune(model: torch.nn.Module, windows: list[torch.Tensor], recipe: symprune.Recipe) -> None:
-    """Prune a Llama-like model in place as the residual target is defined (docs/semantics.md):
-    two streams, each block's stages in order, T from fp64 sums, the layer-target recipe on T."""
+def oracle_staged_prune(model: torch.nn.Module, arch: str, windows: list[torch.Tensor], recipe: symprune.Recipe) -> None:
+    """Prune a model in place as the residual target is defined (docs/semantics.md): two streams,
+    each block's stages in order, T from fp64 sums, the layer-target recipe on T."""
+    stages, attention, mlp, mid = LAYOUTS[arch]
     layer_recipe = symprune.Recipe(recipe.method, recipe.sparsity, nm=recipe.nm, update=recipe.update)
     captured = capture_block_inputs(model, windows, progress=False)
     pruned_h, dense_h = list(captured.hidden), [h.clone() for h in captured.hidden]
     for block, calls in zip(find_decoder_blocks(model), captured.calls):
         reference = copy.deepcopy(block)
-        for stage in STAGES:
+        for stage in stages:
             width = block_linears(block)[stage[0]].in_features
             h = g = torch.zeros(width, width, dtype=torch.float64)
             e: dict[str, torch.Tensor] = {}
             stats = symprune.ActivationStats(width)
             for call, p_in, d_in in zip(calls, pruned_h, dense_h):
-                mine, theirs = _inputs(block, p_in, call, stage[0]), _inputs(reference, d_in, call, stage[0])
+                mine = _inputs(block, p_in, call, stage[0], mid)
+                theirs = _inputs(reference, d_in, call, stage[0], mid)
                 x = mine["x"].float()
                 stats.update(mine["x"])
                 h = h + (x.T @ x).double()
                 g = g + (x.T @ theirs["x"].float()).double()
-                error = {"self_attn.o_proj": (d_in - p_in).reshape(-1, d_in.shape[-1]),
-                         "mlp.down_proj": theirs["mid"] - mine["mid"]}
+                error = {attention: (d_in - p_in).reshape(-1, d_in.shape[-1]), mlp: theirs["mid"] - mine["mid"]}
                 for site in set(stage) & set(error):
                     e[site] = e.get(site, 0) + (x.T @ error[site].float()).double()
             for name in stage:
@@ -200,31 +210,50 @@ def oracle_staged_prune(model: torch.nn.Module, windows: list[torch.Tensor], rec
         dense_h = [call.run(reference, x) for call, x in zip(calls, dense_h)]
 
 
+@pytest.mark.parametrize("arch", sorted(LAYOUTS))
 @pytest.mark.parametrize("recipe", [dict(method="wanda", nm="2:4", update="refit"),
                                     dict(method="sparsegpt", sparsity=0.5)], ids=lambda r: r["method"])
-def test_pipeline_equals_the_staged_oracle(recipe: dict) -> None:
+def test_pipeline_equals_the_staged_oracle(recipe: dict, arch: str) -> None:
     windows = [torch.randint(0, TINY_VOCAB, (24,), generator=torch.Generator().manual_seed(i)) for i in range(4)]
-    model, expect = build_tiny_model("llama"), build_tiny_model("llama")
+    model, expect = build_tiny_model(arch), build_tiny_model(arch)
     with torch.no_grad():
         report = symprune.prune_model(model, windows, **recipe, target="residual", progress=False)
-        oracle_staged_prune(expect, windows, symprune.Recipe(**recipe))
+        oracle_staged_prune(expect, arch, windows, symprune.Recipe(**recipe))
     got, want = dict(model.named_parameters()), dict(expect.named_parameters())
     for name, param in want.items():
         assert torch.equal(got[name] == 0, param == 0), name
         torch.testing.assert_close(got[name], param, rtol=1e-4, atol=1e-5, msg=name)
     assert report.recipe["target"] == "residual" and len(report.blocks) == 2
     # Changed from the layer target (the same recipe without it), so the target was used.
-    plain = build_tiny_model("llama")
+    plain = build_tiny_model(arch)
     with torch.no_grad():
         symprune.prune_model(plain, windows, **recipe, progress=False)
-    assert not torch.equal(plain.model.layers[1].mlp.down_proj.weight, model.model.layers[1].mlp.down_proj.weight)
+    mlp = LAYOUTS[arch][2]
+    last = find_decoder_blocks(model)[1].get_submodule(mlp).weight
+    assert not torch.equal(find_decoder_blocks(plain)[1].get_submodule(mlp).weight, last)
 
 
-@pytest.mark.parametrize("arch", ["opt", "gemma3"])
-def test_pipeline_refuses_blocks_without_known_residual_additions(arch: str) -> None:
-    model = build_tiny_model(arch)
+@pytest.mark.parametrize(("arch", "message"), [
+    ("gemma3", r"normalises a branch's output \(pre_feedforward_layernorm"),
+    ("opt-post-norm", "normalises the stream after each addition"),
+])
+def test_pipeline_refuses_blocks_without_known_residual_additions(arch: str, message: str) -> None:
+    if arch == "opt-post-norm":  # OPT-350m's layout
+        model = build_tiny_model("opt")
+        for block in find_decoder_blocks(model):
+            block.do_layer_norm_before = False
+    else:
+        model = build_tiny_model(arch)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match="Llama-like blocks"):
+    with pytest.raises(ValueError, match=message + ".*use target 'layer'"):
         symprune.prune_model(model, torch.randint(0, TINY_VOCAB, (2, 16)), method="sparsegpt", sparsity=0.5,
                              target="residual", progress=False)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing was pruned
+
+
+def test_blocks_of_no_known_layout_are_refused() -> None:
+    block = torch.nn.Module()
+    block.fc = torch.nn.Linear(4, 4)
+    with pytest.raises(ValueError, match=r"knows where Llama-like blocks and OPT's blocks add .* block 3 \(Module\) "
+                                         "is neither"):
+        residual_sites(block, 3)

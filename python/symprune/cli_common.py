@@ -276,8 +276,8 @@ def add_pruning_options(p: argparse.ArgumentParser, *, required: bool = True) ->
     p.add_argument("--target", choices=targets(),
                    help="what --update refit, sparsegpt and admm make each Linear reproduce: its own dense "
                    "outputs (layer, default) or the dense model's, correcting the residual stream's error "
-                   "at the attention and MLP outputs too (residual; Llama-like models; one more stream of "
-                   "hidden states and a forward per stage)")
+                   "at the attention and MLP outputs too (residual; Llama-like and OPT models; one more "
+                   "stream of hidden states and a forward per stage)")
     p.add_argument("--owl", action="store_true",
                    help="OWL layer sparsity (unstructured --sparsity only): blocks with more outliers keep "
                    "more weights, the model-wide sparsity stays --sparsity")

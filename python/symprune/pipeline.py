@@ -41,7 +41,7 @@ from symprune.blocks import (
 from symprune._C import Recipe
 from symprune.owl import owl_plan
 from symprune.permute import absorbing_producers, permute_channels
-from symprune.staged import DenseStream, check_residual_sites, prune_in_stages
+from symprune.staged import DenseStream, prune_in_stages, residual_sites
 from symprune.report import BlockReport, LayerReport, PruneReport, software_versions
 
 
@@ -139,7 +139,7 @@ def check_fits(blocks: nn.ModuleList, recipe: Recipe) -> None:
     that does not divide some Linear's inputs, the residual target on blocks it does not know."""
     if recipe.needs_cross:
         for i, block in enumerate(blocks):
-            check_residual_sites(block, i)
+            residual_sites(block, i)
     nm = recipe.nm
     if nm is None:
         return
@@ -244,8 +244,8 @@ def prune_model(
         target: what the weight solvers (sparsegpt, admm, refit) make each Linear reproduce:
             ``"layer"``, its own dense outputs on the inputs it sees; ``"residual"``, the dense
             model's outputs and, at the attention and MLP output projections, the residual
-            stream's error too (Llama-like blocks; the dense model's hidden states flow next to
-            the pruned ones, and each block is pruned in stages, docs/semantics.md).
+            stream's error too (Llama-like and OPT blocks; the dense model's hidden states flow
+            next to the pruned ones, and each block is pruned in stages, docs/semantics.md).
         progress: show tqdm bars.
 
     Embeddings, norms, biases and ``lm_head`` are never touched.
@@ -382,7 +382,8 @@ def prune_block(
         if dense is None:
             raise ValueError(f"recipe '{recipe.describe()}' needs the dense model's hidden states next to the "
                              "pruned ones (DenseStream)")
-        pruned_out, dense_out = prune_in_stages(block, hidden, dense.hidden, calls, need_outputs, prune_stage, report)
+        pruned_out, dense_out = prune_in_stages(block, residual_sites(block, index), hidden, dense.hidden, calls,
+                                                need_outputs, prune_stage, report)
         dense.hidden = dense_out
     else:
         stats, dense_out = collect_block_stats(block, hidden, calls, need_outputs=need_outputs,

@@ -11,9 +11,11 @@ unpruned copy of each block, and a block is pruned in stages: the Linears that r
 the block with the earlier stages already pruned. Gathered from one forward instead, each stage
 would correct again an error that an earlier one has already corrected (docs/dense-targets.md).
 
-The residual additions are known for Llama-like blocks (Llama, Mistral, Qwen2/3, SmolLM):
-``h + self_attn.o_proj(...)`` on the block's input, then ``h + mlp.down_proj(...)`` on the input
-of ``post_attention_layernorm``. Other blocks are refused.
+The residual additions are known (``ResidualSites``) for Llama-like blocks (Llama, Mistral,
+Qwen2/3, SmolLM): ``h + self_attn.o_proj(...)`` on the block's input, then ``h + mlp.down_proj(...)``
+on the input of ``post_attention_layernorm``; and for OPT's blocks with their norms before each
+branch (every OPT but 350m): ``self_attn.out_proj``, then ``fc2`` on the input of
+``final_layer_norm``. Other blocks are refused.
 """
 
 from __future__ import annotations
@@ -33,11 +35,25 @@ from symprune.block_stats import LinearStats, collect_block_stats, input_key
 from symprune.blocks import BlockCall, block_linears
 from symprune.report import PruneReport
 
-# The Linears whose outputs are added to the residual stream, and the module whose input is that
-# stream at the addition (None: the block's own input).
-_RESIDUAL_SITES: dict[str, str | None] = {"self_attn.o_proj": None, "mlp.down_proj": "post_attention_layernorm"}
+
+@dataclass(frozen=True)
+class ResidualSites:
+    """Where a block adds its two branches to the residual stream: the Linear whose output is
+    added to the block's input, the one whose output is added to the stream after that, and the
+    module whose input is that stream (after the first addition)."""
+
+    attention: str
+    mlp: str
+    mid: str
+
+
+_LAYOUTS = {
+    "Llama-like blocks": ResidualSites("self_attn.o_proj", "mlp.down_proj", "post_attention_layernorm"),
+    "OPT's blocks": ResidualSites("self_attn.out_proj", "fc2", "final_layer_norm"),
+}
 # Norms on a branch's output (Gemma's) would sit between the Linear and the addition.
 _BRANCH_OUTPUT_NORMS = ("pre_feedforward_layernorm", "post_feedforward_layernorm")
+_USE_LAYER = "; use target 'layer' (--target layer) for it"
 
 
 @dataclass
@@ -57,19 +73,26 @@ class _Reached(Exception):
     """Raised by the pre-hook of the Linear whose input a partial forward was run for."""
 
 
-def check_residual_sites(block: nn.Module, index: int) -> None:
-    """ValueError unless ``block`` adds its attention and MLP outputs to the stream as Llama does."""
+def residual_sites(block: nn.Module, index: int) -> ResidualSites:
+    """Where ``block`` (block ``index`` of the model) adds its attention and MLP outputs to the
+    stream; ValueError for a block whose additions are not those of a known layout."""
     modules = dict(block.named_modules())
-    missing = [name for name in [*_RESIDUAL_SITES, *filter(None, _RESIDUAL_SITES.values())] if name not in modules]
+    for sites in _LAYOUTS.values():
+        if all(name in modules for name in (sites.attention, sites.mlp, sites.mid)):
+            break
+    else:
+        raise ValueError(f"target 'residual' knows where {' and '.join(_LAYOUTS)} add their attention and MLP "
+                         f"outputs to the residual stream; block {index} ({type(block).__name__}) is neither"
+                         f"{_USE_LAYER}")
     extra = [name for name in _BRANCH_OUTPUT_NORMS if name in modules]
-    if missing or extra:
-        raise ValueError(
-            f"target 'residual' knows the residual additions of Llama-like blocks (self_attn.o_proj and "
-            f"mlp.down_proj added to the stream, post_attention_layernorm between them); block {index} "
-            f"({type(block).__name__}) " + (f"has no {', '.join(missing)}" if missing else
-                                            f"normalises a branch's output ({', '.join(extra)})")
-            + "; use target 'layer' (--target layer) for it"
-        )
+    if extra:
+        raise ValueError(f"target 'residual' needs each branch's output Linear added to the stream as it is, but "
+                         f"block {index} ({type(block).__name__}) normalises a branch's output ({', '.join(extra)})"
+                         f"{_USE_LAYER}")
+    if not getattr(block, "do_layer_norm_before", True):
+        raise ValueError(f"target 'residual' needs the norms before each branch, but block {index} "
+                         f"({type(block).__name__}) normalises the stream after each addition (OPT-350m){_USE_LAYER}")
+    return sites
 
 
 def linear_stages(block: nn.Module, hidden: torch.Tensor, call: BlockCall) -> list[list[str]]:
@@ -94,17 +117,16 @@ def linear_stages(block: nn.Module, hidden: torch.Tensor, call: BlockCall) -> li
     called = {name for stage in stages for name in stage}
     if called != set(linears):
         raise ValueError(f"the block did not call {sorted(set(linears) - called)} on a calibration window, and the "
-                         "residual target prunes a block in stages of Linears that all run on every window: use "
-                         "target 'layer' (--target layer)")
+                         f"residual target prunes a block in stages of Linears that all run on every window{_USE_LAYER}")
     return stages
 
 
 class _DenseInputs:
     """Partial forwards of the dense block: the input of one Linear for one window, and the stream
-    entering ``post_attention_layernorm`` on the way."""
+    entering ``mid`` on the way (under that name)."""
 
-    def __init__(self, reference: nn.Module, linear: str) -> None:
-        self.reference, self.linear = reference, linear
+    def __init__(self, reference: nn.Module, linear: str, mid: str) -> None:
+        self.reference, self.linear, self.mid = reference, linear, mid
         self.modules = dict(reference.named_modules())
         self.seen: dict[str, torch.Tensor] = {}
 
@@ -116,8 +138,8 @@ class _DenseInputs:
             raise _Reached
 
         handles = [self.modules[self.linear].register_forward_pre_hook(stop),
-                   self.modules["post_attention_layernorm"].register_forward_pre_hook(
-                       lambda _m, args: self.seen.__setitem__("post_attention_layernorm", args[0].detach()))]
+                   self.modules[self.mid].register_forward_pre_hook(
+                       lambda _m, args: self.seen.__setitem__(self.mid, args[0].detach()))]
         try:
             call.run(self.reference, hidden)
         except _Reached:
@@ -130,7 +152,7 @@ class _DenseInputs:
 
 def _stage_stats(
     block: nn.Module, reference: nn.Module, hidden: Sequence[torch.Tensor], dense_hidden: Sequence[torch.Tensor],
-    calls: Sequence[BlockCall], stage: list[str], need_outputs: bool,
+    calls: Sequence[BlockCall], stage: list[str], need_outputs: bool, sites: ResidualSites,
 ) -> dict[str, LinearStats]:
     """Statistics of one stage's Linears (the block's earlier stages pruned): the usual ones, the
     cross-product with the dense inputs and, at a residual site, with the stream's error."""
@@ -139,11 +161,11 @@ def _stage_stats(
     width = linears[first].in_features
     cross = symprune.CrossStats(width, width)
     residual = {name: symprune.CrossStats(width, linears[name].out_features)
-                for name in stage if name in _RESIDUAL_SITES}
-    dense_inputs = _DenseInputs(reference, first)
-    stream: dict[str, torch.Tensor] = {}  # the pruned block's stream entering post_attention_layernorm
-    norm = dict(block.named_modules())["post_attention_layernorm"]
-    handle = norm.register_forward_pre_hook(lambda _m, args: stream.__setitem__("mid", args[0].detach()))
+                for name in stage if name in (sites.attention, sites.mlp)}
+    dense_inputs = _DenseInputs(reference, first, sites.mid)
+    stream: dict[str, torch.Tensor] = {}  # the pruned block's stream entering sites.mid
+    handle = dict(block.named_modules())[sites.mid].register_forward_pre_hook(
+        lambda _m, args: stream.__setitem__("mid", args[0].detach()))
 
     def on_input(window: int, name: str, x: torch.Tensor) -> None:
         if name != first:
@@ -151,10 +173,10 @@ def _stage_stats(
         dense = dense_inputs(dense_hidden[window], calls[window])
         cross.update(x, dense[first])
         for site, accumulator in residual.items():
-            if _RESIDUAL_SITES[site] is None:  # the stream entering the block
+            if site == sites.attention:  # added to the stream entering the block
                 error = dense_hidden[window] - hidden[window]
             else:
-                error = dense["post_attention_layernorm"] - stream["mid"]
+                error = dense[sites.mid] - stream["mid"]
             accumulator.update(x, error)
 
     try:
@@ -171,6 +193,7 @@ def _stage_stats(
 
 def prune_in_stages(
     block: nn.Module,
+    sites: ResidualSites,
     hidden: Sequence[torch.Tensor],
     dense_hidden: Sequence[torch.Tensor],
     calls: Sequence[BlockCall],
@@ -180,13 +203,13 @@ def prune_in_stages(
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Prune ``block`` in place stage by stage, each stage by ``prune_stage(its statistics)``;
     return the pruned block's outputs on ``hidden`` and the dense block's on ``dense_hidden`` (the
-    next block's two streams). The block must pass ``check_residual_sites`` (the pipeline checks
-    every block before it starts)."""
+    next block's two streams). ``sites``: the block's, from ``residual_sites`` (which the pipeline
+    asks of every block before it starts)."""
     reference = copy.deepcopy(block)  # the dense block, for the dense stream
     stages = linear_stages(block, hidden[0], calls[0])
     for stage in stages:
         t = time.perf_counter()
-        stats = _stage_stats(block, reference, hidden, dense_hidden, calls, stage, need_outputs)
+        stats = _stage_stats(block, reference, hidden, dense_hidden, calls, stage, need_outputs, sites)
         report.dense_forward_seconds += time.perf_counter() - t
         prune_stage(stats)
         del stats
