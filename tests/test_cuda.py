@@ -211,13 +211,16 @@ def test_streaming_on_gpu_fails_cleanly(tmp_path: Path) -> None:
         symprune.prune_checkpoint(model, tmp_path / "other", device=f"cuda:{torch.cuda.device_count()}", **common)
 
 
+@pytest.mark.parametrize("recipe", [["--method", "wanda", "--sparsity", "0.5"],
+                                    ["--method", "wanda", "--nm", "2:4", "--update", "refit", "--target", "residual"]],
+                         ids=["wanda", "residual-refit"])
 def test_pruning_a_model_on_gpu_agrees_with_the_cpu(tiny_model_dir: Path, text_files: tuple[Path, Path],
-                                                    tmp_path: Path) -> None:
-    """`symprune prune --device cuda`: the model runs and is pruned on the GPU. Its activations
-    round differently from the CPU's, so masks may differ at near-ties only: the same sparsity
-    in every row, and the same kept set almost everywhere."""
-    common = ["--method", "wanda", "--sparsity", "0.5", "--calib", str(text_files[0]), "--nsamples", "4",
-              "--seqlen", "32", "--quiet"]
+                                                    tmp_path: Path, recipe: list[str]) -> None:
+    """`symprune prune --device cuda`: the model runs and is pruned on the GPU (with the residual
+    target, the dense stream and the staged blocks too). Its activations round differently from
+    the CPU's, so masks may differ at near-ties only: the same sparsity in every row, and the same
+    kept set almost everywhere."""
+    common = [*recipe, "--calib", str(text_files[0]), "--nsamples", "4", "--seqlen", "32", "--quiet"]
     assert main(["prune", str(tiny_model_dir), str(tmp_path / "cpu"), *common]) == 0
     assert main(["prune", str(tiny_model_dir), str(tmp_path / "gpu"), *common, "--device", "cuda"]) == 0
     cpu = symprune.load_safetensors(str(tmp_path / "cpu" / "model.safetensors"))
