@@ -238,24 +238,32 @@ def test_prune_errors_are_one_line(
     assert not out.exists()
 
 
-def test_a_model_too_large_for_memory_is_told_of_low_memory(
-    tiny_model_dir: Path, text_files: tuple[Path, Path], tmp_path: Path,
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(("extra", "hint"), [
+    (["--method", "wanda"], "available; add --low-memory (one block in memory at a time) (or"),
+    (["--method", "wanda", "--eval", "EVAL"], "available; add --low-memory (one block in memory at a time) and drop --eval"),
+    (["--method", "magnitude"], "available; use `symprune apply`"),
+    (["--method", "wanda", "--owl"], "available; this run must hold the whole model: it needs more memory (or"),
+])
+def test_a_model_too_large_for_memory_is_told_how_not_to_hold_it(
+    tiny_model_dir: Path, text_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, extra: list[str], hint: str,
 ) -> None:
-    """When the whole model is most of the estimate, fewer windows cannot help: --low-memory can."""
+    """When not holding the whole model would make the run fit, the way this recipe can do that is
+    named (or none: OWL needs the whole model)."""
     import symprune.cli_common
     from symprune.checkpoint import CheckpointFolder
 
     model_bytes = 4 * CheckpointFolder(tiny_model_dir).float_elements
     monkeypatch.setattr(symprune.cli_common, "_available_bytes", lambda _device: model_bytes // 2)
     out = tmp_path / "out"
-    assert main(_prune_args(tiny_model_dir, out, text_files[0], "--sparsity", "0.5", "--nsamples", "1",
-                            "--seqlen", "8")) == 2
-    _one_line_error(capsys, "available; add --low-memory")
+    extra = [str(text_files[1]) if arg == "EVAL" else arg for arg in extra]
+    assert main(["prune", str(tiny_model_dir), str(out), "--calib", str(text_files[0]), "--nsamples", "1",
+                 "--seqlen", "8", "--eval-seqlen", "8", "--sparsity", "0.5", "--quiet", *extra]) == 2
+    _one_line_error(capsys, hint)
     assert not out.exists()
 
 
-def test_prune_refuses_the_residual_target_on_an_unknown_block_before_loading(
+def test_prune_refuses_the_residual_target_on_gemma3_before_loading(
     text_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

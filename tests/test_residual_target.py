@@ -11,7 +11,7 @@ import symprune
 import torch
 from conftest import TINY_VOCAB, build_tiny_model
 from symprune.blocks import block_linears, capture_block_inputs, find_decoder_blocks
-from symprune.staged import residual_sites
+from symprune.staged import ResidualSites, linear_stages, residual_sites
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -210,12 +210,22 @@ def oracle_staged_prune(model: torch.nn.Module, arch: str, windows: list[torch.T
         dense_h = [call.run(reference, x) for call, x in zip(calls, dense_h)]
 
 
+def _with_random_biases_and_norms(arch: str) -> torch.nn.Module:
+    """The tiny model, its biases and norm weights made random (they start as 0 and 1), the same each call."""
+    model, g = build_tiny_model(arch), torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                param.add_(0.1 * torch.randn(param.shape, generator=g))
+    return model
+
+
 @pytest.mark.parametrize("arch", sorted(LAYOUTS))
 @pytest.mark.parametrize("recipe", [dict(method="wanda", nm="2:4", update="refit"),
                                     dict(method="sparsegpt", sparsity=0.5)], ids=lambda r: r["method"])
 def test_pipeline_equals_the_staged_oracle(recipe: dict, arch: str) -> None:
     windows = [torch.randint(0, TINY_VOCAB, (24,), generator=torch.Generator().manual_seed(i)) for i in range(4)]
-    model, expect = build_tiny_model(arch), build_tiny_model(arch)
+    model, expect = _with_random_biases_and_norms(arch), _with_random_biases_and_norms(arch)
     with torch.no_grad():
         report = symprune.prune_model(model, windows, **recipe, target="residual", progress=False)
         oracle_staged_prune(expect, arch, windows, symprune.Recipe(**recipe))
@@ -225,7 +235,7 @@ def test_pipeline_equals_the_staged_oracle(recipe: dict, arch: str) -> None:
         torch.testing.assert_close(got[name], param, rtol=1e-4, atol=1e-5, msg=name)
     assert report.recipe["target"] == "residual" and len(report.blocks) == 2
     # Changed from the layer target (the same recipe without it), so the target was used.
-    plain = build_tiny_model(arch)
+    plain = _with_random_biases_and_norms(arch)
     with torch.no_grad():
         symprune.prune_model(plain, windows, **recipe, progress=False)
     mlp = LAYOUTS[arch][2]
@@ -236,14 +246,11 @@ def test_pipeline_equals_the_staged_oracle(recipe: dict, arch: str) -> None:
 @pytest.mark.parametrize(("arch", "message"), [
     ("gemma3", r"normalises a branch's output \(pre_feedforward_layernorm"),
     ("opt-post-norm", "normalises the stream after each addition"),
+    ("granite", r"scales each branch's output \(residual_multiplier\)"),
+    ("bart", r"also attends to an encoder \(encoder_attn\)"),
 ])
 def test_pipeline_refuses_blocks_without_known_residual_additions(arch: str, message: str) -> None:
-    if arch == "opt-post-norm":  # OPT-350m's layout
-        model = build_tiny_model("opt")
-        for block in find_decoder_blocks(model):
-            block.do_layer_norm_before = False
-    else:
-        model = build_tiny_model(arch)
+    model = _unusual_model(arch)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match=message + ".*use target 'layer'"):
         symprune.prune_model(model, torch.randint(0, TINY_VOCAB, (2, 16)), method="sparsegpt", sparsity=0.5,
@@ -251,9 +258,40 @@ def test_pipeline_refuses_blocks_without_known_residual_additions(arch: str, mes
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing was pruned
 
 
+def _unusual_model(arch: str) -> torch.nn.Module:
+    """Tiny models whose Linears bear a known layout's names but whose additions are other ones."""
+    import transformers as hf
+
+    if arch == "opt-post-norm":  # OPT-350m's layout
+        model = build_tiny_model("opt")
+        for block in find_decoder_blocks(model):
+            block.do_layer_norm_before = False
+        return model
+    if arch == "granite":
+        return hf.GraniteForCausalLM(hf.GraniteConfig(
+            vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=4, max_position_embeddings=256, residual_multiplier=0.5)).eval()
+    if arch == "bart":
+        return hf.BartForCausalLM(hf.BartConfig(
+            vocab_size=TINY_VOCAB, d_model=64, decoder_layers=2, decoder_attention_heads=4, decoder_ffn_dim=128,
+            encoder_layers=1, encoder_attention_heads=4, encoder_ffn_dim=128, max_position_embeddings=256)).eval()
+    return build_tiny_model(arch)
+
+
+def test_the_additions_are_checked_on_a_window() -> None:
+    """A block that passes the check by its modules' names (Granite's looks like Llama's) but adds
+    a scaled branch is caught by the forward that finds the stages."""
+    model = _unusual_model("granite")
+    captured = capture_block_inputs(model, [torch.randint(0, TINY_VOCAB, (16,))], progress=False)
+    llama_like = ResidualSites("self_attn.o_proj", "mlp.down_proj", "post_attention_layernorm")
+    with torch.no_grad(), pytest.raises(ValueError, match="the input of post_attention_layernorm is not the stream "
+                                                          r"plus self_attn.o_proj's output.*--target layer"):
+        linear_stages(find_decoder_blocks(model)[0], llama_like, captured.hidden[0], captured.calls[0][0])
+
+
 def test_blocks_of_no_known_layout_are_refused() -> None:
     block = torch.nn.Module()
     block.fc = torch.nn.Linear(4, 4)
-    with pytest.raises(ValueError, match=r"knows where Llama-like blocks and OPT's blocks add .* block 3 \(Module\) "
-                                         "is neither"):
+    with pytest.raises(ValueError, match=r"knows the residual additions of these layouts \(Llama-like blocks: "
+                                         r"self_attn.o_proj, .*\), and block 3 \(Module\) has none of them"):
         residual_sites(block, 3)

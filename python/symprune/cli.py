@@ -81,13 +81,12 @@ def cmd_prune(args: argparse.Namespace) -> None:
         check_context(model_dir, "--seqlen", args.seqlen, args.bos)
     if eval_text is not None:
         check_context(model_dir, "--eval-seqlen", args.eval_seqlen, args.bos)
-    # The block structure (N:M divisibility, the residual target's sites) from the config alone,
-    # before the model loads.
-    check_fits(find_decoder_blocks(build_skeleton(model_dir)), args.recipe)
+    if args.recipe.nm or args.recipe.needs_cross:  # N:M divisibility, the residual target's layout
+        check_fits(find_decoder_blocks(build_skeleton(model_dir)), args.recipe)  # from the config, before loading
     check_memory(model_dir, args.device, whole_model=True,
                  calibration=None if calib is None else (args.nsamples, args.seqlen + args.bos),
                  evaluation_seqlen=None if eval_text is None else args.eval_seqlen + args.bos,
-                 lighter="add --low-memory (one block of the model in memory at a time)")
+                 lighter=_without_the_whole_model(args))
     tokenizer = load_tokenizer(model_dir)
     out_dtype = CheckpointFolder(model_dir).dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     model = load_model(model_dir, device=args.device)  # fp32: statistics and solves in full precision
@@ -112,6 +111,16 @@ def cmd_prune(args: argparse.Namespace) -> None:
     if distributed.is_main():
         print(report.summary())
         log.info("wrote %s", out_dir)
+
+
+def _without_the_whole_model(args: argparse.Namespace) -> str | None:
+    """How this `prune` could run without the whole model in memory, if it can."""
+    if args.recipe.data_free:
+        return "use `symprune apply` (a tensor at a time)"
+    if args.recipe.owl or args.recipe.permute:
+        return None
+    return "add --low-memory (one block in memory at a time)" + (
+        " and drop --eval (run `symprune eval OUT_DIR` afterwards)" if args.eval else "")
 
 
 def _prune_block_by_block(args: argparse.Namespace, model_dir: Path, out_dir: Path) -> None:
@@ -209,9 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
     p.add_argument("--low-memory", action="store_true",
                    help="hold one decoder block at a time (read from the safetensors, written once pruned): "
-                   "for models larger than memory, with any recipe but --owl, --permute and data-free methods "
-                   "(`symprune apply` prunes those a tensor at a time; sparsegpt, admm and refit included); "
-                   "no --eval (run `symprune eval OUT_DIR` afterwards)")
+                   "for models larger than memory, with any recipe (sparsegpt, admm and refit included) but --owl, "
+                   "--permute and data-free methods (`symprune apply` prunes those a tensor at a time); no --eval "
+                   "(run `symprune eval OUT_DIR` afterwards)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                    help="dtype of the saved model: auto (default) keeps the checkpoint's; pruning itself "
                    "runs in float32")

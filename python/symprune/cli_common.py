@@ -136,8 +136,8 @@ def check_memory(model_dir: Path, device: str | torch.device, *, whole_model: bo
     it all; calibrate one block at a time), the calibration windows ``(n, seqlen)`` three times
     over (block inputs, dense and pruned outputs, kept for every window), and for evaluation
     one window's logits three times over and its causal mask. Ranks of a torchrun launch on
-    one machine share its memory. ``lighter``: the command's own way to need less, suggested
-    when the model is the largest part. ``SYMPRUNE_NO_MEMORY_CHECK=1`` skips the check."""
+    one machine share its memory. ``lighter``: the command's own way not to hold the whole
+    model, suggested where that is what would make the run fit. ``SYMPRUNE_NO_MEMORY_CHECK=1`` skips the check."""
     if os.environ.get("SYMPRUNE_NO_MEMORY_CHECK") == "1":
         return
     device = str(device)
@@ -158,8 +158,11 @@ def check_memory(model_dir: Path, device: str | torch.device, *, whole_model: bo
     need = local * sum(parts.values())
     if need > available:
         detail = " + ".join(f"{what} {size / 2**30:.1f} GiB" for what, size in parts.items() if size)
-        largest = max(parts, key=lambda what: parts[what])
-        remedy = lighter if lighter and largest == "model" else "use fewer or shorter windows"
+        model = local * parts["model"]
+        if model and need - model <= available:  # the windows fit once the whole model is not held
+            remedy = lighter or "this run must hold the whole model: it needs more memory"
+        else:
+            remedy = "use fewer or shorter windows" + (f", and {lighter}" if lighter and model > available else "")
         raise OptionError(
             f"this run needs about {need / 2**30:.1f} GiB on {device} ({detail}"
             + (f", times {local} ranks" if local > 1 else "") + f"), more than the {available / 2**30:.1f} GiB "

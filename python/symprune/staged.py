@@ -75,41 +75,52 @@ class _Reached(Exception):
 
 def residual_sites(block: nn.Module, index: int) -> ResidualSites:
     """Where ``block`` (block ``index`` of the model) adds its attention and MLP outputs to the
-    stream; ValueError for a block whose additions are not those of a known layout."""
+    stream, by its modules' names; ValueError for a block of no known layout, or one that scales,
+    normalises or cross-attends around them. ``linear_stages`` then checks the additions on a window."""
     modules = dict(block.named_modules())
-    for sites in _LAYOUTS.values():
-        if all(name in modules for name in (sites.attention, sites.mlp, sites.mid)):
-            break
-    else:
-        raise ValueError(f"target 'residual' knows where {' and '.join(_LAYOUTS)} add their attention and MLP "
-                         f"outputs to the residual stream; block {index} ({type(block).__name__}) is neither"
-                         f"{_USE_LAYER}")
-    extra = [name for name in _BRANCH_OUTPUT_NORMS if name in modules]
-    if extra:
-        raise ValueError(f"target 'residual' needs each branch's output Linear added to the stream as it is, but "
-                         f"block {index} ({type(block).__name__}) normalises a branch's output ({', '.join(extra)})"
-                         f"{_USE_LAYER}")
-    if not getattr(block, "do_layer_norm_before", True):
-        raise ValueError(f"target 'residual' needs the norms before each branch, but block {index} "
-                         f"({type(block).__name__}) normalises the stream after each addition (OPT-350m){_USE_LAYER}")
-    return sites
+    found = [sites for sites in _LAYOUTS.values() if all(n in modules for n in (sites.attention, sites.mlp, sites.mid))]
+    where = f"block {index} ({type(block).__name__})"
+    if not found:
+        known = "; ".join(f"{kind}: {sites.attention}, {sites.mlp}, {sites.mid}" for kind, sites in _LAYOUTS.items())
+        raise ValueError(f"target 'residual' knows the residual additions of these layouts ({known}), and {where} "
+                         f"has none of them{_USE_LAYER}")
+    branch_norms = [name for name in _BRANCH_OUTPUT_NORMS if name in modules]
+    problems = [
+        (bool(branch_norms), f"normalises a branch's output ({', '.join(branch_norms)})"),
+        (not getattr(block, "do_layer_norm_before", True), "normalises the stream after each addition (OPT-350m)"),
+        (getattr(block, "residual_multiplier", 1) != 1, "scales each branch's output (residual_multiplier)"),
+        ("encoder_attn" in modules, "also attends to an encoder (encoder_attn)"),
+    ]
+    for found_one, problem in problems:
+        if found_one:
+            raise ValueError(f"target 'residual' needs each branch's output Linear added to the stream as it is, and "
+                             f"{where} {problem}{_USE_LAYER}")
+    return found[0]
 
 
-def linear_stages(block: nn.Module, hidden: torch.Tensor, call: BlockCall) -> list[list[str]]:
-    """The block's Linears grouped by the input they read, in the order the block calls them
-    (found by one forward of ``hidden``; each input is kept alive until the end, so that a freed
-    one's memory cannot be reused by a later input and taken for it)."""
-    linears = block_linears(block)
+def linear_stages(block: nn.Module, sites: ResidualSites, hidden: torch.Tensor, call: BlockCall) -> list[list[str]]:
+    """The block's Linears grouped by the input they read, in the order the block calls them,
+    found by one forward of ``hidden`` (each input is kept alive until the end, so that a freed
+    one's memory cannot be reused by a later input and taken for it). The same forward checks
+    that the block adds the two output Linears to the stream as ``sites`` says: ValueError if not."""
+    linears, modules = block_linears(block), dict(block.named_modules())
     seen: dict[tuple[int, tuple[int, ...], tuple[int, ...]], list[str]] = {}
     alive: list[torch.Tensor] = []
+    flows: dict[str, torch.Tensor] = {}
 
     def record(name: str, x: torch.Tensor) -> None:
         alive.append(x)
         seen.setdefault(input_key(x), []).append(name)
 
+    def keep(key: str, x: torch.Tensor) -> None:
+        flows.setdefault(key, x.detach())
+
     handles = [m.register_forward_pre_hook(lambda _m, args, n=n: record(n, args[0])) for n, m in linears.items()]
+    handles += [modules[sites.attention].register_forward_hook(lambda _m, _a, out: keep("attention", out)),
+                modules[sites.mlp].register_forward_hook(lambda _m, _a, out: keep("mlp", out)),
+                modules[sites.mid].register_forward_pre_hook(lambda _m, args: keep("mid", args[0]))]
     try:
-        call.run(block, hidden)
+        output = call.run(block, hidden)
     finally:
         for handle in handles:
             handle.remove()
@@ -118,7 +129,19 @@ def linear_stages(block: nn.Module, hidden: torch.Tensor, call: BlockCall) -> li
     if called != set(linears):
         raise ValueError(f"the block did not call {sorted(set(linears) - called)} on a calibration window, and the "
                          f"residual target prunes a block in stages of Linears that all run on every window{_USE_LAYER}")
+    _check_addition(flows.get("mid"), hidden, flows.get("attention"), f"the input of {sites.mid}", sites.attention)
+    _check_addition(output, flows.get("mid"), flows.get("mlp"), "the block's output", sites.mlp)
     return stages
+
+
+def _check_addition(total: torch.Tensor | None, stream: torch.Tensor | None, branch: torch.Tensor | None, what: str,
+                    linear: str) -> None:
+    """ValueError unless ``total`` is ``stream + branch`` (as (tokens, features), to rounding)."""
+    flat = [None if t is None else t.reshape(-1, t.shape[-1]) for t in (total, stream, branch)]
+    if any(t is None or t.shape != flat[0].shape for t in flat) or not torch.allclose(
+            flat[0], flat[1] + flat[2], rtol=1e-4, atol=1e-5 * float(flat[0].abs().max())):
+        raise ValueError(f"{what} is not the stream plus {linear}'s output, which target 'residual' "
+                         f"assumes{_USE_LAYER}")
 
 
 class _DenseInputs:
@@ -206,7 +229,7 @@ def prune_in_stages(
     next block's two streams). ``sites``: the block's, from ``residual_sites`` (which the pipeline
     asks of every block before it starts)."""
     reference = copy.deepcopy(block)  # the dense block, for the dense stream
-    stages = linear_stages(block, hidden[0], calls[0])
+    stages = linear_stages(block, sites, hidden[0], calls[0])
     for stage in stages:
         t = time.perf_counter()
         stats = _stage_stats(block, reference, hidden, dense_hidden, calls, stage, need_outputs, sites)

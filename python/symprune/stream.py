@@ -44,8 +44,9 @@ def prune_checkpoint(
     """Write a pruned copy of the checkpoint in ``model_dir`` to ``out_dir``.
 
     The recipe is a :class:`symprune.Recipe` or the fields it can stream as keyword arguments,
-    as in :func:`symprune.prune_model`: no ``permute``, ``owl``, ``update`` or ``target``, and no
-    method that solves weights from the Gram (``symprune prune --low-memory`` runs those).
+    as in :func:`symprune.prune_model`: no ``permute`` or ``owl``, and nothing that solves weights
+    from the Gram (``sparsegpt``, ``admm``, ``update``, hence no residual target;
+    ``symprune prune --low-memory`` runs those).
 
     Every 2-D weight with statistics in ``stats`` (from ``symprune calibrate``) that matches
     ``include`` (if given) is pruned; without statistics (data-free methods only) every 2-D weight
