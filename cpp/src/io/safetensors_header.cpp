@@ -53,7 +53,13 @@ std::string printable(std::string_view text, bool ascii, std::size_t limit) {
   return text.size() > limit ? out + "..." : out;
 }
 
-std::string shown(std::string_view name) { return "'" + printable(name, false, 80) + "'"; }
+std::string shown(std::string_view name) {
+  // Appended, not "'" + ... + "'": GCC 12 warns falsely (-Wrestrict) about that concatenation.
+  std::string quoted = "'";
+  quoted += printable(name, false, 80);
+  quoted += '\'';
+  return quoted;
+}
 
 // Tensor entries are objects of arrays of numbers: anything deeper is hostile. The parser
 // callback enforces the depth and rejects duplicate keys, which nlohmann::json would
