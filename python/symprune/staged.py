@@ -145,8 +145,8 @@ def _check_addition(total: torch.Tensor | None, stream: torch.Tensor | None, bra
 
 
 class _DenseInputs:
-    """Partial forwards of the dense block: the input of one Linear for one window, and the stream
-    entering ``mid`` on the way (under that name)."""
+    """Partial forwards of the dense block: for one window, the input of one Linear (``"x"``) and
+    the stream entering module ``mid`` on the way (``"mid"``)."""
 
     def __init__(self, reference: nn.Module, linear: str, mid: str) -> None:
         self.reference, self.linear, self.mid = reference, linear, mid
@@ -157,12 +157,12 @@ class _DenseInputs:
         self.seen = {}
 
         def stop(_module: nn.Module, args: tuple[Any, ...]) -> None:
-            self.seen[self.linear] = args[0].detach()
+            self.seen["x"] = args[0].detach()
             raise _Reached
 
         handles = [self.modules[self.linear].register_forward_pre_hook(stop),
                    self.modules[self.mid].register_forward_pre_hook(
-                       lambda _m, args: self.seen.__setitem__(self.mid, args[0].detach()))]
+                       lambda _m, args: self.seen.__setitem__("mid", args[0].detach()))]
         try:
             call.run(self.reference, hidden)
         except _Reached:
@@ -194,12 +194,12 @@ def _stage_stats(
         if name != first:
             return
         dense = dense_inputs(dense_hidden[window], calls[window])
-        cross.update(x, dense[first])
+        cross.update(x, dense["x"])
         for site, accumulator in residual.items():
             if site == sites.attention:  # added to the stream entering the block
                 error = dense_hidden[window] - hidden[window]
             else:
-                error = dense[sites.mid] - stream["mid"]
+                error = dense["mid"] - stream["mid"]
             accumulator.update(x, error)
 
     try:
