@@ -26,8 +26,8 @@ constexpr int64_t kMaxIterations = 500;
 // A row has converged once its preconditioned residual r^T z is this factor (fp64; fp32) of
 // its start's, about the square of the solution's relative error, or of its objective: r^T z
 // bounds the objective's distance to the optimum (below), so a good start stops early. In fp32
-// the objective reaches its rounding floor, about 1e-12 of itself, by the time r^T z is 1e-10
-// of it: iterating on to 1e-12 (about 5 more iterations on LLM Grams) changes nothing measurable.
+// the objective reaches its rounding floor by the time r^T z is 1e-10 of it: iterating on to
+// 1e-12 (one more check period on LLM Grams) changes nothing measurable.
 constexpr double kTolerance64 = 1e-24, kTolerance32 = 1e-10;
 constexpr int64_t kCheckEvery = 5;  // iterations between convergence checks (a device sync)
 
