@@ -2,7 +2,7 @@
 
 Each configuration runs in a fresh subprocess (`python bench/protocol.py RUN_JSON`) so that
 its peak RSS is its own; results are appended to a JSON-lines file so that a long sweep
-resumes where it stopped. Used by bench/quality.py and bench/ablation_r2dsnot.py.
+resumes where it stopped. Used by bench/quality.py and the ablations (bench/ablation_*.py).
 """
 
 from __future__ import annotations
@@ -119,7 +119,8 @@ def run_one(config: dict[str, Any]) -> dict[str, Any]:
             model, calib, method=config["method"], sparsity=config.get("sparsity"), nm=config.get("nm"),
             group=config.get("group", "row"), permute=config.get("permute", False), refine=config.get("refine"),
             refine_options=config.get("refine_options"), score_options=config.get("score_options"),
-            update=config.get("update"), owl=config.get("owl", False), target=config.get("target", "layer"),
+            update=config.get("update"), owl=config.get("owl", False), owl_options=config.get("owl_options"),
+            target=config.get("target", "layer"),
             progress=False,
         )
         row["prune_seconds"] = time.perf_counter() - start
