@@ -35,14 +35,15 @@ RECONSTRUCTED = [("sparsegpt", None, None), ("wanda", None, "refit"), ("ria", No
 RESIDUAL_TARGET = [("wanda", "refit"), ("admm", None)]
 # RIA's channel permutation, deployable (N:M patterns only): methods.
 PERMUTED = ["ria"]
-# OWL block sparsities (unstructured patterns only): methods.
-OWL = ["wanda"]
+# OWL block sparsities (unstructured patterns only): (method, options), the paper's defaults
+# and the best options of bench/ablation_owl.py (calibration text only, docs/semantics.md).
+OWL: list[tuple[str, dict[str, float] | None]] = [("wanda", None), ("wanda", {"m": 10.0, "lambda": 0.02})]
 PATTERNS = ["0.5", "0.6", "2:4"]
 PATTERN_ORDER = ["50%", "60%", "2:4"]  # as pattern_of() writes them
 
 
 def config_for(method: str, refine: str | None, pattern: str, update: str | None = None,
-               owl: bool = False, skip: str | None = "default", permute: bool = False,
+               owl: bool | dict[str, float] = False, skip: str | None = "default", permute: bool = False,
                target: str = "layer") -> dict[str, Any]:
     config: dict[str, Any] = {"method": method}
     config.update({"nm": pattern} if ":" in pattern else {"sparsity": float(pattern)})
@@ -54,6 +55,8 @@ def config_for(method: str, refine: str | None, pattern: str, update: str | None
         config["update"] = update
     if owl:
         config["owl"] = True
+    if isinstance(owl, dict):
+        config["owl_options"] = owl
     if permute:
         config["permute"] = True
     if target != "layer":
@@ -64,8 +67,15 @@ def config_for(method: str, refine: str | None, pattern: str, update: str | None
 def label(config: dict[str, Any]) -> str:
     layers = SKIP_LABELS[config["refine_options"]["skip"]] if "skip" in config.get("refine_options", {}) else ""
     return (config["method"] + (f"+{config['refine']}" if "refine" in config else "") + layers
-            + (f"+{config['update']}" if "update" in config else "") + ("+owl" if config.get("owl") else "") + ("+permute" if config.get("permute") else "")
+            + (f"+{config['update']}" if "update" in config else "") + owl_label(config) + ("+permute" if config.get("permute") else "")
             + (f" ({config['target']} target)" if "target" in config else ""))
+
+
+def owl_label(config: dict[str, Any]) -> str:
+    if not config.get("owl"):
+        return ""
+    options = config.get("owl_options")
+    return "+owl" + (f" (M {options['m']:g}, λ {options['lambda']:g})" if options else "")
 
 
 def pattern_of(config: dict[str, Any]) -> str:
@@ -90,6 +100,7 @@ EXPECTATIONS = [
     ("the residual target improves the refit of Wanda's mask", "wanda+refit (residual target)", "wanda+refit"),
     ("the residual target improves ADMM", "admm (residual target)", "admm"),
     ("OWL improves Wanda", "wanda+owl", "wanda"),
+    ("OWL at the options chosen on calibration text improves Wanda", "wanda+owl (M 10, λ 0.02)", "wanda"),
     ("RIA's permutation improves RIA", "ria+permute", "ria"),
 ]
 
@@ -128,7 +139,7 @@ def grid(patterns: list[str], model: str) -> list[dict[str, Any]]:
         if model == "smollm2":
             configs += [config_for(m, None, pattern, u, target="residual") for m, u in RESIDUAL_TARGET]
         if ":" not in pattern:
-            configs += [config_for(m, None, pattern, owl=True) for m in OWL]
+            configs += [config_for(m, None, pattern, owl=options or True) for m, options in OWL]
         else:
             configs += [config_for(m, None, pattern, permute=True) for m in PERMUTED]
     if model != "smollm2":  # SmolLM2's rows keep their original keys
@@ -149,7 +160,8 @@ def write_report(rows: list[dict[str, Any]], grid_size: int, model: str, out_md:
         "",
         (f"{len(rows)} of the grid's {grid_size} configurations (dense; 7 scorers, 8 refined variants (DSnoT and R²-DSnoT on attention only and on every layer), 6 with weight reconstruction"
         + (" and 2 more with the residual target" if model == "smollm2" else "")
-        + ", OWL and RIA's deployable permutation "
+        + ", OWL (at its paper's options and at those bench/ablation_owl.py chose on calibration text) and "
+        "RIA's deployable permutation "
         "at 50 %, 60 % and 2:4) are measured"
         + ("; rerunning the command resumes the rest" if len(rows) < grid_size else "")
         + ". Times depend on what else ran on the machine: runs shared it with test suites, builds"
