@@ -12,20 +12,17 @@ M at the lambda that did best at the first pattern. Results go to docs/ablation_
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 from typing import Any
 
-from protocol import ROOT, run_all
+from protocol import ablation_parser, held_out, run_all
 
 DEFAULT_M = 5.0
 LAMBDAS = [0.02, 0.05, 0.08, 0.12, 0.2]
 MULTIPLES = [3.0, 7.0, 10.0]
 
 
-def config(sparsity: float, options: dict[str, float] | None, nsamples: int, eval_windows: int) -> dict[str, Any]:
-    row: dict[str, Any] = {"method": "wanda", "sparsity": sparsity, "eval_on": "calibration", "nsamples": nsamples,
-                           "eval_windows": eval_windows}
+def config(sparsity: float, options: dict[str, float] | None, held_out_keys: dict[str, Any]) -> dict[str, Any]:
+    row: dict[str, Any] = {"method": "wanda", "sparsity": sparsity, **held_out_keys}
     if options is not None:
         row.update(owl=True, owl_options=options)
     return row
@@ -36,18 +33,13 @@ def name(options: dict[str, float] | None) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nsamples", type=int, default=32)
-    parser.add_argument("--eval-windows", type=int, default=16, help="held-out windows of the calibration file")
-    parser.add_argument("--patterns", default="0.6,0.5", help="comma-separated unstructured sparsities")
-    parser.add_argument("--results", type=Path, default=ROOT / "docs" / "ablation_owl.jsonl")
-    args = parser.parse_args()
+    args = ablation_parser(__doc__, "0.6,0.5", "comma-separated unstructured sparsities", "ablation_owl.jsonl").parse_args()
 
     sparsities = [float(p) for p in args.patterns.split(",")]
     lambdas: list[dict[str, float] | None] = [None] + [{"m": DEFAULT_M, "lambda": lam} for lam in LAMBDAS]
 
     def measure(variants: list[dict[str, float] | None]) -> dict[tuple[float, str], float]:
-        configs = [config(s, v, args.nsamples, args.eval_windows) for s in sparsities for v in variants]
+        configs = [config(s, v, held_out(args)) for s in sparsities for v in variants]
         rows = run_all(configs, args.results)
         return {(c["sparsity"], name(v)): r["perplexity"] for c, r, v in
                 zip(configs, rows, [v for _ in sparsities for v in variants])}

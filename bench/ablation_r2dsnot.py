@@ -12,11 +12,9 @@ docs/ablation_r2dsnot.jsonl (resumable) and a table on stdout.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 from typing import Any
 
-from protocol import ROOT, run_all
+from protocol import ablation_parser, held_out, run_all
 
 VARIANTS: list[tuple[str, dict[str, Any] | None]] = [
     ("no refinement", None),
@@ -38,12 +36,8 @@ VARIANTS: list[tuple[str, dict[str, Any] | None]] = [
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nsamples", type=int, default=32)
-    parser.add_argument("--eval-windows", type=int, default=16, help="held-out windows of the calibration file")
-    parser.add_argument("--patterns", default="0.6,2:4", help="comma-separated sparsities and N:M patterns")
-    parser.add_argument("--results", type=Path, default=ROOT / "docs" / "ablation_r2dsnot.jsonl")
-    args = parser.parse_args()
+    args = ablation_parser(__doc__, "0.6,2:4", "comma-separated sparsities and N:M patterns",
+                           "ablation_r2dsnot.jsonl").parse_args()
 
     patterns = [p.strip() for p in args.patterns.split(",")]
     configs = []

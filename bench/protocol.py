@@ -7,6 +7,7 @@ resumes where it stopped. Used by bench/quality.py and the ablations (bench/abla
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import subprocess
@@ -39,6 +40,21 @@ def model_dir(name: str) -> Path:
     if not is_hf_folder(out):
         convert_gguf(package.assemble(package.default_output_path(cache_root() / "gguf")), out)
     return out
+
+
+def ablation_parser(description: str, patterns: str, patterns_help: str, results: str) -> argparse.ArgumentParser:
+    """The options of an ablation on held-out calibration text (`eval_on` = "calibration")."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nsamples", type=int, default=32)
+    parser.add_argument("--eval-windows", type=int, default=16, help="held-out windows of the calibration file")
+    parser.add_argument("--patterns", default=patterns, help=patterns_help)
+    parser.add_argument("--results", type=Path, default=ROOT / "docs" / results)
+    return parser
+
+
+def held_out(args: argparse.Namespace) -> dict[str, Any]:
+    """The configuration keys that make a run calibrate and measure on calibration text only."""
+    return {"eval_on": "calibration", "nsamples": args.nsamples, "eval_windows": args.eval_windows}
 
 
 def run_key(config: dict[str, Any]) -> str:
