@@ -75,7 +75,8 @@ def owl_label(config: dict[str, Any]) -> str:
     if not config.get("owl"):
         return ""
     options = config.get("owl_options")
-    return "+owl" + (f" (M {options['m']:g}, λ {options['lambda']:g})" if options else "")
+    # no comma: --methods splits at commas
+    return "+owl" + (f" (M={options['m']:g} λ={options['lambda']:g})" if options else "")
 
 
 def pattern_of(config: dict[str, Any]) -> str:
@@ -100,7 +101,7 @@ EXPECTATIONS = [
     ("the residual target improves the refit of Wanda's mask", "wanda+refit (residual target)", "wanda+refit"),
     ("the residual target improves ADMM", "admm (residual target)", "admm"),
     ("OWL improves Wanda", "wanda+owl", "wanda"),
-    ("OWL at the options chosen on calibration text improves Wanda", "wanda+owl (M 10, λ 0.02)", "wanda"),
+    ("OWL at the options chosen on calibration text improves Wanda", "wanda+owl (M=10 λ=0.02)", "wanda"),
     ("RIA's permutation improves RIA", "ria+permute", "ria"),
 ]
 
