@@ -101,7 +101,7 @@ EXPECTATIONS = [
     ("the residual target improves the refit of Wanda's mask", "wanda+refit (residual target)", "wanda+refit"),
     ("the residual target improves ADMM", "admm (residual target)", "admm"),
     ("OWL improves Wanda", "wanda+owl", "wanda"),
-    ("OWL at the options chosen on calibration text improves Wanda", "wanda+owl (M=10 λ=0.02)", "wanda"),
+    ("OWL at the options chosen on SmolLM2's calibration text improves Wanda", "wanda+owl (M=10 λ=0.02)", "wanda"),
     ("RIA's permutation improves RIA", "ria+permute", "ria"),
 ]
 
