@@ -37,14 +37,15 @@ RESIDUAL_TARGET = [("wanda", "refit"), ("admm", None)]
 PERMUTED = ["ria"]
 # OWL block sparsities (unstructured patterns only): (method, options), the paper's defaults
 # and the best options of bench/ablation_owl.py (calibration text only, docs/semantics.md).
-OWL: list[tuple[str, dict[str, float] | None]] = [("wanda", None), ("wanda", {"m": 10.0, "lambda": 0.02})]
+OWL_CHOSEN = {"m": 10.0, "lambda": 0.02}
+OWL: list[tuple[str, dict[str, float] | None]] = [("wanda", None), ("wanda", OWL_CHOSEN)]
 PATTERNS = ["0.5", "0.6", "2:4"]
 PATTERN_ORDER = ["50%", "60%", "2:4"]  # as pattern_of() writes them
 
 
 def config_for(method: str, refine: str | None, pattern: str, update: str | None = None,
-               owl: bool | dict[str, float] = False, skip: str | None = "default", permute: bool = False,
-               target: str = "layer") -> dict[str, Any]:
+               owl: bool = False, owl_options: dict[str, float] | None = None, skip: str | None = "default",
+               permute: bool = False, target: str = "layer") -> dict[str, Any]:
     config: dict[str, Any] = {"method": method}
     config.update({"nm": pattern} if ":" in pattern else {"sparsity": float(pattern)})
     if refine:
@@ -55,8 +56,8 @@ def config_for(method: str, refine: str | None, pattern: str, update: str | None
         config["update"] = update
     if owl:
         config["owl"] = True
-    if isinstance(owl, dict):
-        config["owl_options"] = owl
+    if owl_options:
+        config["owl_options"] = owl_options
     if permute:
         config["permute"] = True
     if target != "layer":
@@ -101,7 +102,8 @@ EXPECTATIONS = [
     ("the residual target improves the refit of Wanda's mask", "wanda+refit (residual target)", "wanda+refit"),
     ("the residual target improves ADMM", "admm (residual target)", "admm"),
     ("OWL improves Wanda", "wanda+owl", "wanda"),
-    ("OWL at the options chosen on SmolLM2's calibration text improves Wanda", "wanda+owl (M=10 λ=0.02)", "wanda"),
+    ("OWL at the options chosen on SmolLM2's calibration text improves Wanda",
+     "wanda" + owl_label({"owl": True, "owl_options": OWL_CHOSEN}), "wanda"),
     ("RIA's permutation improves RIA", "ria+permute", "ria"),
 ]
 
@@ -140,7 +142,7 @@ def grid(patterns: list[str], model: str) -> list[dict[str, Any]]:
         if model == "smollm2":
             configs += [config_for(m, None, pattern, u, target="residual") for m, u in RESIDUAL_TARGET]
         if ":" not in pattern:
-            configs += [config_for(m, None, pattern, owl=options or True) for m, options in OWL]
+            configs += [config_for(m, None, pattern, owl=True, owl_options=options) for m, options in OWL]
         else:
             configs += [config_for(m, None, pattern, permute=True) for m in PERMUTED]
     if model != "smollm2":  # SmolLM2's rows keep their original keys
