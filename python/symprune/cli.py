@@ -113,11 +113,19 @@ def cmd_prune(args: argparse.Namespace) -> None:
         log.info("wrote %s", out_dir)
 
 
+def _whole_model_reason(recipe: Any) -> str | None:
+    """Why a calibrated recipe cannot run one block at a time (``--low-memory``), if it cannot."""
+    if recipe.owl or recipe.permute:
+        return ("--owl and --permute need the whole model (a dense pass over every block first; "
+                "two Linears permuted together)")
+    return None
+
+
 def _without_the_whole_model(args: argparse.Namespace) -> str | None:
     """How this `prune` could run without the whole model in memory, if it can."""
     if args.recipe.data_free:
         return "use `symprune apply` (a tensor at a time)"
-    if args.recipe.owl or args.recipe.permute:
+    if _whole_model_reason(args.recipe):
         return None
     return "add --low-memory (one block in memory at a time)" + (
         " and drop --eval (run `symprune eval OUT_DIR` afterwards)" if args.eval else "")
@@ -132,9 +140,8 @@ def _prune_block_by_block(args: argparse.Namespace, model_dir: Path, out_dir: Pa
     if args.recipe.data_free:
         raise OptionError(f"recipe '{args.recipe.describe()}' reads no calibration: `symprune apply` prunes it "
                           "a tensor at a time")
-    if args.recipe.owl or args.recipe.permute:
-        raise OptionError("--owl and --permute need the whole model (a dense pass over every block first; "
-                          "two Linears permuted together): drop --low-memory")
+    if reason := _whole_model_reason(args.recipe):
+        raise OptionError(f"{reason}: drop --low-memory")
     calib = calibration_file(args)
     check_context(model_dir, "--seqlen", args.seqlen, args.bos)
     check_memory(model_dir, args.device, whole_model=False, calibration=(args.nsamples, args.seqlen + args.bos))
