@@ -43,7 +43,7 @@ from symprune.cli_stream import add_stream_commands
 from symprune.data import CALIBRATION_FILE, EVALUATION_FILE
 from symprune.evaluate import perplexity
 from symprune.models import ensure_smollm2, load_model, load_tokenizer, resolve_model_dir
-from symprune._C import refinements, score_methods
+from symprune._C import Recipe, refinements, score_methods
 from symprune.pipeline import check_fits, prune_model
 from symprune.report import REPORT_FILE
 
@@ -113,7 +113,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
         log.info("wrote %s", out_dir)
 
 
-def _whole_model_reason(recipe: Any) -> str | None:
+def _whole_model_reason(recipe: Recipe) -> str | None:
     """Why a calibrated recipe cannot run one block at a time (``--low-memory``), if it cannot."""
     if recipe.owl or recipe.permute:
         return ("--owl and --permute need the whole model (a dense pass over every block first; "
